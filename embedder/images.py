@@ -1,0 +1,130 @@
+"""Decoding image files into RGB uint8 arrays of the backbone's size.
+
+Policy, applied identically everywhere (extraction, `Embedder.transform`, top-k prediction):
+- formats: anything Pillow opens (JPEG, PNG, BMP, GIF's first frame, WebP, ...);
+- EXIF orientation is applied;
+- grayscale, palette, CMYK and 16-bit images become 8-bit RGB; transparency is composited
+  on a white background;
+- resize "crop" (default): the central square of side min(width, height) is resized to
+  size x size, which equals resizing the shorter side then center-cropping, as ImageNet
+  evaluation does; "squash": the whole image is resized to size x size;
+- resampling is Pillow's antialiased bilinear filter; large JPEGs are first decoded at a
+  reduced scale (never below the target size) with `Image.draft`, which is much faster.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from embedder.errors import ImageError, InputRangeError
+
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
+BACKGROUND = (255, 255, 255)
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
+
+
+def decode_image(data: bytes, *, size: int, resize: str = "crop", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode file bytes into a (size, size, 3) uint8 RGB array; raise ImageError(reason) if impossible."""
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    image = open_image(data, max_pixels=max_pixels)
+    try:
+        if image.format == "JPEG":
+            image.draft("RGB", (size, size))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return fit_square(to_rgb(image), size=size, resize=resize)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"truncated or corrupt image data ({exc})") from exc
+
+
+def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open image bytes lazily (header only) and refuse decompression bombs before decoding."""
+    if max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
+        Image.MAX_IMAGE_PIXELS = max_pixels  # let our own, larger limit decide
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise ImageError("not an image: the content is not a format Pillow can decode") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{exc}; pass a larger --max-pixels only if you trust this file") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"corrupt image header ({exc})") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image is {width}x{height} = {width * height / 1e6:.0f} Mpx, over the limit of "
+            f"{max_pixels / 1e6:.0f} Mpx (decompression-bomb guard); pass a larger --max-pixels "
+            "only if you trust this file",
+        )
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (16-bit rescaled, transparency on a white background)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F" and values.max(initial=0) <= 1.0:
+            values = values * 255.0
+        elif image.mode != "F" and (image.mode != "I" or values.max(initial=0) > 255):
+            values = values / 257.0  # 16-bit range onto 8-bit
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+def fit_square(image: Image.Image, *, size: int, resize: str = "crop") -> np.ndarray:
+    """Resize an RGB image to (size, size, 3) uint8 with the "crop" or "squash" policy."""
+    width, height = image.size
+    if resize == "crop":
+        side = min(width, height)
+        left, top = (width - side) / 2, (height - side) / 2
+        box = (left, top, left + side, top + side)
+    elif resize == "squash":
+        box = (0, 0, width, height)
+    else:
+        raise ValueError(f"resize must be 'crop' or 'squash'. Received: resize={resize!r}")
+    if (width, height) != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def as_uint8_batch(images: np.ndarray, *, size: int, resize: str = "crop", check_range: bool = True) -> np.ndarray:
+    """Validate in-memory RGB images (n, h, w, 3) and bring them to uint8 (n, size, size, 3).
+
+    Float input must hold raw 0..255 values. Values within [0, 1] or below 0 mean the images
+    were already scaled, and preprocessing them again would silently ruin accuracy, so they are
+    refused unless `check_range=False`.
+    """
+    array = np.asarray(images)
+    if array.ndim == 3:
+        array = array[np.newaxis]
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(f"images must be RGB arrays of shape (n, height, width, 3). Received: shape={array.shape}")
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+            raise ValueError(f"images must be uint8 or real numbers in 0..255. Received: dtype={array.dtype}")
+        low, high = float(array.min(initial=0)), float(array.max(initial=0))
+        if check_range and (high <= 1.0 or low < 0.0):
+            scale = "[-1, 1] or mean-centred" if low < 0.0 else "[0, 1]"
+            raise InputRangeError(
+                f"images look already scaled to {scale} (min {low:.3g}, max {high:.3g}); the backbone "
+                "applies mobilenet_v2.preprocess_input itself, so pass raw RGB 0..255 (uint8 is best). "
+                "If these really are 0..255 values, pass check_range=False."
+            )
+        if high > 255.0:
+            raise InputRangeError(f"images have values up to {high:.3g}; pass raw RGB in 0..255.")
+        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    if array.shape[1:3] != (size, size):
+        array = np.stack([fit_square(Image.fromarray(image), size=size, resize=resize) for image in array])
+    return array
