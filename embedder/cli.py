@@ -1,0 +1,142 @@
+"""`embedder` command line: extract, info, predict. Each command parses options and calls the Python API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from embedder.backbone import Backbone  # noqa: E402
+from embedder.cache import info as cache_info  # noqa: E402
+from embedder.errors import EmbedderError  # noqa: E402
+from embedder.extract import extract as run_extract  # noqa: E402
+from embedder.images import DEFAULT_MAX_PIXELS  # noqa: E402
+
+app = typer.Typer(help="MobileNetV2 bottleneck embeddings, cached in HDF5.", no_args_is_help=True, add_completion=False)
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+
+
+Alpha = Annotated[float, typer.Option(help="Width multiplier: 0.35, 0.5, 0.75, 1.0, 1.3 or 1.4.")]
+Size = Annotated[int, typer.Option(help="Input side in pixels: 96, 128, 160, 192 or 224.")]
+Weights = Annotated[str, typer.Option(help="'imagenet' (Keras; offline via KERAS_HOME), a weights file, or 'none' (random).")]
+Resize = Annotated[str, typer.Option(help="'crop': shorter side to SIZE then center crop; 'squash': ignore aspect ratio.")]
+
+
+def _weights(value: str) -> str | None:
+    return None if value.lower() == "none" else value
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def extract(
+    source: Annotated[Path, typer.Argument(help="Folder (one sub-folder per class, or flat), .csv/.txt list, or image.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HDF5 cache file to create or extend.")],
+    alpha: Alpha = 1.0,
+    size: Size = 224,
+    weights: Weights = "imagenet",
+    pooling: Annotated[str, typer.Option(help="Global pooling: 'avg' or 'max'.")] = "avg",
+    resize: Resize = "crop",
+    runtime: Annotated[str, typer.Option(help="'auto' (fastest that matches Keras), 'onnx' or 'keras'.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 32,
+    workers: Annotated[Optional[int], typer.Option(help="Decode threads (default: one per core).")] = None,
+    labels: Annotated[str, typer.Option(help="'auto', 'folders' (class sub-folders) or 'none'.")] = "auto",
+    max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = DEFAULT_MAX_PIXELS,
+    rehash: Annotated[bool, typer.Option(help="Hash every file even if its size and mtime are unchanged.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Embed every image of SOURCE into the cache OUT; only images not cached yet are computed."""
+    try:
+        backbone = Backbone(alpha=alpha, size=size, weights=_weights(weights), pooling=pooling, resize=resize)
+        summary = run_extract(
+            source, out, backbone, runtime=runtime, batch_size=batch_size, workers=workers, labels=labels,
+            max_pixels=max_pixels, rehash=rehash, progress=None if progress else False,
+        )
+    except (EmbedderError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(str(summary))
+
+
+@app.command()
+def info(
+    cache: Annotated[Path, typer.Argument(help="HDF5 cache file.")],
+    format: Annotated[Format, typer.Option("--format", help="'text' for people, 'json' for scripts.")] = Format.text,
+) -> None:
+    """Describe a cache: backbones, rows per class, failures, provenance."""
+    try:
+        described = cache_info(cache)
+    except EmbedderError as exc:
+        _fail(exc)
+    if format is Format.json:
+        typer.echo(json.dumps(described, indent=2))
+        return
+    typer.echo(f"cache {described['path']}: {described['bytes'] / 1e6:.1f} MB, schema {described['schema_version']}, "
+               f"created {described['created']}, updated {described['updated']}")
+    for backbone in described["backbones"]:
+        typer.echo(f"\nbackbone {backbone['key']}\n  rows      {backbone['rows']} x {backbone['dim']} float32")
+        classes = ", ".join(f"{name} {count}" for name, count in backbone["classes"].items())
+        typer.echo(f"  classes   {len(backbone['classes'])}: {classes or '(unlabeled)'}")
+        if backbone["unlabeled"]:
+            typer.echo(f"  unlabeled {backbone['unlabeled']}")
+        typer.echo(f"  failures  {len(backbone['failures'])}")
+        for failure in backbone["failures"]:
+            typer.echo(f"    {failure['path']}: {failure['reason']}")
+        typer.echo("  provenance")
+        for name, value in backbone["provenance"].items():
+            typer.echo(f"    {name}: {value}")
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
+    top: Annotated[int, typer.Option(help="How many classes per image.")] = 5,
+    format: Annotated[Format, typer.Option("--format", help="'text', or 'json' (one object per line).")] = Format.text,
+    alpha: Alpha = 1.0,
+    size: Size = 224,
+    weights: Annotated[str, typer.Option(help="'imagenet' or a full (with top) MobileNetV2 weights file.")] = "imagenet",
+    resize: Resize = "crop",
+    labels: Annotated[Optional[Path], typer.Option(envvar="EMBEDDER_IMAGENET_LABELS", help="ImageNet class names file.")] = None,
+) -> None:
+    """Off-the-shelf ImageNet top-k classes of images (recipe 1: no training)."""
+    from embedder.imagenet import predict_imagenet
+
+    try:
+        predictions = predict_imagenet(
+            inputs, top=top, alpha=alpha, size=size, weights=_weights(weights), resize=resize, labels=labels
+        )
+    except (EmbedderError, ValueError) as exc:
+        _fail(exc)
+    for prediction in predictions:
+        if format is Format.json:
+            typer.echo(json.dumps(prediction.as_dict()))
+        elif prediction.error is not None:
+            typer.echo(f"{prediction.path}: error: {prediction.error}")
+        else:
+            classes = ", ".join(f"{c['name']} {c['prob']:.3f}" for c in prediction.top)
+            typer.echo(f"{prediction.path}: {classes}")
+    if any(prediction.error for prediction in predictions):
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    sys.exit(app())

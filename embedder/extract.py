@@ -1,0 +1,185 @@
+"""Folder (or list) of images -> embeddings in the HDF5 cache, computing only what is not cached yet."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from embedder.backbone import Backbone
+from embedder.cache import Batch, CacheIndex, CacheWriter, Failure
+from embedder.images import DEFAULT_MAX_PIXELS
+from embedder.pipeline import LoadedFile, default_workers, load_file, ordered_map
+from embedder.runtimes import Encoder, load_encoder
+from embedder.sources import SourceItem, list_source
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractSummary:
+    """What a run did: counts, time, and the inputs that failed with their reasons."""
+
+    out: Path
+    backbone_key: str
+    runtime: str
+    total: int
+    embedded: int = 0
+    reused: int = 0
+    cached: int = 0
+    failed: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        lines = [
+            f"cache     {self.out}",
+            f"backbone  {self.backbone_key}",
+            f"images    {self.total}: {self.embedded} embedded, {self.reused} reused (same bytes as another file), "
+            f"{self.cached} cached, {len(self.failed)} failed",
+            f"time      {self.seconds:.1f} s" + (f" ({self.images_per_second:.0f} images/s, runtime {self.runtime})" if self.embedded else ""),
+        ]
+        lines += [f"failed    {failure.path}: {failure.reason}" for failure in self.failed[:20]]
+        if len(self.failed) > 20:
+            lines.append(f"          ... and {len(self.failed) - 20} more (embedder info {self.out})")
+        return "\n".join(lines)
+
+
+def extract(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    backbone: Backbone | None = None,
+    *,
+    runtime: str = "auto",
+    batch_size: int = 32,
+    workers: int | None = None,
+    labels: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    rehash: bool = False,
+    progress: bool | None = None,
+) -> ExtractSummary:
+    """Embed every image of `source` into the cache `out`, skipping what is already cached.
+
+    A file whose path, size and modification time match its cached row is not read again
+    (`rehash=True` hashes every file anyway); a file whose bytes are already cached under
+    another path reuses that embedding. Images that cannot be decoded are recorded with
+    their reason and the run goes on.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1. Received: batch_size={batch_size}")
+    backbone = backbone or Backbone()
+    started = time.perf_counter()
+    listed = list_source(source, labels=labels)
+    key = backbone.key
+    with CacheWriter(out) as cache:
+        index = cache.index(key)
+        todo, summary = _plan(listed.items, index, rehash=rehash)
+        summary.out, summary.backbone_key, summary.total = Path(out), key, len(listed.items)
+        logger.info("%s: %d images to read, %d cached", out, len(todo), summary.cached)
+        if todo:
+            provenance = {**backbone.provenance(), "source": str(listed.root.resolve())}
+            cache.begin(key, provenance)
+            _embed_into(
+                cache, key, todo, functools.cache(lambda: load_encoder(backbone, runtime)), backbone, index, summary,
+                batch_size=batch_size, workers=workers or default_workers(), max_pixels=max_pixels, progress=progress,
+            )
+    summary.seconds = time.perf_counter() - started
+    logger.info("%s", summary)
+    return summary
+
+
+def _plan(items: list[SourceItem], index: CacheIndex, *, rehash: bool) -> tuple[list[SourceItem], ExtractSummary]:
+    """Split items into those to read and those whose cached row (or failure) is still current."""
+    summary = ExtractSummary(out=Path(), backbone_key="", runtime="none", total=len(items))
+    todo = []
+    for item in items:
+        known = index.rows.get(item.rel) or index.failures.get(item.rel)
+        if known is not None and not rehash:
+            try:
+                stat = os.stat(item.path)
+            except OSError:
+                stat = None
+            if stat is not None and (stat.st_size, stat.st_mtime_ns) == known[1:]:
+                if item.rel in index.rows:
+                    summary.cached += 1
+                else:
+                    summary.failed.append(Failure(item.rel, index.failed_hashes.get(known[0], "failed before"), known[0]))
+                continue
+        todo.append(item)
+    return todo, summary
+
+
+def _embed_into(
+    cache: CacheWriter,
+    key: str,
+    todo: list[SourceItem],
+    encoder: Callable[[], Encoder],
+    backbone: Backbone,
+    index: CacheIndex,
+    summary: ExtractSummary,
+    *,
+    batch_size: int,
+    workers: int,
+    max_pixels: int,
+    progress: bool | None,
+) -> None:
+    """Stream `todo` through decode threads and the encoder, journaling one batch at a time."""
+    seen: dict[str, str | None] = {sha: None for sha in index.hashes}  # sha -> None, or failure reason
+    seen.update(index.failed_hashes)
+
+    def load(item: SourceItem) -> LoadedFile:
+        return load_file(item.path, size=backbone.size, resize=backbone.resize, max_pixels=max_pixels, skip=seen.__contains__)
+
+    pixels = np.empty((batch_size, backbone.size, backbone.size, 3), dtype=np.uint8)
+    batch = Batch(embeddings=np.empty((0, backbone.dim), np.float32))
+    bar = tqdm(total=len(todo), unit="img", desc="embedding", disable=None if progress is None else not progress)
+    try:
+        for item, loaded in zip(todo, ordered_map(load, todo, workers=workers, prefetch=4 * batch_size)):
+            record = (item.rel, loaded.sha256, item.label or "", loaded.size, loaded.mtime_ns)
+            if loaded.error is None and loaded.sha256 in seen and seen[loaded.sha256] is not None:
+                loaded.error = seen[loaded.sha256]  # same bytes as a file that failed
+            if loaded.error is not None:
+                batch.failures.append((item.rel, loaded.sha256, loaded.error, loaded.size, loaded.mtime_ns))
+                summary.failed.append(Failure(item.rel, loaded.error, loaded.sha256))
+                if loaded.sha256:
+                    seen.setdefault(loaded.sha256, loaded.error)
+            elif loaded.pixels is None or loaded.sha256 in seen:
+                batch.aliases.append(record)  # embedded already: this row reuses it
+                if index.rows.get(item.rel, ("",))[0] == loaded.sha256:
+                    summary.cached += 1  # same bytes as its own cached row (touched, or rehashed)
+                else:
+                    summary.reused += 1
+            else:
+                seen[loaded.sha256] = None
+                pixels[len(batch.rows)] = loaded.pixels
+                batch.rows.append(record)
+                if len(batch.rows) == batch_size:
+                    _flush(cache, key, batch, pixels, encoder, summary)
+                    batch = Batch(embeddings=batch.embeddings[:0])
+            bar.update(1)
+        _flush(cache, key, batch, pixels, encoder, summary)
+    finally:
+        bar.close()
+
+
+def _flush(
+    cache: CacheWriter, key: str, batch: Batch, pixels: np.ndarray, encoder: Callable[[], Encoder], summary: ExtractSummary
+) -> None:
+    """Embed the batch's images (loading the runtime on first use) and make the batch durable."""
+    if not (batch.rows or batch.aliases or batch.failures):
+        return
+    if batch.rows:
+        batch.embeddings = encoder()(pixels[: len(batch.rows)])
+        summary.runtime = encoder().runtime
+    cache.write_batch(key, batch)
+    summary.embedded += len(batch.rows)
