@@ -1,0 +1,67 @@
+"""The `embedder` command line, through Typer's test runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from embedder.cli import app
+
+runner = CliRunner()
+TINY = ["--size", "96", "--weights", "none", "--no-progress"]
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def test_extract_then_rerun_then_info(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "c.h5"
+    code, output = run("extract", dataset, "--out", out, *TINY)
+    assert code == 0 and "12 embedded" in output and "0 failed" in output and "images/s" in output
+    code, output = run("extract", dataset, "--out", out, *TINY)
+    assert code == 0 and "0 embedded" in output and "12 cached" in output
+    code, output = run("info", out)
+    assert code == 0 and "mobilenet_v2-1.0-96-random-" in output and "blue 4, green 4, red 4" in output
+    code, output = run("info", out, "--format", "json")
+    described = json.loads(output)
+    assert described["schema_version"] == 1 and described["backbones"][0]["rows"] == 12
+    assert described["backbones"][0]["classes"] == {"blue": 4, "green": 4, "red": 4}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["extract", "{tmp}/missing", "--out", "{tmp}/c.h5", *TINY], "does not exist"),
+        (["extract", "{data}", "--out", "{tmp}", *TINY], "is a directory"),
+        (["extract", "{data}", "--out", "{tmp}/c.h5", "--alpha", "0.6", *TINY], "alpha must be one of"),
+        (["extract", "{data}", "--out", "{tmp}/c.h5", "--weights", "{tmp}/w.h5", "--no-progress"], "weights file"),
+        (["info", "{tmp}/none.h5"], "does not exist"),
+        (["extract", "{data}", "--out", "{tmp}/c.h5", "--runtime", "gpu", *TINY], "Received: runtime='gpu'"),
+    ],
+    ids=["missing-source", "out-is-dir", "bad-alpha", "missing-weights", "missing-cache", "bad-runtime"],
+)
+def test_bad_input_exits_2_with_the_reason(dataset: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    code, output = run(*(a.format(tmp=tmp_path, data=dataset) for a in args))
+    assert code == 2 and "error:" in output and message in output
+
+
+@pytest.mark.real_data
+def test_predict_top_k_text_and_json(keras_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from conftest import IMAGENET_LABELS, IMAGENET_PHOTOS
+
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    monkeypatch.setenv("EMBEDDER_IMAGENET_LABELS", str(IMAGENET_LABELS))
+    code, output = run("predict", IMAGENET_PHOTOS / "parrot.jpg", "--top", "3")
+    assert code == 0 and output.startswith(f"{IMAGENET_PHOTOS / 'parrot.jpg'}: macaw 0.")
+    (tmp_path / "broken.jpg").write_text("no")
+    code, output = run("predict", IMAGENET_PHOTOS / "bird.bmp", tmp_path / "broken.jpg", "--top", "2", "--format", "json")
+    lines = [json.loads(line) for line in output.strip().splitlines()]
+    assert code == 1  # one image failed
+    assert lines[0]["path"].endswith("bird.bmp") and [c["name"] for c in lines[0]["top"]][0] == "chickadee"
+    assert set(lines[0]["top"][0]) == {"index", "name", "prob"} and len(lines[0]["top"]) == 2
+    assert lines[1] == {"path": str(tmp_path / "broken.jpg"), "error": "not an image: the content is not a format Pillow can decode"}
