@@ -115,7 +115,7 @@ class Backbone:
             "architecture": "mobilenet_v2",
             **asdict(self),
             "weights": "none" if self.weights is None else self.weights,
-            "weights_file": str(self.weights_path) if self.weights_path else "",
+            "weights_file": str(self.weights_path.resolve()) if self.weights_path else "",
             "weights_sha256": self.weights_sha256,
             "precision": PRECISION,
             "dim": self.dim,

@@ -97,10 +97,7 @@ class CachedBackbone:
 
     def __init__(self, group: h5py.Group) -> None:
         self._group = group
-
-    @property
-    def key(self) -> str:
-        return self._group.name.rsplit("/", 1)[-1]
+        self.key: str = group.name.rsplit("/", 1)[-1]
 
     def __len__(self) -> int:
         return int(self._group["embeddings"].shape[0])

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from embedder.backbone import Backbone
 from embedder.cache import Batch, CacheIndex, CacheWriter, Failure

@@ -20,7 +20,7 @@ import numpy as np
 from embedder.backbone import build_mobilenet_v2
 from embedder.errors import EmbedderError
 from embedder.images import DEFAULT_MAX_PIXELS
-from embedder.pipeline import default_workers, load_file, ordered_map
+from embedder.pipeline import encode_files
 from embedder.sources import list_source
 from embedder.weights import keras_cache_candidates, resolve_weights
 
@@ -106,27 +106,12 @@ def predict_imagenet(
         pooling=None, include_top=True,
     )
     classify = tf.function(lambda images: model(images, training=False))
-    loaded = ordered_map(
-        lambda path: load_file(path, size=size, resize=resize, max_pixels=max_pixels),
-        paths, workers=default_workers(), prefetch=2 * batch_size,
-    )
-    predictions: list[Prediction] = []
-    good: list[tuple[Prediction, np.ndarray]] = []
-
-    def flush() -> None:
-        if good:
-            probs = np.asarray(classify(np.stack([pixels for _, pixels in good])))
-            for (prediction, _), row in zip(good, probs):
-                best = np.argsort(row)[::-1][:top]
-                prediction.top = [{"index": int(i), "name": names[i], "prob": float(row[i])} for i in best]
-            good.clear()
-
-    for path, result in zip(paths, loaded):
-        prediction = Prediction(path=str(path), error=result.error)
+    predictions = []
+    for row in encode_files(paths, lambda batch: np.asarray(classify(batch)), size=size, resize=resize,
+                            batch_size=batch_size, max_pixels=max_pixels):
+        prediction = Prediction(path=str(row.path), error=row.error)
+        if row.output is not None:
+            best = np.argsort(row.output)[::-1][:top]
+            prediction.top = [{"index": int(i), "name": names[i], "prob": float(row.output[i])} for i in best]
         predictions.append(prediction)
-        if result.error is None:
-            good.append((prediction, result.pixels))
-            if len(good) == batch_size:
-                flush()
-    flush()
     return predictions

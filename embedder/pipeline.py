@@ -95,13 +95,45 @@ def ordered_map(function: Callable[[T], R], items: Iterable[T], *, workers: int,
             yield pending.popleft().result()
 
 
-def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Consecutive lists of `size` items (the last one may be shorter)."""
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+@dataclass
+class Encoded:
+    """The output row of one file (e.g. its embedding), or why the file could not be used."""
+
+    path: Path
+    output: np.ndarray | None = None
+    error: str | None = None
+
+
+def encode_files(
+    paths: Iterable[Path],
+    encode: Callable[[np.ndarray], np.ndarray],
+    *,
+    size: int,
+    resize: str = "crop",
+    batch_size: int = 32,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[Encoded]:
+    """Decode files in worker threads and run `encode` on batches of the readable ones, in order."""
+    paths = list(paths)
+    loaded = ordered_map(
+        lambda path: load_file(path, size=size, resize=resize, max_pixels=max_pixels),
+        paths, workers=default_workers(), prefetch=2 * batch_size,
+    )
+    pending: list[tuple[Encoded, np.ndarray | None]] = []
+    ready = 0
+    for path, result in zip(paths, loaded):
+        pending.append((Encoded(path, error=result.error), result.pixels))
+        ready += result.error is None
+        if ready == batch_size:
+            yield from _encode_pending(pending, encode)
+            pending, ready = [], 0
+    yield from _encode_pending(pending, encode)
+
+
+def _encode_pending(pending: list[tuple[Encoded, np.ndarray | None]], encode: Callable[[np.ndarray], np.ndarray]) -> Iterator[Encoded]:
+    good = [(row, pixels) for row, pixels in pending if row.error is None]
+    if good:
+        outputs = encode(np.stack([pixels for _, pixels in good]))
+        for (row, _), output in zip(good, outputs):
+            row.output = output
+    yield from (row for row, _ in pending)

@@ -8,7 +8,7 @@ float32 embeddings (n, dim). It does not cache; use `extract` for large image se
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,8 +17,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from embedder.backbone import Backbone
 from embedder.errors import ImageError
-from embedder.images import DEFAULT_MAX_PIXELS, as_uint8_batch
-from embedder.pipeline import batched, default_workers, load_file, ordered_map
+from embedder.images import as_uint8_batch
+from embedder.pipeline import encode_files
 from embedder.runtimes import Encoder, load_encoder
 
 
@@ -71,17 +71,20 @@ class Embedder(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> np.ndarray:
         """Embeddings (n, dim) of image paths or of RGB arrays in 0..255."""
         check_is_fitted(self, "backbone_")
-        if _is_path_list(X):
-            batches = self._load_paths(X)
-        else:
-            images = X if isinstance(X, np.ndarray) else [np.asarray(image) for image in X]
-            if isinstance(images, list):
-                images = np.concatenate([self._as_uint8(image) for image in images]) if images else np.empty((0, self.size, self.size, 3), np.uint8)
-            else:
-                images = self._as_uint8(images)
-            batches = (images[i : i + self.batch_size] for i in range(0, len(images), self.batch_size))
         encode = self._encoder()
-        parts = [encode(batch) for batch in batches]
+        if _is_path_list(X):
+            rows = list(encode_files([Path(p) for p in X], encode, size=self.size, resize=self.resize, batch_size=self.batch_size))
+            failed = next((row for row in rows if row.error is not None), None)
+            if failed is not None:
+                raise ImageError(failed.error, path=str(failed.path))
+            outputs = [row.output for row in rows]
+            return np.stack(outputs) if outputs else np.empty((0, self.n_features_out_), np.float32)
+        images = X if isinstance(X, np.ndarray) else [np.asarray(image) for image in X]
+        if isinstance(images, list):
+            images = np.concatenate([self._as_uint8(image) for image in images]) if images else np.empty((0, self.size, self.size, 3), np.uint8)
+        else:
+            images = self._as_uint8(images)
+        parts = [encode(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
         return np.concatenate(parts) if parts else np.empty((0, self.n_features_out_), np.float32)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -90,16 +93,6 @@ class Embedder(TransformerMixin, BaseEstimator):
 
     def _as_uint8(self, images: np.ndarray) -> np.ndarray:
         return as_uint8_batch(images, size=self.size, resize=self.resize, check_range=self.check_range)
-
-    def _load_paths(self, paths: Sequence[Any]) -> Any:
-        def load(path: Any) -> np.ndarray:
-            loaded = load_file(path, size=self.size, resize=self.resize, max_pixels=DEFAULT_MAX_PIXELS)
-            if loaded.error is not None:
-                raise ImageError(loaded.error, path=str(path))
-            return loaded.pixels
-
-        pixels = ordered_map(load, list(paths), workers=default_workers(), prefetch=2 * self.batch_size)
-        return (np.stack(batch) for batch in batched(pixels, self.batch_size))
 
     def _encoder(self) -> Encoder:
         if getattr(self, "encoder_", None) is None:
