@@ -100,3 +100,29 @@ def copy_files(paths: list[Path], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for path in paths:
         shutil.copy(path, folder / path.name)
+
+
+def write_cache(path: Path, X: np.ndarray, labels: list[str], *, backbone=None, paths: list[str] | None = None) -> str:
+    """Write synthetic embeddings into a real cache file (through the cache's writer); returns the key."""
+    from embedder import Backbone
+    from embedder.cache import Batch, CacheWriter
+
+    backbone = backbone or Backbone(size=96, weights=None)
+    provenance = {**backbone.provenance(), "dim": int(X.shape[1]), "source": "synthetic"}
+    paths = paths or [f"{label}/{i:04d}.jpg" for i, label in enumerate(labels)]
+    rng = np.random.default_rng(0)
+    with CacheWriter(path) as writer:
+        writer.begin(backbone.key, provenance)
+        rows = [(p, rng.bytes(32).hex(), label, 1, 1) for p, label in zip(paths, labels)]
+        writer.write_batch(backbone.key, Batch(embeddings=np.asarray(X, np.float32), rows=rows))
+    return backbone.key
+
+
+def blobs(per_class: int = 30, classes: tuple[str, ...] = ("ant", "bee", "cat"), dim: int = 32, seed: int = 0,
+          spread: float = 1.0) -> tuple[np.ndarray, list[str]]:
+    """Separable Gaussian blobs, one per class, as stand-in embeddings (non-negative like pooled ReLU6)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, 4, (len(classes), dim))
+    X = np.concatenate([centres[c] + spread * rng.normal(0, 0.5, (per_class, dim)) for c in range(len(classes))])
+    labels = [name for name in classes for _ in range(per_class)]
+    return np.abs(X).astype(np.float32), labels

@@ -68,3 +68,25 @@ def test_fast_runtime_matches_keras_on_real_photos(flowers_cache: tuple[Backbone
     pixels = np.stack([decode_image(Path(p).read_bytes(), size=224) for p in paths[:16]])
     parity = compare(KerasEncoder(backbone)(pixels), cached[:16])
     assert parity["max_abs"] <= 1e-4 and parity["min_cosine"] >= 0.99999
+
+
+def test_small_sweep_end_to_end_from_real_photos(flowers_list: Path, flowers_cache: tuple[Backbone, Path], tmp_path: Path) -> None:
+    """Photos -> cache -> sweep -> report -> prediction of a photo, with the real weights."""
+    from classical import load_model, predict, sweep
+
+    backbone, out = flowers_cache
+    report = sweep(out, tmp_path / "run", models=["lr", "svm-rbf", "knn", "dense"], cv=3, progress=False,
+                   grids={"lr": {"C": [0.01, 0.1]}, "svm-rbf": {"C": [10.0]}, "knn": {"n_neighbors": [3]},
+                          "dense": {"learning_rate": [1e-3]}})
+    assert report["backbone"] == backbone.key and report["split"]["n_test"] == 8
+    accuracies = {row["name"]: row["test_accuracy"] for row in report["models"]}
+    assert max(accuracies.values()) >= 0.75, accuracies  # 5 classes, 34 training photos: chance is 0.2
+    saved = load_model(report["models"][0]["model_path"])
+    photo_path = flowers_list.read_text().splitlines()[1].split(",")[0]
+    result = predict(saved, [photo_path])[0]
+    with open_cache(out) as cache:
+        rows = cache.backbone()
+        cached = rows.load()[list(rows.paths).index(photo_path)]
+    from_cache = saved.predict_proba(cached[None, :], backbone_key=rows.key)[0]
+    assert result["label"] == report["class_names"][int(from_cache.argmax())]
+    np.testing.assert_allclose(list(result["probs"].values()), from_cache, atol=1e-4)

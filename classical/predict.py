@@ -1,0 +1,61 @@
+"""Predicting new images with a saved model, embedded by exactly the backbone it was fitted on."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from classical.errors import ModelFileError
+from classical.persist import SavedModel, load_model
+from embedder.backbone import Backbone
+from embedder.imagenet import expand_inputs
+from embedder.pipeline import encode_files
+from embedder.runtimes import load_encoder
+
+
+def model_backbone(saved: SavedModel) -> Backbone:
+    """Rebuild the model's backbone and check it is the very one (same key) it was fitted on."""
+    spec = saved.metadata["backbone"]
+    weights = {"none": None, "imagenet": "imagenet"}.get(spec["weights"], spec.get("weights_file") or spec["weights"])
+    backbone = Backbone(alpha=spec["alpha"], size=spec["size"], weights=weights, pooling=spec["pooling"], resize=spec["resize"])
+    if backbone.key != saved.backbone_key:
+        raise ModelFileError(
+            f"model '{saved.path}' was fitted on embeddings of {saved.backbone_key}, but its backbone now resolves to "
+            f"{backbone.key} (the weights file changed?); restore the weights with sha256 {spec.get('weights_sha256', '?')}."
+        )
+    return backbone
+
+
+def predict(
+    model: str | os.PathLike | SavedModel,
+    inputs: Iterable[str | os.PathLike],
+    *,
+    runtime: str = "auto",
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
+    """Class and probabilities for images and folders of images, in input order.
+
+    Each result is {"path", "label", "prob", "probs": {class: p}}, or {"path", "error"} for an
+    image that cannot be read.
+    """
+    saved = model if isinstance(model, SavedModel) else load_model(model)
+    backbone = model_backbone(saved)
+    encoder = load_encoder(backbone, runtime)
+    rows = list(encode_files(expand_inputs(inputs), encoder, size=backbone.size, resize=backbone.resize, batch_size=batch_size))
+    embedded = [row for row in rows if row.error is None]
+    probs = saved.predict_proba(np.stack([row.output for row in embedded]), backbone_key=backbone.key) if embedded else []
+    row_probs = iter(probs)
+    names = saved.class_names
+    results = []
+    for row in rows:
+        if row.error is not None:
+            results.append({"path": str(row.path), "error": row.error})
+            continue
+        p = next(row_probs)
+        best = int(p.argmax())
+        results.append({"path": str(row.path), "label": names[best], "prob": float(p[best]),
+                        "probs": {name: float(value) for name, value in zip(names, p)}})
+    return results
