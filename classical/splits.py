@@ -12,8 +12,10 @@ import hashlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -37,18 +39,18 @@ class Split:
     backbone_key: str
     assignment: dict[str, str]
 
-    def indices(self, data: LabeledEmbeddings) -> dict[str, np.ndarray]:
-        """Row indices of `data` in each part; every path of the split must be in `data`."""
-        parts = np.array([self.assignment.get(path, "") for path in data.paths])
+    def indices(self, paths: Sequence[str]) -> dict[str, np.ndarray]:
+        """Row indices of `paths` in each part; every path of the split must be among them."""
+        parts = np.array([self.assignment.get(path, "") for path in paths])
         missing = len(self.assignment) - int((parts != "").sum())
         if missing:
             raise DataError(
-                f"split {self.id} names {missing} images that the cache does not hold (anymore); "
+                f"split {self.id} names {missing} images that are not here (anymore); "
                 "score on the same images by restoring them, or start a new run directory."
             )
         extra = int((parts == "").sum())
         if extra:
-            logger.warning("%d cached images are not in split %s and are ignored", extra, self.id)
+            logger.warning("%d images are not in split %s and are ignored", extra, self.id)
         return {part: np.flatnonzero(parts == part) for part in PARTS}
 
     def counts(self) -> dict[str, int]:
@@ -67,44 +69,50 @@ class Split:
                    backbone_key=record["backbone_key"], assignment=record["assignment"])
 
 
-def make_split(data: LabeledEmbeddings, *, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, seed: int = 0) -> Split:
-    """Stratified split of the images into train/val/test, grouping identical bytes."""
+def make_split(
+    paths: Sequence[str], sha256: Sequence[str], y: np.ndarray, class_names: list[str], *,
+    backbone_key: str = "", fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, seed: int = 0,
+) -> Split:
+    """Stratified split of images (paths with content hashes and class indices), grouping identical bytes."""
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be three positive numbers summing to 1 (train, val, test). Received: {fractions}")
     groups: dict[str, list[int]] = {}
-    for row, sha in enumerate(data.sha256):
+    for row, sha in enumerate(sha256):
         groups.setdefault(sha, []).append(row)
     shas = sorted(groups)
     # a group of duplicates is stratified by its most common label
-    group_labels = np.array([Counter(data.y[groups[sha]].tolist()).most_common(1)[0][0] for sha in shas])
+    group_labels = np.array([Counter(y[groups[sha]].tolist()).most_common(1)[0][0] for sha in shas])
     n_test, n_val = round(fractions[2] * len(shas)), round(fractions[1] * len(shas))
     try:
         rest, test = train_test_split(shas, test_size=n_test, stratify=group_labels, random_state=seed)
         rest_labels = group_labels[np.searchsorted(shas, rest)]
         train, val = train_test_split(rest, test_size=n_val, stratify=rest_labels, random_state=seed)
     except ValueError as exc:
-        counts = Counter(data.class_names[label] for label in group_labels)
+        counts = Counter(class_names[label] for label in group_labels)
         raise DataError(
             f"cannot split {len(shas)} distinct images into {fractions} stratified by class ({exc}); "
             f"images per class: {dict(sorted(counts.items()))}. Add images to the small classes."
         ) from exc
-    assignment = {data.paths[row]: part for part, members in zip(PARTS, (train, val, test)) for sha in members for row in groups[sha]}
+    assignment = {paths[row]: part for part, members in zip(PARTS, (train, val, test)) for sha in members for row in groups[sha]}
     digest = hashlib.sha256(json.dumps(sorted(assignment.items())).encode()).hexdigest()[:12]
-    return Split(id=digest, seed=seed, fractions=tuple(fractions), backbone_key=data.backbone_key, assignment=assignment)
+    return Split(id=digest, seed=seed, fractions=tuple(fractions), backbone_key=backbone_key, assignment=assignment)
 
 
-def load_or_make_split(run: Path, data: LabeledEmbeddings, **options: object) -> Split:
-    """The run's stored split if there is one (same backbone required), else a new one, saved."""
+def load_or_make_split(run: Path, data: LabeledEmbeddings, **options: Any) -> Split:
+    """The run's stored split if there is one, else a new one of `data`, saved.
+
+    A split made on embeddings records their backbone; reusing it for another backbone is refused.
+    """
     path = run / "split.json"
     if path.is_file():
         split = Split.load(path)
-        if split.backbone_key != data.backbone_key:
+        if split.backbone_key and split.backbone_key != data.backbone_key:
             raise DataError(
                 f"run '{run}' was split on embeddings of {split.backbone_key}; these are {data.backbone_key}. "
                 "Use another --out directory for another backbone."
             )
         return split
-    split = make_split(data, **options)
+    split = make_split(data.paths, data.sha256, data.y, data.class_names, backbone_key=data.backbone_key, **options)
     run.mkdir(parents=True, exist_ok=True)
     split.save(path)
     return split

@@ -57,7 +57,7 @@ def sweep(
     run = Path(out)
     data = load_labeled(cache, backbone)
     split = load_or_make_split(run, data, fractions=fractions, seed=seed)
-    parts = split.indices(data)
+    parts = split.indices(data.paths)
     folds = cv_folds(data.y[np.concatenate([parts["train"], parts["val"]])], cv, data.class_names)
     report = load_report(run) if (run / "report.json").is_file() else new_report(
         backbone=data.backbone_key, cache=str(cache), class_names=data.class_names, split=split_summary(split))
