@@ -1,8 +1,11 @@
 """Embeddings -> models: stored splits, the model zoo, sweeps, reports and prediction.
 
 Reads the caches `embedder` writes (never the other way round). Importing it does not import
-TensorFlow; the Dense head and new-image prediction load it when they need it.
+TensorFlow; the Dense head, fine-tuning and new-image prediction load it when they need it
+(`finetune` is imported on first access for that reason).
 """
+
+from typing import Any
 
 from classical.data import LabeledEmbeddings, load_labeled
 from classical.dense import DenseHead
@@ -28,7 +31,16 @@ __all__ = [
     "load_model",
     "make_split",
     "predict",
+    "finetune",
     "rerender",
     "summary",
     "sweep",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "finetune":  # imports Keras: only when asked for
+        from classical.finetune import finetune
+
+        return finetune
+    raise AttributeError(f"module 'classical' has no attribute {name!r}")

@@ -74,6 +74,59 @@ def sweep(
     typer.echo(f"\nreport: {out / 'report.md'} (json, csv, plots/ beside it)")
 
 
+class Variant(str, Enum):
+    a = "a"
+    b = "b"
+
+
+class Schedule(str, Enum):
+    cosine = "cosine"
+    plateau = "plateau"
+    constant = "constant"
+
+
+@app.command()
+def finetune(
+    images: Annotated[Path, typer.Argument(help="The images of the run: the folder (or list) its cache was extracted from.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory; its stored split is used (or created).")],
+    variant: Annotated[Variant, typer.Option(help="'a': head first, then unfreeze the top; 'b': all trainable from the start.")] = Variant.a,
+    size: Annotated[int, typer.Option(help="Input side in pixels (96-224; 160 or 128 keep CPU training affordable).")] = 160,
+    weights: Annotated[str, typer.Option(help="'auto' (the run cache's weights, else imagenet), 'imagenet', a file or 'none'.")] = "auto",
+    head_epochs: Annotated[int, typer.Option(help="Variant a: epochs of head training on the frozen base.")] = 3,
+    epochs: Annotated[int, typer.Option(help="Epochs with unfrozen layers.")] = 5,
+    head_lr: Annotated[float, typer.Option(help="Learning rate of head training.")] = 1e-3,
+    lr: Annotated[float, typer.Option(help="Learning rate with unfrozen layers.")] = 1e-5,
+    unfreeze: Annotated[int, typer.Option(help="Variant a: layer groups unfrozen from the top (1-7).")] = 2,
+    unfreeze_layers: Annotated[Optional[int], typer.Option(help="Variant a: unfreeze the top N layers instead of groups.")] = None,
+    gradual: Annotated[bool, typer.Option(help="Variant a: unfreeze the groups one at a time over the epochs.")] = False,
+    lr_decay: Annotated[float, typer.Option(help="Discriminative rates: group g (1 = top) gets lr x decay^g; 1 = off.")] = 1.0,
+    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule with unfrozen layers.")] = Schedule.cosine,
+    augment: Annotated[bool, typer.Option(help="Flip, rotation, zoom and contrast augmentation during training.")] = True,
+    batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of weights initialisation, shuffling, augmentation and a new split.")] = 0,
+    progress: Annotated[bool, typer.Option(help="One line per epoch.")] = True,
+) -> None:
+    """Fine-tune MobileNetV2 on the run's images and add its row to the run's report (recipe 3)."""
+    from classical.finetune import finetune as run_finetune
+
+    try:
+        report = run_finetune(
+            images, out, variant=variant.value, size=size, weights=None if weights.lower() == "none" else weights,
+            head_epochs=head_epochs, epochs=epochs, head_learning_rate=head_lr, learning_rate=lr, unfreeze=unfreeze,
+            unfreeze_layers=unfreeze_layers, gradual=gradual, lr_decay=lr_decay, schedule=schedule.value, augment=augment,
+            batch_size=batch_size, seed=seed, progress=progress,
+        )
+    except (EmbedderError, ValueError) as exc:
+        _fail(exc)
+    row = next(row for row in report["models"] if row["name"] == f"finetune-{variant.value}")
+    for phase in row["phases"]:
+        typer.echo(f"phase {phase['name']:>16}: {phase['epochs']} epochs at lr {phase['learning_rate']:g}, "
+                   f"{phase['trainable']:,} trainable / {phase['non_trainable']:,} non-trainable parameters, "
+                   f"{phase['seconds_per_epoch'] or 0:.1f} s/epoch")
+    typer.echo("")
+    typer.echo(summary(report))
+
+
 @app.command()
 def report(run: Annotated[Path, typer.Argument(help="Run directory of a sweep.")]) -> None:
     """Re-render a run's plots and report files from its report.json, and print the table."""
