@@ -42,5 +42,6 @@ def __getattr__(name: str) -> Any:
     if name == "finetune":  # imports Keras: only when asked for
         from classical.finetune import finetune
 
+        globals()["finetune"] = finetune  # the function, not the submodule of the same name
         return finetune
     raise AttributeError(f"module 'classical' has no attribute {name!r}")

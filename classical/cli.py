@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import os
 import sys
 from enum import Enum
@@ -20,6 +19,7 @@ from classical.models import MODEL_NAMES  # noqa: E402
 from classical.predict import predict as run_predict  # noqa: E402
 from classical.sweep import rerender, summary  # noqa: E402
 from classical.sweep import sweep as run_sweep  # noqa: E402
+from embedder.cli import Verbose, fail, parse_weights, setup_logging  # noqa: E402
 from embedder.errors import EmbedderError  # noqa: E402
 
 app = typer.Typer(help="Classical models and neural heads on cached embeddings, compared on one split.",
@@ -37,14 +37,9 @@ class Format(str, Enum):
     csv = "csv"
 
 
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
-
-
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def main(verbose: Verbose = False) -> None:
+    setup_logging(verbose)
 
 
 @app.command()
@@ -69,7 +64,7 @@ def sweep(
             fractions=tuple(float(f) for f in fractions.split(",")), progress=None if progress else False,
         )
     except (EmbedderError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(summary(report))
     typer.echo(f"\nreport: {out / 'report.md'} (json, csv, plots/ beside it)")
 
@@ -111,13 +106,13 @@ def finetune(
 
     try:
         report = run_finetune(
-            images, out, variant=variant.value, size=size, weights=None if weights.lower() == "none" else weights,
+            images, out, variant=variant.value, size=size, weights=parse_weights(weights),
             head_epochs=head_epochs, epochs=epochs, head_learning_rate=head_lr, learning_rate=lr, unfreeze=unfreeze,
             unfreeze_layers=unfreeze_layers, gradual=gradual, lr_decay=lr_decay, schedule=schedule.value, augment=augment,
             batch_size=batch_size, seed=seed, progress=progress,
         )
     except (EmbedderError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     row = next(row for row in report["models"] if row["name"] == f"finetune-{variant.value}")
     for phase in row["phases"]:
         typer.echo(f"phase {phase['name']:>16}: {phase['epochs']} epochs at lr {phase['learning_rate']:g}, "
@@ -133,7 +128,7 @@ def report(run: Annotated[Path, typer.Argument(help="Run directory of a sweep.")
     try:
         rendered = rerender(run)
     except (FileNotFoundError, EmbedderError) as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(summary(rendered))
 
 
@@ -148,7 +143,7 @@ def predict(
     try:
         results = run_predict(model, inputs, runtime=runtime)
     except (EmbedderError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     if format is Format.json:
         for result in results:
             typer.echo(json.dumps(result))

@@ -217,7 +217,7 @@ class CacheIndex:
     """What a backbone group already holds, for planning a run without reading embeddings."""
 
     rows: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # path -> (sha, size, mtime)
-    failures: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    failures: dict[str, tuple[str, int, int, str]] = field(default_factory=dict)  # path -> (sha, size, mtime, reason)
     hashes: set[str] = field(default_factory=set)
     failed_hashes: dict[str, str] = field(default_factory=dict)  # sha -> reason
 
@@ -348,7 +348,7 @@ class CacheWriter:
                 table["path"].asstr()[...], table["sha256"].asstr()[...], table["reason"].asstr()[...],
                 table["file_size"][...], table["mtime_ns"][...],
             ):
-                index.failures[path] = (sha, int(size), int(mtime))
+                index.failures[path] = (sha, int(size), int(mtime), reason)
                 if sha:
                     index.failed_hashes[sha] = reason
         return index

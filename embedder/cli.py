@@ -34,18 +34,27 @@ Weights = Annotated[str, typer.Option(help="'imagenet' (Keras; offline via KERAS
 Resize = Annotated[str, typer.Option(help="'crop': shorter side to SIZE then center crop; 'squash': ignore aspect ratio.")]
 
 
-def _weights(value: str) -> str | None:
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
+
+
+def parse_weights(value: str) -> str | None:
+    """The --weights option: 'none' means random weights."""
     return None if value.lower() == "none" else value
 
 
-def _fail(exc: Exception) -> None:
+def fail(exc: Exception) -> None:
+    """Exit with status 2 and the error's message, the CLIs' answer to bad input."""
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(2)
 
 
-@app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
+def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.callback()
+def main(verbose: Verbose = False) -> None:
+    setup_logging(verbose)
 
 
 @app.command()
@@ -67,13 +76,13 @@ def extract(
 ) -> None:
     """Embed every image of SOURCE into the cache OUT; only images not cached yet are computed."""
     try:
-        backbone = Backbone(alpha=alpha, size=size, weights=_weights(weights), pooling=pooling, resize=resize)
+        backbone = Backbone(alpha=alpha, size=size, weights=parse_weights(weights), pooling=pooling, resize=resize)
         summary = run_extract(
             source, out, backbone, runtime=runtime, batch_size=batch_size, workers=workers, labels=labels,
             max_pixels=max_pixels, rehash=rehash, progress=None if progress else False,
         )
     except (EmbedderError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(str(summary))
 
 
@@ -86,7 +95,7 @@ def info(
     try:
         described = cache_info(cache)
     except EmbedderError as exc:
-        _fail(exc)
+        fail(exc)
     if format is Format.json:
         typer.echo(json.dumps(described, indent=2))
         return
@@ -122,10 +131,10 @@ def predict(
 
     try:
         predictions = predict_imagenet(
-            inputs, top=top, alpha=alpha, size=size, weights=_weights(weights), resize=resize, labels=labels
+            inputs, top=top, alpha=alpha, size=size, weights=parse_weights(weights), resize=resize, labels=labels
         )
     except (EmbedderError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     for prediction in predictions:
         if format is Format.json:
             typer.echo(json.dumps(prediction.as_dict()))

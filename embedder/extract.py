@@ -83,8 +83,9 @@ def extract(
     key = backbone.key
     with CacheWriter(out) as cache:
         index = cache.index(key)
-        todo, summary = _plan(listed.items, index, rehash=rehash)
-        summary.out, summary.backbone_key, summary.total = Path(out), key, len(listed.items)
+        todo, cached, failed = _plan(listed.items, index, rehash=rehash)
+        summary = ExtractSummary(out=Path(out), backbone_key=key, runtime="none", total=len(listed.items),
+                                 cached=cached, failed=failed)
         logger.info("%s: %d images to read, %d cached", out, len(todo), summary.cached)
         if todo:
             provenance = {**backbone.provenance(), "source": str(listed.root.resolve())}
@@ -98,10 +99,12 @@ def extract(
     return summary
 
 
-def _plan(items: list[SourceItem], index: CacheIndex, *, rehash: bool) -> tuple[list[SourceItem], ExtractSummary]:
-    """Split items into those to read and those whose cached row (or failure) is still current."""
-    summary = ExtractSummary(out=Path(), backbone_key="", runtime="none", total=len(items))
-    todo = []
+def _plan(items: list[SourceItem], index: CacheIndex, *, rehash: bool) -> tuple[list[SourceItem], int, list[Failure]]:
+    """Items to read, and the counts of those whose cached row (or recorded failure) is still current.
+
+    Current means same path, size and modification time; `rehash` reads everything anyway.
+    """
+    todo, cached, failed = [], 0, []
     for item in items:
         known = index.rows.get(item.rel) or index.failures.get(item.rel)
         if known is not None and not rehash:
@@ -109,14 +112,14 @@ def _plan(items: list[SourceItem], index: CacheIndex, *, rehash: bool) -> tuple[
                 stat = os.stat(item.path)
             except OSError:
                 stat = None
-            if stat is not None and (stat.st_size, stat.st_mtime_ns) == known[1:]:
+            if stat is not None and (stat.st_size, stat.st_mtime_ns) == known[1:3]:
                 if item.rel in index.rows:
-                    summary.cached += 1
+                    cached += 1
                 else:
-                    summary.failed.append(Failure(item.rel, index.failed_hashes.get(known[0], "failed before"), known[0]))
+                    failed.append(Failure(item.rel, reason=known[3], sha256=known[0]))
                 continue
         todo.append(item)
-    return todo, summary
+    return todo, cached, failed
 
 
 def _embed_into(

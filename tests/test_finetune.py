@@ -136,3 +136,9 @@ def test_an_interrupted_run_continues_from_the_last_completed_epoch(tmp_path: Pa
     assert [epochs[key]["run"] for key in sorted(epochs) if key not in done_before["epochs"]] == [2] * (4 - len(done_before["epochs"]))
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["models"][0]["name"] == "finetune-a" and np.isfinite(report["models"][0]["test_accuracy"])
+
+
+def test_package_exports_the_function_and_imports_keras_only_when_asked() -> None:
+    code = ("import sys, classical; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; "
+            "from classical import finetune; assert callable(finetune) and finetune.__module__ == 'classical.finetune'")
+    subprocess.run([sys.executable, "-c", code], check=True)
