@@ -116,3 +116,19 @@ def test_learning_rate_warnings(rate: float, unfrozen: bool, message: str | None
         warnings.simplefilter("always")
         check_learning_rate(rate, unfrozen=unfrozen)
     assert [str(w.message) for w in caught if message and message in str(w.message)] or (message is None and not caught)
+
+
+def test_after_unfreezing_and_recompiling_exactly_the_unfrozen_groups_train() -> None:
+    import keras
+
+    network = build_network(TINY, 3, augment=False)
+    base = base_of(network)
+    network.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    network.fit(images(8), np.arange(8) % 3, epochs=1, batch_size=8, verbose=0)  # head only: compiled frozen
+    set_trainable(network, groups=2)
+    network.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    watched = ("Conv_1", "block_14_project", "block_11_project", "Conv1")
+    before = {name: base.get_layer(name).kernel.numpy() for name in watched}
+    network.fit(images(8), np.arange(8) % 3, epochs=1, batch_size=8, verbose=0)
+    changed = {name: not np.array_equal(before[name], base.get_layer(name).kernel.numpy()) for name in watched}
+    assert changed == {"Conv_1": True, "block_14_project": True, "block_11_project": False, "Conv1": False}
