@@ -8,8 +8,9 @@ Policy, applied identically everywhere (extraction, `Embedder.transform`, top-k 
 - resize "crop" (default): the central square of side min(width, height) is resized to
   size x size, which equals resizing the shorter side then center-cropping, as ImageNet
   evaluation does; "squash": the whole image is resized to size x size;
-- resampling is Pillow's antialiased bilinear filter; large JPEGs are first decoded at a
-  reduced scale (never below the target size) with `Image.draft`, which is much faster.
+- resampling averages the covered source pixels (box filter, i.e. area interpolation) when
+  shrinking and is bilinear when enlarging; large JPEGs are first decoded at a reduced scale
+  (never below the target size) with `Image.draft`, which is much faster.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def fit_square(image: Image.Image, *, size: int, resize: str = "crop") -> np.nda
     else:
         raise ValueError(f"resize must be 'crop' or 'squash'. Received: resize={resize!r}")
     if (width, height) != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+        shrinking = min(box[2] - box[0], box[3] - box[1]) >= size
+        image = image.resize((size, size), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR, box=box)
     return np.asarray(image, dtype=np.uint8)
 
 
