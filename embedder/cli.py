@@ -66,7 +66,9 @@ def extract(
     weights: Weights = "imagenet",
     pooling: Annotated[str, typer.Option(help="Global pooling: 'avg' or 'max'.")] = "avg",
     resize: Resize = "crop",
-    runtime: Annotated[str, typer.Option(help="'auto' (fastest that matches Keras), 'onnx' or 'keras'.")] = "auto",
+    runtime: Annotated[str, typer.Option(help="'auto' (fastest measured), 'onnx', 'openvino' or 'keras' (reference).")] = "auto",
+    precision: Annotated[str, typer.Option(help="'fp32' (exact), or opt-in 'bf16' / 'int8' (faster, own cache key).")] = "fp32",
+    calibration: Annotated[Optional[Path], typer.Option(help="int8: images to calibrate on (default: see README).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 32,
     workers: Annotated[Optional[int], typer.Option(help="Decode threads (default: one per core).")] = None,
     labels: Annotated[str, typer.Option(help="'auto', 'folders' (class sub-folders) or 'none'.")] = "auto",
@@ -79,7 +81,8 @@ def extract(
         backbone = Backbone(alpha=alpha, size=size, weights=parse_weights(weights), pooling=pooling, resize=resize)
         summary = run_extract(
             source, out, backbone, runtime=runtime, batch_size=batch_size, workers=workers, labels=labels,
-            max_pixels=max_pixels, rehash=rehash, progress=None if progress else False,
+            max_pixels=max_pixels, rehash=rehash, precision=precision, calibration=calibration,
+            progress=None if progress else False,
         )
     except (EmbedderError, ValueError) as exc:
         fail(exc)

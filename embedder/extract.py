@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from embedder.backbone import Backbone
-from embedder.cache import Batch, CacheIndex, CacheWriter, Failure
+from embedder.cache import Batch, CacheIndex, CacheWriter, Failure, open_cache
 from embedder.images import DEFAULT_MAX_PIXELS
 from embedder.pipeline import LoadedFile, default_workers, load_file, ordered_map
-from embedder.runtimes import Encoder, load_encoder
+from embedder.runtimes import CALIBRATION_IMAGES, Encoder, load_encoder, reduced_key
 from embedder.sources import SourceItem, list_source
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ def extract(
     labels: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     rehash: bool = False,
+    precision: str = "fp32",
+    calibration: str | os.PathLike | None = None,
     progress: bool | None = None,
 ) -> ExtractSummary:
     """Embed every image of `source` into the cache `out`, skipping what is already cached.
@@ -74,29 +77,70 @@ def extract(
     (`rehash=True` hashes every file anyway); a file whose bytes are already cached under
     another path reuses that embedding. Images that cannot be decoded are recorded with
     their reason and the run goes on.
+
+    `precision` "bf16" or "int8" trades exactness for speed; such embeddings get their own cache
+    key. int8 is calibrated on `calibration` (a folder or list of images), by default on the
+    calibration images of this cache's earlier int8 rows, else on up to 128 images of `source`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1. Received: batch_size={batch_size}")
     backbone = backbone or Backbone()
     started = time.perf_counter()
     listed = list_source(source, labels=labels)
-    key = backbone.key
     with CacheWriter(out) as cache:
+        if precision == "fp32":
+            key, extra = backbone.key, {}
+            encoder = functools.cache(lambda: load_encoder(backbone, runtime))
+        else:  # the key depends on the runtime (and calibration) chosen: load it first
+            reduced, files = _reduced_encoder(Path(out), backbone, listed.items, runtime, precision, calibration)
+            key, encoder = reduced.key, lambda: reduced
+            extra = {"backbone_key": key, "precision": precision, "runtime": reduced.runtime,
+                     "calibration_digest": reduced.calibration, "calibration_files": json.dumps(files)}
         index = cache.index(key)
         todo, cached, failed = _plan(listed.items, index, rehash=rehash)
         summary = ExtractSummary(out=Path(out), backbone_key=key, runtime="none", total=len(listed.items),
                                  cached=cached, failed=failed)
         logger.info("%s: %d images to read, %d cached", out, len(todo), summary.cached)
         if todo:
-            provenance = {**backbone.provenance(), "source": str(listed.root.resolve())}
+            provenance = {**backbone.provenance(), **extra, "source": str(listed.root.resolve())}
             cache.begin(key, provenance)
             _embed_into(
-                cache, key, todo, functools.cache(lambda: load_encoder(backbone, runtime)), backbone, index, summary,
+                cache, key, todo, encoder, backbone, index, summary,
                 batch_size=batch_size, workers=workers or default_workers(), max_pixels=max_pixels, progress=progress,
             )
     summary.seconds = time.perf_counter() - started
     logger.info("%s", summary)
     return summary
+
+
+def _reduced_encoder(out: Path, backbone: Backbone, items: list[SourceItem], runtime: str, precision: str,
+                     calibration: str | os.PathLike | None) -> tuple[Encoder, list[str]]:
+    """The reduced-precision encoder and its int8 calibration files, chosen as `extract` documents."""
+    files: list[str] = []
+    digest = None
+    if precision == "int8":
+        if calibration is not None:
+            files = [str(item.path) for item in list_source(calibration, labels="none").items]
+        else:
+            files, digest = _earlier_calibration(out, backbone)
+            if not files:
+                files = [str(item.path) for item in items[:: max(1, len(items) // CALIBRATION_IMAGES)][:CALIBRATION_IMAGES]]
+    encoder = load_encoder(backbone, runtime, precision=precision, calibration=[Path(f) for f in files],
+                           calibration_digest=digest)
+    return encoder, files
+
+
+def _earlier_calibration(out: Path, backbone: Backbone) -> tuple[list[str], str | None]:
+    """Calibration files and digest of int8 rows of this backbone already in the cache, if any."""
+    if not out.is_file():
+        return [], None
+    prefix = reduced_key(backbone, "int8", runtime="")  # "<fp32 key without -fp32>-int8-"
+    with open_cache(out) as cache:
+        for key in cache.keys:
+            if key.startswith(prefix):
+                provenance = cache[key].provenance
+                return json.loads(provenance.get("calibration_files", "[]")), provenance.get("calibration_digest")
+    return [], None
 
 
 def _plan(items: list[SourceItem], index: CacheIndex, *, rehash: bool) -> tuple[list[SourceItem], int, list[Failure]]:
@@ -183,6 +227,6 @@ def _flush(
         return
     if batch.rows:
         batch.embeddings = encoder()(pixels[: len(batch.rows)])
-        summary.runtime = encoder().runtime
+        summary.runtime = encoder().runtime if encoder().precision == "fp32" else f"{encoder().runtime} {encoder().precision}"
     cache.write_batch(key, batch)
     summary.embedded += len(batch.rows)

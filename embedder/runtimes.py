@@ -1,47 +1,70 @@
 """Inference runtimes behind one interface: uint8 images (n, size, size, 3) in, float32 embeddings out.
 
+Runtimes, all running models exported from the backbone's own Keras model:
 - "keras": the reference, the Keras model in a `tf.function` (inference mode, no per-call leaks);
-- "onnx": ONNX Runtime on a model exported from that very Keras model with tf2onnx, about 2.4x
-  faster on CPU. The export is cached on disk per backbone key and only used after it matched the
-  Keras reference on a fixed set of test images: cosine >= 0.99999 and max abs difference
-  <= 1e-4 x max(1, RMS of the reference), i.e. 1e-4 for avg-pooled embeddings (RMS < 1); max
-  pooling picks single activations, whose rounding differences are not averaged away;
-- "auto": "onnx" when it is installed and passes that check, otherwise "keras".
+- "onnx": ONNX Runtime on the model exported with tf2onnx (cached on disk per backbone key);
+- "openvino": OpenVINO on that same ONNX model, two streams per batch.
+
+Precisions:
+- "fp32" (default): every fp32 runtime must match the Keras reference on fixed test images
+  (cosine >= 0.99999, max abs difference <= 1e-4 x max(1, RMS of the reference): 1e-4 for
+  avg-pooled embeddings), so fp32 embeddings of any runtime share one cache key;
+- "bf16" (OpenVINO's bf16 inference) and "int8" (ONNX Runtime's static post-training
+  quantization, calibrated on real images, run by OpenVINO or ONNX Runtime): only when asked. Their
+  embeddings differ from fp32, so their cache key names the precision and the runtime (and, for
+  int8, the calibration images' digest), and they never mix with fp32 rows.
+
+"auto" picks, for the precision asked, the fastest runtime that is installed and (for fp32)
+passes the parity check; throughputs are measured once per backbone key and remembered.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from embedder.backbone import Backbone
+from embedder.backbone import PRECISION, Backbone
 from embedder.errors import RuntimeUnavailableError
 
 logger = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "keras", "onnx")
+RUNTIMES = ("auto", "keras", "onnx", "openvino")
+PRECISIONS = ("fp32", "bf16", "int8")
+CANDIDATES = {"fp32": ("onnx", "openvino", "keras"), "bf16": ("openvino",), "int8": ("openvino", "onnx")}
 PARITY_MAX_ABS = 1e-4
 PARITY_MIN_COSINE = 0.99999
+CALIBRATION_IMAGES = 128
 
 
 class Encoder(Protocol):
     """Turns a uint8 batch (n, size, size, 3) into float32 embeddings (n, dim)."""
 
     runtime: str
+    precision: str
+    key: str  # the cache key of the embeddings it produces
+    calibration: str  # digest of the int8 calibration images ("" otherwise)
 
     def __call__(self, images: np.ndarray) -> np.ndarray: ...
+
+
+def reduced_key(backbone: Backbone, precision: str, runtime: str, calibration: str = "") -> str:
+    """Cache key of reduced-precision embeddings: the backbone's key with precision and runtime."""
+    detail = f"{precision}-{calibration[:8]}" if calibration else precision
+    return f"{backbone.key.removesuffix('-' + PRECISION)}-{detail}-{runtime}"
 
 
 class KerasEncoder:
     """The reference runtime: the backbone's Keras model traced once into a `tf.function`."""
 
-    runtime = "keras"
+    runtime, precision, calibration = "keras", "fp32", ""
 
     def __init__(self, backbone: Backbone) -> None:
         import tensorflow as tf
@@ -49,17 +72,19 @@ class KerasEncoder:
         model = backbone.model
         spec = tf.TensorSpec([None, backbone.size, backbone.size, 3], tf.uint8, name="images")
         self._function = tf.function(lambda images: model(images, training=False), input_signature=[spec])
+        self.key = backbone.key
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self._function(images), dtype=np.float32)
 
 
 class OnnxEncoder:
-    """ONNX Runtime session on an exported backbone."""
+    """ONNX Runtime session on an exported (fp32) or quantized (int8) model."""
 
     runtime = "onnx"
 
-    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: Path, *, key: str, precision: str = "fp32", calibration: str = "",
+                 threads: int | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -68,9 +93,38 @@ class OnnxEncoder:
         options.log_severity_level = 3
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
+        self.key, self.precision, self.calibration = key, precision, calibration
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: np.ascontiguousarray(images, dtype=np.uint8)})[0]
+
+
+class OpenVinoEncoder:
+    """OpenVINO on the same ONNX model; a batch is split over the CPU plugin's parallel streams."""
+
+    runtime = "openvino"
+
+    def __init__(self, path: Path, *, key: str, precision: str = "fp32", calibration: str = "",
+                 threads: int | None = None) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        core.set_property({"CACHE_DIR": str(runtime_cache_dir() / "openvino")})  # compiled blobs, reused
+        config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        compiled = core.compile_model(str(path), "CPU", config)
+        self._requests = [compiled.create_infer_request()
+                          for _ in range(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))]
+        self.key, self.precision, self.calibration = key, precision, calibration
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        parts = [part for part in np.array_split(np.ascontiguousarray(images, dtype=np.uint8), len(self._requests)) if len(part)]
+        for request, part in zip(self._requests, parts):
+            request.start_async({0: part})
+        for request in self._requests[: len(parts)]:
+            request.wait()
+        return np.concatenate([request.get_output_tensor(0).data.copy() for request in self._requests[: len(parts)]])
 
 
 def runtime_cache_dir() -> Path:
@@ -133,7 +187,7 @@ def export_onnx(backbone: Backbone, path: Path) -> dict[str, float]:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(proto.SerializeToString())
     images = parity_images(backbone.size)
-    parity = compare(KerasEncoder(backbone)(images), OnnxEncoder(tmp)(images))
+    parity = compare(KerasEncoder(backbone)(images), OnnxEncoder(tmp, key=backbone.key)(images))
     report = {**parity, "export_seconds": time.perf_counter() - started, "backbone_key": backbone.key}
     if not within_parity(parity):
         tmp.unlink()
@@ -147,22 +201,156 @@ def export_onnx(backbone: Backbone, path: Path) -> dict[str, float]:
     return report
 
 
-def load_encoder(backbone: Backbone, runtime: str = "auto", *, threads: int | None = None) -> Encoder:
-    """The encoder for `runtime`; "auto" falls back to Keras (with a warning) if ONNX is unusable."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {RUNTIMES}. Received: runtime={runtime!r}")
+def fp32_model(backbone: Backbone) -> Path:
+    """The parity-checked ONNX export of the backbone, exported on first use."""
+    path = onnx_path(backbone)
+    if not path.is_file():
+        export_onnx(backbone, path)
+    return path
+
+
+def digest_files(images: Sequence[Path]) -> str:
+    """Identity of a calibration set: sha256 over the sorted sha256 of its files' bytes."""
+    hashes = sorted(hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in images)
+    return hashlib.sha256("".join(hashes).encode()).hexdigest()
+
+
+def int8_path(backbone: Backbone, digest: str) -> Path:
+    return runtime_cache_dir() / "onnx" / f"{backbone.key}-int8-{digest[:16]}.onnx"
+
+
+def int8_model(backbone: Backbone, calibration: Sequence[Path], digest: str | None = None) -> tuple[Path, str]:
+    """The int8 model calibrated on `calibration` (static, per-channel, QDQ), quantized on first use.
+
+    With a known `digest` whose model is cached, the calibration files are not read at all.
+    """
+    if digest and int8_path(backbone, digest).is_file():
+        return int8_path(backbone, digest), digest
+    digest = digest_files(calibration)
+    path = int8_path(backbone, digest)
+    if path.is_file():
+        return path, digest
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from embedder.pipeline import default_workers, load_file, ordered_map
+
+    loaded = list(ordered_map(lambda p: load_file(Path(p), size=backbone.size, resize=backbone.resize), calibration,
+                              workers=default_workers(), prefetch=32))
+    pixels = np.stack([item.pixels for item in loaded if item.pixels is not None])
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(np.array_split(pixels, max(1, len(pixels) // 16)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch}
+
+    started = time.perf_counter()
+    prepared = path.with_name(f"{path.name}.prepared-{os.getpid()}")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        quant_pre_process(str(fp32_model(backbone)), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(tmp), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        os.replace(tmp, path)
+    finally:
+        prepared.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    logger.info("quantized %s to int8 on %d images in %.1fs", backbone.key, len(pixels), time.perf_counter() - started)
+    return path, digest
+
+
+def _installed(runtime: str) -> bool:
+    module = {"keras": "tensorflow", "onnx": "onnxruntime", "openvino": "openvino"}[runtime]
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def _build(backbone: Backbone, runtime: str, precision: str, calibration: Sequence[Path] | None,
+           digest: str | None, threads: int | None) -> Encoder:
+    """One encoder; fp32 fast runtimes are checked against the Keras reference once per key."""
+    if precision not in CANDIDATES or runtime not in CANDIDATES[precision]:
+        supported = ", ".join(f"{p}: {'/'.join(r)}" for p, r in CANDIDATES.items())
+        raise RuntimeUnavailableError(f"runtime '{runtime}' does not run precision '{precision}' (supported: {supported}).")
+    if not _installed(runtime):
+        raise RuntimeUnavailableError(f"runtime '{runtime}' is not installed; pip install it, or choose another --runtime.")
     if runtime == "keras":
         return KerasEncoder(backbone)
-    path = onnx_path(backbone)
-    try:
-        if not path.is_file():
-            export_onnx(backbone, path)
-        return OnnxEncoder(path, threads=threads)
-    except ImportError as exc:
-        problem: Exception = RuntimeUnavailableError(f"runtime 'onnx' needs onnxruntime and tf2onnx ({exc}); pip install them.")
-    except RuntimeUnavailableError as exc:
-        problem = exc
-    if runtime == "onnx":
-        raise problem
-    logger.warning("%s Using the slower Keras runtime.", problem)
-    return KerasEncoder(backbone)
+    encoder_class = OnnxEncoder if runtime == "onnx" else OpenVinoEncoder
+    if precision == "int8":
+        if not calibration and not (digest and int8_path(backbone, digest).is_file()):
+            raise RuntimeUnavailableError("precision 'int8' needs calibration images (real photos like the ones to embed).")
+        path, digest = int8_model(backbone, calibration or [], digest)
+        return encoder_class(path, key=reduced_key(backbone, precision, runtime, digest), precision=precision,
+                             calibration=digest, threads=threads)
+    path = fp32_model(backbone)
+    if precision == "bf16":
+        return encoder_class(path, key=reduced_key(backbone, precision, runtime), precision=precision, threads=threads)
+    encoder = encoder_class(path, key=backbone.key, threads=threads)
+    if runtime != "onnx":  # the ONNX export itself was checked when exported
+        images = parity_images(backbone.size)
+        parity = compare(np.asarray(OnnxEncoder(path, key=backbone.key)(images)), encoder(images))
+        if not within_parity(parity):
+            raise RuntimeUnavailableError(f"runtime '{runtime}' differs from the reference on {backbone.key} "
+                                          f"(max abs {parity['max_abs']:.2e}); choose another --runtime.")
+    return encoder
+
+
+def _throughput(encoder: Encoder, size: int) -> float:
+    """Images per second of an encoder on a batch of 32 test images (after a warm-up call)."""
+    batch = np.concatenate([parity_images(size)] * 4)
+    encoder(batch)
+    started, calls = time.perf_counter(), 0
+    while time.perf_counter() - started < 1.5 or calls < 2:
+        encoder(batch)
+        calls += 1
+    return calls * len(batch) / (time.perf_counter() - started)
+
+
+def load_encoder(
+    backbone: Backbone,
+    runtime: str = "auto",
+    *,
+    precision: str = "fp32",
+    calibration: Sequence[Path] | None = None,
+    calibration_digest: str | None = None,
+    threads: int | None = None,
+) -> Encoder:
+    """The encoder for `runtime` and `precision`; "auto" measures the candidates once and keeps the fastest.
+
+    int8 needs `calibration` images, or the `calibration_digest` of an int8 model already quantized.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}. Received: runtime={runtime!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}. Received: precision={precision!r}")
+    if runtime != "auto":
+        return _build(backbone, runtime, precision, calibration, calibration_digest, threads)
+    choice_file = runtime_cache_dir() / "auto" / f"{backbone.key}-{precision}.json"
+    if choice_file.is_file():
+        choice = json.loads(choice_file.read_text())["runtime"]
+        return _build(backbone, choice, precision, calibration, calibration_digest, threads)
+    measured, problems = {}, []
+    for candidate in CANDIDATES[precision]:
+        if candidate == "keras" and measured:
+            continue  # the reference is the slowest; it is only the fallback
+        try:  # one candidate in memory at a time: peak memory is that of one runtime
+            measured[candidate] = _throughput(
+                _build(backbone, candidate, precision, calibration, calibration_digest, threads), backbone.size)
+        except (RuntimeUnavailableError, ImportError) as exc:
+            problems.append(str(exc))
+    if not measured:
+        raise RuntimeUnavailableError(f"no runtime can run precision '{precision}': {' '.join(problems)}")
+    if problems and precision == "fp32":
+        logger.warning("%s", " ".join(problems))
+    best = max(measured, key=measured.get)
+    choice_file.parent.mkdir(parents=True, exist_ok=True)
+    choice_file.write_text(json.dumps({"runtime": best, "images_per_second": measured}, indent=2))
+    logger.info("runtime for %s %s: %s (images/s measured: %s)", backbone.key, precision, best,
+                {name: round(rate) for name, rate in measured.items()})
+    return _build(backbone, best, precision, calibration, calibration_digest, threads)

@@ -20,6 +20,7 @@ from embedder.errors import ImageError
 from embedder.images import as_uint8_batch
 from embedder.pipeline import encode_files
 from embedder.runtimes import Encoder, load_encoder
+from embedder.sources import list_source
 
 
 class Embedder(TransformerMixin, BaseEstimator):
@@ -28,7 +29,9 @@ class Embedder(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     alpha, size, weights, pooling, resize : the backbone, see `embedder.Backbone`.
-    runtime : "auto", "keras" or "onnx", see `embedder.runtimes`.
+    runtime : "auto", "keras", "onnx" or "openvino", see `embedder.runtimes`.
+    precision : "fp32" (default), or opt-in "bf16" / "int8" (faster; embeddings of their own key).
+    calibration : int8 only: a folder or list of images like the ones to embed, to calibrate on.
     batch_size : images per inference call.
     check_range : refuse float images that look already scaled to [0, 1] or [-1, 1].
 
@@ -47,6 +50,8 @@ class Embedder(TransformerMixin, BaseEstimator):
         pooling: str = "avg",
         resize: str = "crop",
         runtime: str = "auto",
+        precision: str = "fp32",
+        calibration: str | None = None,
         batch_size: int = 32,
         check_range: bool = True,
     ) -> None:
@@ -56,6 +61,8 @@ class Embedder(TransformerMixin, BaseEstimator):
         self.pooling = pooling
         self.resize = resize
         self.runtime = runtime
+        self.precision = precision
+        self.calibration = calibration
         self.batch_size = batch_size
         self.check_range = check_range
 
@@ -64,7 +71,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         self.backbone_ = Backbone(
             alpha=self.alpha, size=self.size, weights=self.weights, pooling=self.pooling, resize=self.resize
         )
-        self.backbone_key_ = self.backbone_.key
+        self.backbone_key_ = self.backbone_.key if self.precision == "fp32" else self._encoder().key
         self.n_features_out_ = self.backbone_.dim
         return self
 
@@ -96,7 +103,10 @@ class Embedder(TransformerMixin, BaseEstimator):
 
     def _encoder(self) -> Encoder:
         if getattr(self, "encoder_", None) is None:
-            self.encoder_ = load_encoder(self.backbone_, self.runtime)
+            calibration = None
+            if self.calibration is not None:
+                calibration = [item.path for item in list_source(self.calibration, labels="none").items]
+            self.encoder_ = load_encoder(self.backbone_, self.runtime, precision=self.precision, calibration=calibration)
         return self.encoder_
 
     def __getstate__(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -181,3 +182,22 @@ def test_keras_and_onnx_runtimes_agree(dataset: Path, tmp_path: Path) -> None:
     keras_rows, onnx_rows = rows_by_path(tmp_path / "keras.h5"), rows_by_path(tmp_path / "onnx.h5")
     difference = max(np.abs(keras_rows[p][2] - onnx_rows[p][2]).max() for p in keras_rows)
     assert difference <= 1e-4
+
+
+def test_int8_rows_live_in_their_own_group_and_keep_their_calibration(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cache.h5"
+    extract(dataset, out, TINY, progress=False)
+    first = extract(dataset, out, TINY, precision="int8", runtime="onnx", progress=False)
+    assert first.embedded == 12 and first.runtime == "onnx int8"
+    with open_cache(out) as cache:
+        assert len(cache.keys) == 2 and TINY.key in cache.keys
+        int8 = cache[first.backbone_key]
+        assert int8.provenance["precision"] == "int8" and int8.provenance["runtime"] == "onnx"
+        calibration = json.loads(int8.provenance["calibration_files"])
+        assert len(calibration) == 12 and int8.provenance["calibration_digest"][:8] in first.backbone_key
+        fp32, reduced = rows_by_path(out, TINY.key), rows_by_path(out, first.backbone_key)
+    similarity = [np.dot(fp32[p][2], reduced[p][2]) / np.linalg.norm(fp32[p][2]) / np.linalg.norm(reduced[p][2]) for p in fp32]
+    assert 0.9 < min(similarity) and not all(np.array_equal(fp32[p][2], reduced[p][2]) for p in fp32)
+    make_dataset(dataset, per_class=1, start=40)  # grown folder: same calibration, same key, only new rows
+    grown = extract(dataset, out, TINY, precision="int8", runtime="onnx", progress=False)
+    assert grown.backbone_key == first.backbone_key and (grown.embedded, grown.cached) == (3, 12)

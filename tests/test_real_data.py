@@ -90,3 +90,16 @@ def test_small_sweep_end_to_end_from_real_photos(flowers_list: Path, flowers_cac
     from_cache = saved.predict_proba(cached[None, :], backbone_key=rows.key)[0]
     assert result["label"] == report["class_names"][int(from_cache.argmax())]
     np.testing.assert_allclose(list(result["probs"].values()), from_cache, atol=1e-4)
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnx"])
+def test_int8_embeddings_stay_close_to_fp32_on_real_photos(flowers_list: Path, flowers_cache: tuple[Backbone, Path],
+                                                           runtime: str) -> None:
+    backbone, out = flowers_cache
+    summary = extract(flowers_list, out, backbone, precision="int8", runtime=runtime, progress=False)
+    with open_cache(out) as cache:
+        fp32, int8 = cache[backbone.key], cache[summary.backbone_key]
+        assert list(fp32.paths) == list(int8.paths)
+        a, b = fp32.load(), int8.load()
+    cosine = np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.mean() >= 0.99 and cosine.min() >= 0.97, (cosine.mean(), cosine.min())

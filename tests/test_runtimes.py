@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
 import pytest
 
 from embedder import Backbone, RuntimeUnavailableError
-from embedder.runtimes import KerasEncoder, OnnxEncoder, load_encoder, onnx_path, parity_images
+from embedder.runtimes import (
+    KerasEncoder, OnnxEncoder, OpenVinoEncoder, compare, load_encoder, onnx_path, parity_images, runtime_cache_dir,
+)
 
 TINY = Backbone(size=96, weights=None)
 
@@ -37,7 +40,7 @@ def test_export_that_differs_from_keras_is_never_used(monkeypatch: pytest.Monkey
     assert not onnx_path(backbone).exists()
     with caplog.at_level(logging.WARNING):
         assert isinstance(load_encoder(backbone, "auto"), KerasEncoder)
-    assert "Using the slower Keras runtime" in caplog.text
+    assert "differs from Keras" in caplog.text
 
 
 def test_parity_images_are_fixed_and_varied() -> None:
@@ -49,3 +52,44 @@ def test_parity_images_are_fixed_and_varied() -> None:
 def test_unknown_runtime() -> None:
     with pytest.raises(ValueError, match="Received: runtime='gpu'"):
         load_encoder(TINY, "gpu")
+
+
+def test_openvino_fp32_matches_the_reference_and_shares_the_key() -> None:
+    encoder = load_encoder(TINY, "openvino")
+    assert isinstance(encoder, OpenVinoEncoder) and encoder.key == TINY.key
+    images = np.random.default_rng(4).integers(0, 256, (5, 96, 96, 3)).astype(np.uint8)
+    parity = compare(KerasEncoder(TINY)(images), encoder(images))
+    assert parity["max_abs"] <= 1e-4 * max(1, parity["reference_rms"]) and parity["min_cosine"] >= 0.99999
+
+
+def test_auto_measures_once_and_remembers_the_fastest() -> None:
+    backbone = Backbone(size=96, weights=None, pooling="max", resize="squash")
+    encoder = load_encoder(backbone, "auto")
+    choice = json.loads((runtime_cache_dir() / "auto" / f"{backbone.key}-fp32.json").read_text())
+    assert choice["runtime"] == encoder.runtime == max(choice["images_per_second"], key=choice["images_per_second"].get)
+    assert set(choice["images_per_second"]) == {"onnx", "openvino"}  # the Keras reference is only the fallback
+
+
+@pytest.mark.parametrize(("precision", "runtime", "suffix"), [("bf16", "openvino", "-bf16-openvino")])
+def test_reduced_precision_gets_its_own_key(precision: str, runtime: str, suffix: str) -> None:
+    encoder = load_encoder(TINY, runtime, precision=precision)
+    assert encoder.key == TINY.key.removesuffix("-fp32") + suffix and encoder.precision == precision
+
+
+def test_int8_needs_calibration_and_names_it_in_the_key(tmp_path) -> None:
+    with pytest.raises(RuntimeUnavailableError, match="needs calibration images"):
+        load_encoder(TINY, "onnx", precision="int8")
+    from conftest import make_dataset
+
+    photos = make_dataset(tmp_path, per_class=4)
+    encoder = load_encoder(TINY, "onnx", precision="int8", calibration=photos)
+    assert encoder.key.startswith(TINY.key.removesuffix("-fp32") + "-int8-") and encoder.key.endswith("-onnx")
+    assert encoder.calibration[:8] in encoder.key
+    again = load_encoder(TINY, "openvino", precision="int8", calibration_digest=encoder.calibration)  # cached model
+    assert again.calibration == encoder.calibration and again.key.endswith("-openvino")
+
+
+@pytest.mark.parametrize(("runtime", "precision"), [("keras", "int8"), ("onnx", "bf16")])
+def test_unsupported_combinations(runtime: str, precision: str) -> None:
+    with pytest.raises(RuntimeUnavailableError, match=f"does not run precision '{precision}'"):
+        load_encoder(TINY, runtime, precision=precision)
