@@ -25,7 +25,9 @@ from classical.errors import ModelFileError
 logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = 1
-BACKBONE_FIELDS = ("alpha", "size", "weights", "pooling", "resize")
+# provenance of the embeddings a model is fitted on: enough to embed new images the same way
+EMBEDDING_FIELDS = ("alpha", "size", "weights", "pooling", "resize", "weights_file", "weights_sha256",
+                    "precision", "runtime", "calibration_digest", "calibration_files")
 
 
 def library_versions() -> dict[str, str]:

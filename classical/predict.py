@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,20 +15,28 @@ from classical.persist import SavedModel, load_model
 from embedder.backbone import Backbone
 from embedder.imagenet import expand_inputs
 from embedder.pipeline import encode_files
-from embedder.runtimes import load_encoder
+from embedder.runtimes import Encoder, load_encoder
 
 
-def model_backbone(saved: SavedModel) -> Backbone:
-    """Rebuild the model's backbone and check it is the very one (same key) it was fitted on."""
+def model_encoder(saved: SavedModel, runtime: str = "auto") -> tuple[Backbone, Encoder]:
+    """The backbone and runtime that produce exactly the embeddings the model was fitted on (same key)."""
     spec = saved.metadata["backbone"]
     weights = {"none": None, "imagenet": "imagenet"}.get(spec["weights"], spec.get("weights_file") or spec["weights"])
     backbone = Backbone(alpha=spec["alpha"], size=spec["size"], weights=weights, pooling=spec["pooling"], resize=spec["resize"])
-    if backbone.key != saved.backbone_key:
+    precision = spec.get("precision", "fp32")
+    if precision == "fp32":
+        encoder = load_encoder(backbone, runtime) if backbone.key == saved.backbone_key else None
+    else:  # reduced precision: its own runtime and calibration, named in its key
+        encoder = load_encoder(backbone, spec["runtime"], precision=precision,
+                               calibration=[Path(f) for f in json.loads(spec.get("calibration_files", "[]"))],
+                               calibration_digest=spec.get("calibration_digest"))
+    key = encoder.key if encoder is not None else backbone.key
+    if key != saved.backbone_key:
         raise ModelFileError(
             f"model '{saved.path}' was fitted on embeddings of {saved.backbone_key}, but its backbone now resolves to "
-            f"{backbone.key} (the weights file changed?); restore the weights with sha256 {spec.get('weights_sha256', '?')}."
+            f"{key} (the weights file changed?); restore the weights with sha256 {spec.get('weights_sha256', '?')}."
         )
-    return backbone
+    return backbone, encoder
 
 
 def predict(
@@ -42,11 +52,10 @@ def predict(
     image that cannot be read.
     """
     saved = model if isinstance(model, SavedModel) else load_model(model)
-    backbone = model_backbone(saved)
-    encoder = load_encoder(backbone, runtime)
+    backbone, encoder = model_encoder(saved, runtime)
     rows = list(encode_files(expand_inputs(inputs), encoder, size=backbone.size, resize=backbone.resize, batch_size=batch_size))
     embedded = [row for row in rows if row.error is None]
-    probs = saved.predict_proba(np.stack([row.output for row in embedded]), backbone_key=backbone.key) if embedded else []
+    probs = saved.predict_proba(np.stack([row.output for row in embedded]), backbone_key=encoder.key) if embedded else []
     row_probs = iter(probs)
     names = saved.class_names
     results = []

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from classical.data import LabeledEmbeddings, load_labeled
 from classical.errors import DataError
 from classical.models import MODEL_NAMES, ZOO, ModelSpec, grid_for, load_grids
-from classical.persist import BACKBONE_FIELDS, save_model
+from classical.persist import EMBEDDING_FIELDS, save_model
 from classical.plots import render_plots
 from classical.report import add_rows, format_table, latency_ms, load_report, new_report, score, verdict, write_report
 from classical.splits import DEFAULT_FRACTIONS, Split, load_or_make_split
@@ -115,7 +115,7 @@ def fit_and_score(
     path = run / f"{spec.name}.joblib"
     metadata = {
         "name": spec.name, "kind": spec.kind, "backbone_key": data.backbone_key,
-        "backbone": {field: data.provenance[field] for field in (*BACKBONE_FIELDS, "weights_file", "weights_sha256")},
+        "backbone": {field: data.provenance[field] for field in EMBEDDING_FIELDS if field in data.provenance},
         "class_names": data.class_names, "dim": int(data.X.shape[1]), "split_id": split.id,
         "params": selection["params"], "metrics": {k: v for k, v in metrics.items() if k != "confusion_matrix"},
     }

@@ -86,3 +86,13 @@ def test_cli_predict_formats(run: Path) -> None:
     assert lines[3].startswith(f"{run / 'new' / 'c_broken.jpg'},,,,,,") and len(lines[3].split(",")[-1]) > 10
     result = runner.invoke(app, ["predict", str(run / "run" / "lr"), str(run / "new" / "b_blue.png")])
     assert result.exit_code == 0 and result.output.startswith(f"{run / 'new' / 'b_blue.png'}: blue ")
+
+
+def test_model_on_int8_embeddings_predicts_through_the_same_int8_runtime(run: Path) -> None:
+    summary = extract(run / "photos", run / "c.h5", TINY, precision="int8", runtime="onnx", progress=False)
+    report = sweep(run / "c.h5", run / "run-int8", backbone=summary.backbone_key, models=["lr"],
+                   grids={"lr": {"C": [1.0]}}, cv=3, progress=False)
+    saved = load_model(report["models"][0]["model_path"])
+    assert saved.backbone_key == summary.backbone_key and saved.metadata["backbone"]["precision"] == "int8"
+    results = predict(saved, [run / "new" / "a_red.jpg"])
+    assert results[0]["label"] == "red"
