@@ -9,12 +9,13 @@ from typing import Any
 
 from classical.data import LabeledEmbeddings, load_labeled
 from classical.dense import DenseHead
-from classical.errors import ClassicalError, DataError, ModelFileError
+from classical.errors import ClassicalError, DataError
 from classical.models import MODEL_NAMES, ZOO, load_grids
-from classical.persist import SavedModel, load_model
 from classical.predict import predict
 from classical.splits import Split, make_split
 from classical.sweep import rerender, summary, sweep
+from embedder.errors import ModelFileError
+from embedder.modelfile import SavedModel, load_model
 
 __all__ = [
     "MODEL_NAMES",

@@ -9,7 +9,3 @@ class ClassicalError(EmbedderError):
 
 class DataError(ClassicalError):
     """The cached embeddings cannot be used for training: no labels, too few images, NaN rows."""
-
-
-class ModelFileError(ClassicalError):
-    """A saved model file is missing, not ours, or does not fit the embeddings it is applied to."""

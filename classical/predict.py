@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from classical.errors import ModelFileError
-from classical.persist import SavedModel, load_model
+from embedder.errors import ModelFileError
+from embedder.modelfile import SavedModel, load_model
 from embedder.backbone import Backbone
 from embedder.imagenet import expand_inputs
 from embedder.pipeline import encode_files

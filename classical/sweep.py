@@ -24,7 +24,7 @@ from tqdm import tqdm
 from classical.data import LabeledEmbeddings, load_labeled
 from classical.errors import DataError
 from classical.models import MODEL_NAMES, ZOO, ModelSpec, grid_for, load_grids
-from classical.persist import EMBEDDING_FIELDS, save_model
+from embedder.modelfile import EMBEDDING_FIELDS, save_model
 from classical.plots import render_plots
 from classical.report import add_rows, format_table, latency_ms, load_report, new_report, score, verdict, write_report
 from classical.splits import DEFAULT_FRACTIONS, Split, load_or_make_split

@@ -1,9 +1,11 @@
-"""Model files: a fitted model with the metadata that says what it may be applied to.
+"""Model files, a contract like the cache: a fitted model with what it may be applied to.
 
-A model file is a joblib dump of {"format", "model", "metadata"}. The metadata records the
-backbone key and specification of the embeddings it was fitted on, the class names, the
-split id, the test metrics and library versions. Applying a model to embeddings of another
-backbone is an error naming both keys. joblib files are pickles: load only files you trust.
+A model file is a joblib dump of {"format": 1, "model", "metadata"}: `model` has
+`predict_proba(X)` on embeddings; `metadata` records the backbone key and the provenance of the
+embeddings it was fitted on, the class names, the embedding dimension, the split id, the test
+metrics and library versions. `classical` writes them, the HTTP service serves them. Applying a
+model to embeddings of another backbone is an error naming both keys. joblib files are pickles:
+load only files you trust.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import joblib
 import numpy as np
 
-from classical.errors import ModelFileError
+from embedder.errors import ModelFileError
 
 logger = logging.getLogger(__name__)
 
