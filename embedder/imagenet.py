@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,25 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return paths
 
 
+def build_classifier(*, alpha: float = 1.0, size: int = 224, weights: str | None = "imagenet") -> Callable[[np.ndarray], np.ndarray]:
+    """The full MobileNetV2 (1000-class top): uint8 RGB batch in, class probabilities out."""
+    import tensorflow as tf
+
+    model = build_mobilenet_v2(
+        alpha=alpha, size=size, weights_path=resolve_weights(weights, alpha=alpha, size=size, include_top=True),
+        pooling=None, include_top=True,
+    )
+    spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
+    function = tf.function(lambda images: model(images, training=False), input_signature=[spec])
+    return lambda images: np.asarray(function(images))
+
+
+def top_classes(probs: np.ndarray, names: list[str], k: int) -> list[dict[str, Any]]:
+    """The k most probable classes of one probability row: [{"index", "name", "prob"}, ...]."""
+    best = np.argsort(probs)[::-1][:k]
+    return [{"index": int(i), "name": names[i], "prob": float(probs[i])} for i in best]
+
+
 def predict_imagenet(
     inputs: Iterable[str | os.PathLike],
     *,
@@ -95,23 +114,15 @@ def predict_imagenet(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[Prediction]:
     """ImageNet top-`top` classes for images and folders of images, in input order."""
-    import tensorflow as tf
-
     if not 1 <= top <= 1000:
         raise ValueError(f"top must be between 1 and 1000. Received: top={top}")
     names = load_class_names(labels)
     paths = expand_inputs(inputs)
-    model = build_mobilenet_v2(
-        alpha=alpha, size=size, weights_path=resolve_weights(weights, alpha=alpha, size=size, include_top=True),
-        pooling=None, include_top=True,
-    )
-    classify = tf.function(lambda images: model(images, training=False))
+    classify = build_classifier(alpha=alpha, size=size, weights=weights)
     predictions = []
-    for row in encode_files(paths, lambda batch: np.asarray(classify(batch)), size=size, resize=resize,
-                            batch_size=batch_size, max_pixels=max_pixels):
+    for row in encode_files(paths, classify, size=size, resize=resize, batch_size=batch_size, max_pixels=max_pixels):
         prediction = Prediction(path=str(row.path), error=row.error)
         if row.output is not None:
-            best = np.argsort(row.output)[::-1][:top]
-            prediction.top = [{"index": int(i), "name": names[i], "prob": float(row.output[i])} for i in best]
+            prediction.top = top_classes(row.output, names, top)
         predictions.append(prediction)
     return predictions
