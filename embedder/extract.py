@@ -97,7 +97,7 @@ def extract(
             extra = {"backbone_key": key, "precision": precision, "runtime": reduced.runtime,
                      "calibration_digest": reduced.calibration, "calibration_files": json.dumps(files)}
         index = cache.index(key)
-        todo, cached, failed = _plan(listed.items, index, rehash=rehash)
+        todo, cached, failed = plan_work(listed.items, index, rehash=rehash)
         summary = ExtractSummary(out=Path(out), backbone_key=key, runtime="none", total=len(listed.items),
                                  cached=cached, failed=failed)
         logger.info("%s: %d images to read, %d cached", out, len(todo), summary.cached)
@@ -143,7 +143,7 @@ def _earlier_calibration(out: Path, backbone: Backbone) -> tuple[list[str], str 
     return [], None
 
 
-def _plan(items: list[SourceItem], index: CacheIndex, *, rehash: bool) -> tuple[list[SourceItem], int, list[Failure]]:
+def plan_work(items: list[SourceItem], index: CacheIndex, *, rehash: bool) -> tuple[list[SourceItem], int, list[Failure]]:
     """Items to read, and the counts of those whose cached row (or recorded failure) is still current.
 
     Current means same path, size and modification time; `rehash` reads everything anyway.

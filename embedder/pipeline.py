@@ -73,6 +73,19 @@ def load_file(
         loaded.error = read_error(path, exc)
         return loaded
     loaded.size, loaded.mtime_ns = stat.st_size, stat.st_mtime_ns
+    return decode_loaded(loaded, data, size=size, resize=resize, max_pixels=max_pixels, skip=skip)
+
+
+def decode_loaded(
+    loaded: LoadedFile,
+    data: bytes,
+    *,
+    size: int,
+    resize: str = "crop",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    skip: Callable[[str], bool] | None = None,
+) -> LoadedFile:
+    """Hash a file's bytes and decode them into `loaded`, unless `skip(sha256)` says it is embedded already."""
     loaded.sha256 = hashlib.sha256(data).hexdigest()
     if skip is not None and skip(loaded.sha256):
         return loaded

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,9 @@ LIST_EXTENSIONS = (".csv", ".txt", ".lst")
 
 @dataclass(frozen=True)
 class SourceItem:
-    """One image to embed: its path on disk, its path relative to the source, its label (or None)."""
+    """One image to embed: its path on disk (or URI, for the Ray engine), its path relative to the source, its label."""
 
-    path: Path
+    path: Path | str
     rel: str
     label: str | None
 
@@ -88,26 +89,38 @@ def _walk(root: Path) -> tuple[list[str], list[str]]:
 
 def _list_folder(root: Path, *, labels: str) -> Source:
     images, others = _walk(root)
+    items, class_names = folder_items(str(root), images, others, labels=labels, join=lambda rel: root / rel)
+    return Source(root=root, items=items, class_names=class_names)
+
+
+def folder_items(
+    where: str, images: list[str], others: list[str], *, labels: str, join: Callable[[str], Path | str]
+) -> tuple[list[SourceItem], list[str]]:
+    """Items and class names of a folder whose image files (relative paths, sorted) are `images`.
+
+    `join(rel)` makes an item's path; `where` names the folder in errors. Shared by local folders
+    and the URIs the Ray engine lists.
+    """
     if not images:
         if not others:
             raise SourceError(
-                f"folder '{root}' is empty: put images in it (one sub-folder per class to get labels)."
+                f"folder '{where}' is empty: put images in it (one sub-folder per class to get labels)."
             )
         examples = ", ".join(others[:3])
         raise SourceError(
-            f"folder '{root}' has no images: {len(others)} file(s) (e.g. {examples}), none with an image "
+            f"folder '{where}' has no images: {len(others)} file(s) (e.g. {examples}), none with an image "
             f"extension ({', '.join(IMAGE_EXTENSIONS)})."
         )
     top_level = [rel for rel in images if "/" not in rel]
     use_folders = labels == "folders" or (labels == "auto" and not top_level)
     if use_folders and top_level:
         raise SourceError(
-            f"folder '{root}' has {len(top_level)} image(s) outside class folders (e.g. {top_level[0]}); "
+            f"folder '{where}' has {len(top_level)} image(s) outside class folders (e.g. {top_level[0]}); "
             "move them into a sub-folder named after their class, or pass --labels none."
         )
-    items = [SourceItem(root / rel, rel, rel.split("/", 1)[0] if use_folders else None) for rel in images]
+    items = [SourceItem(join(rel), rel, rel.split("/", 1)[0] if use_folders else None) for rel in images]
     class_names = sorted({item.label for item in items if item.label is not None})
-    return Source(root=root, items=items, class_names=class_names)
+    return items, class_names
 
 
 def _list_file(list_path: Path) -> Source:
