@@ -24,6 +24,11 @@ from embedder.images import DEFAULT_MAX_PIXELS  # noqa: E402
 app = typer.Typer(help="MobileNetV2 bottleneck embeddings, cached in HDF5.", no_args_is_help=True, add_completion=False)
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class Format(str, Enum):
     text = "text"
     json = "json"
@@ -60,7 +65,8 @@ def main(verbose: Verbose = False) -> None:
 
 @app.command()
 def extract(
-    source: Annotated[Path, typer.Argument(help="Folder (one sub-folder per class, or flat), .csv/.txt list, or image.")],
+    source: Annotated[str, typer.Argument(help="Folder (one sub-folder per class, or flat), .csv/.txt list, or image; "
+                                                "with --engine ray also a URI (s3://..., gs://...).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="HDF5 cache file to create or extend.")],
     alpha: Alpha = 1.0,
     size: Size = 224,
@@ -76,15 +82,35 @@ def extract(
     max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = DEFAULT_MAX_PIXELS,
     rehash: Annotated[bool, typer.Option(help="Hash every file even if its size and mtime are unchanged.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    engine: Annotated[Engine, typer.Option(help="'local' (this process) or 'ray' (a Ray cluster; pip extra [ray]).")] = Engine.local,
+    address: Annotated[Optional[str], typer.Option(help="ray: 'auto', 'ray://HOST:PORT' or HOST:PORT (default: a local Ray).")] = None,
+    actors: Annotated[Optional[int], typer.Option(help="ray: embedding actors (default: cluster CPUs / --cpus-per-actor).")] = None,
+    cpus_per_actor: Annotated[float, typer.Option(help="ray: CPUs declared (and inference threads) per actor.")] = 1.0,
+    gpus_per_actor: Annotated[float, typer.Option(help="ray: GPUs per actor; > 0 runs the Keras runtime on them.")] = 0.0,
+    block_size: Annotated[int, typer.Option(help="ray: images per block, i.e. per shard file.")] = 256,
+    shards: Annotated[Optional[Path], typer.Option(help="ray: folder for shard files, seen by every node (default: OUT.shards).")] = None,
 ) -> None:
     """Embed every image of SOURCE into the cache OUT; only images not cached yet are computed."""
     try:
         backbone = Backbone(alpha=alpha, size=size, weights=parse_weights(weights), pooling=pooling, resize=resize)
-        summary = run_extract(
-            source, out, backbone, runtime=runtime, batch_size=batch_size, workers=workers, labels=labels,
-            max_pixels=max_pixels, rehash=rehash, precision=precision, calibration=calibration,
-            progress=None if progress else False,
-        )
+        if engine is Engine.ray:
+            from embedder.distributed import extract_ray
+
+            if precision != "fp32":
+                raise ValueError(f"--engine ray embeds in fp32 only; run --precision {precision} with --engine local.")
+            summary = extract_ray(
+                source, out, backbone, address=address, actors=actors, cpus_per_actor=cpus_per_actor,
+                gpus_per_actor=gpus_per_actor, runtime=runtime, batch_size=batch_size, block_size=block_size,
+                labels=labels, max_pixels=max_pixels, rehash=rehash, shards=shards, progress=None if progress else False,
+            )
+        else:
+            if "://" in source:
+                raise ValueError(f"'{source}' is a URI: the local engine reads local paths; use --engine ray for URIs.")
+            summary = run_extract(
+                source, out, backbone, runtime=runtime, batch_size=batch_size, workers=workers, labels=labels,
+                max_pixels=max_pixels, rehash=rehash, precision=precision, calibration=calibration,
+                progress=None if progress else False,
+            )
     except (EmbedderError, ValueError) as exc:
         fail(exc)
     typer.echo(str(summary))
