@@ -19,7 +19,7 @@ from classical.models import MODEL_NAMES  # noqa: E402
 from classical.predict import predict as run_predict  # noqa: E402
 from classical.sweep import rerender, summary  # noqa: E402
 from classical.sweep import sweep as run_sweep  # noqa: E402
-from embedder.cli import Verbose, fail, parse_weights, setup_logging  # noqa: E402
+from embedder.cli import Engine, Verbose, fail, parse_weights, setup_logging  # noqa: E402
 from embedder.errors import EmbedderError  # noqa: E402
 
 app = typer.Typer(help="Classical models and neural heads on cached embeddings, compared on one split.",
@@ -55,6 +55,8 @@ def sweep(
     seed: Annotated[int, typer.Option(help="Seed of the split, the folds and the models.")] = 0,
     fractions: Annotated[str, typer.Option(help="train,val,test fractions of a new split.")] = "0.7,0.15,0.15",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    engine: Annotated[Engine, typer.Option(help="'local', or 'ray': the searches run on a Ray cluster (pip extra [ray]).")] = Engine.local,
+    address: Annotated[Optional[str], typer.Option(help="ray: 'auto', 'ray://HOST:PORT' or HOST:PORT (default: a local Ray).")] = None,
 ) -> None:
     """Fit every model on the cache's embeddings and compare them on one stored test split."""
     try:
@@ -62,6 +64,7 @@ def sweep(
             cache, out, models=[name.strip() for name in models.split(",") if name.strip()], backbone=backbone,
             grids=grid, search=search.value, cv=cv, n_jobs=n_jobs, seed=seed,
             fractions=tuple(float(f) for f in fractions.split(",")), progress=None if progress else False,
+            engine=engine.value, address=address,
         )
     except (EmbedderError, ValueError) as exc:
         fail(exc)

@@ -7,6 +7,7 @@ stopping needs it). The test split is touched once per model, for the final tabl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
@@ -31,6 +33,7 @@ from classical.splits import DEFAULT_FRACTIONS, Split, load_or_make_split
 
 logger = logging.getLogger(__name__)
 SEARCHES = ("grid", "halving")
+ENGINES = ("local", "ray")
 
 
 def sweep(
@@ -46,8 +49,16 @@ def sweep(
     seed: int = 0,
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     progress: bool | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> dict[str, Any]:
-    """Fit and compare `models` on the cache's embeddings; write the report into `out`; return it."""
+    """Fit and compare `models` on the cache's embeddings; write the report into `out`; return it.
+
+    `engine="ray"` runs the searches' joblib jobs on the Ray cluster at `address` (default: a
+    local Ray): same seeds, same folds, same report as a local sweep.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}. Received: engine={engine!r}")
     unknown = [name for name in models if name not in ZOO]
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {', '.join(MODEL_NAMES)}")
@@ -64,15 +75,29 @@ def sweep(
     if report["split"]["id"] != split.id or report["class_names"] != data.class_names:
         raise DataError(f"report in '{run}' belongs to another split or class list; use another --out directory.")
     bar = tqdm(list(models), unit="model", desc="sweep", disable=None if progress is None else not progress)
-    for name in bar:
-        bar.set_postfix_str(name)
-        row = fit_and_score(ZOO[name], grid_for(name, overrides), data, parts, split,
-                            run=run, folds=folds, search=search, n_jobs=n_jobs, seed=seed)
-        add_rows(report, [row])
-        logger.info("%s: test accuracy %.3f, fit %.1f s", name, row["test_accuracy"], row["fit_seconds"])
+    with joblib_backend(engine, address):
+        for name in bar:
+            bar.set_postfix_str(name)
+            row = fit_and_score(ZOO[name], grid_for(name, overrides), data, parts, split,
+                                run=run, folds=folds, search=search, n_jobs=n_jobs, seed=seed)
+            add_rows(report, [row])
+            logger.info("%s: test accuracy %.3f, fit %.1f s", name, row["test_accuracy"], row["fit_seconds"])
     bar.close()
     write_report(report, run, render_plots(report, run))
     return report
+
+
+def joblib_backend(engine: str, address: str | None) -> contextlib.AbstractContextManager:
+    """Where the searches' joblib jobs run: this machine's processes, or the tasks of a Ray cluster."""
+    if engine == "local":
+        return contextlib.nullcontext()
+    from embedder.distributed import connect
+
+    connect(address)
+    from ray.util.joblib import register_ray
+
+    register_ray()
+    return joblib.parallel_config(backend="ray")
 
 
 def split_summary(split: Split) -> dict[str, Any]:
