@@ -87,7 +87,7 @@ def extract(
     actors: Annotated[Optional[int], typer.Option(help="ray: embedding actors (default: cluster CPUs / --cpus-per-actor).")] = None,
     cpus_per_actor: Annotated[float, typer.Option(help="ray: CPUs declared (and inference threads) per actor.")] = 1.0,
     gpus_per_actor: Annotated[float, typer.Option(help="ray: GPUs per actor; > 0 runs the Keras runtime on them.")] = 0.0,
-    block_size: Annotated[int, typer.Option(help="ray: images per block, i.e. per shard file.")] = 256,
+    block_size: Annotated[Optional[int], typer.Option(help="ray: images per block, i.e. per shard file (default: <= 256, >= 4 blocks per actor).")] = None,
     shards: Annotated[Optional[Path], typer.Option(help="ray: folder for shard files, seen by every node (default: OUT.shards).")] = None,
 ) -> None:
     """Embed every image of SOURCE into the cache OUT; only images not cached yet are computed."""

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 RAY_EXTRA = 'pip install "bottleneck-lab[ray]"'
 SHARD_SUFFIX = ".h5"
+MAX_BLOCK = 256  # images per block (and shard) by default
 
 
 def require_ray() -> Any:
@@ -320,7 +321,7 @@ def extract_ray(
     gpus_per_actor: float = 0,
     runtime: str = "auto",
     batch_size: int = 32,
-    block_size: int = 256,
+    block_size: int | None = None,
     labels: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     rehash: bool = False,
@@ -329,10 +330,12 @@ def extract_ray(
 ) -> ExtractSummary:
     """`extract` on a Ray cluster: same cache, same rows, embeddings equal within the runtime's parity.
 
-    `shards` is the folder where actors write finished blocks (default: CACHE.shards beside the
-    cache); on a multi-node cluster it must be a folder that every node and the driver see.
+    `block_size` images make one block, i.e. one shard (default: at most 256, and at least 4 blocks
+    per actor so that no actor idles at the end). `shards` is the folder where actors write
+    finished blocks (default: CACHE.shards beside the cache); on a multi-node cluster it must be a
+    folder that every node and the driver see.
     """
-    if batch_size < 1 or block_size < 1:
+    if batch_size < 1 or (block_size is not None and block_size < 1):
         raise ValueError(f"batch_size and block_size must be at least 1. Received: {batch_size}, {block_size}")
     if cpus_per_actor <= 0:
         raise ValueError(f"cpus_per_actor must be positive. Received: {cpus_per_actor}")
@@ -369,7 +372,8 @@ def extract_ray(
 
 def _run_actors(
     todo: list[Any], backbone: Backbone, key: str, folder: Path, index: CacheIndex, *, address: str | None,
-    actors: int | None, cpus_per_actor: float, gpus_per_actor: float, runtime: str, batch_size: int, block_size: int,
+    actors: int | None, cpus_per_actor: float, gpus_per_actor: float, runtime: str, batch_size: int,
+    block_size: int | None,
     max_pixels: int, progress: bool | None,
 ) -> str:
     """Embed `todo` on the cluster into shards in `folder`; returns the runtime description."""
@@ -387,6 +391,8 @@ def _run_actors(
         weights = ray.put(backbone.weights_path.read_bytes())
     known = ray.put((frozenset(index.hashes), dict(index.failed_hashes)))
     run = uuid.uuid4().hex[:8]
+    if block_size is None:
+        block_size = max(1, min(MAX_BLOCK, -(-len(todo) // (4 * actors))))
     blocks = list(blocks_of(todo, block_size))
     spec = {"alpha": backbone.alpha, "size": backbone.size, "weights": backbone.weights, "pooling": backbone.pooling,
             "resize": backbone.resize}
