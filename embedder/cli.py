@@ -37,6 +37,7 @@ class Format(str, Enum):
 Alpha = Annotated[float, typer.Option(help="Width multiplier: 0.35, 0.5, 0.75, 1.0, 1.3 or 1.4.")]
 Size = Annotated[int, typer.Option(help="Input side in pixels: 96, 128, 160, 192 or 224.")]
 Weights = Annotated[str, typer.Option(help="'imagenet' (Keras; offline via KERAS_HOME), a weights file, or 'none' (random).")]
+Pooling = Annotated[str, typer.Option(help="Global pooling: 'avg' or 'max'.")]
 Resize = Annotated[str, typer.Option(help="'crop': shorter side to SIZE then center crop; 'squash': ignore aspect ratio.")]
 
 
@@ -71,7 +72,7 @@ def extract(
     alpha: Alpha = 1.0,
     size: Size = 224,
     weights: Weights = "imagenet",
-    pooling: Annotated[str, typer.Option(help="Global pooling: 'avg' or 'max'.")] = "avg",
+    pooling: Pooling = "avg",
     resize: Resize = "crop",
     runtime: Annotated[str, typer.Option(help="'auto' (fastest measured), 'onnx', 'openvino' or 'keras' (reference).")] = "auto",
     precision: Annotated[str, typer.Option(help="'fp32' (exact), or opt-in 'bf16' / 'int8' (faster, own cache key).")] = "fp32",
@@ -86,7 +87,7 @@ def extract(
     address: Annotated[Optional[str], typer.Option(help="ray: 'auto', 'ray://HOST:PORT' or HOST:PORT (default: a local Ray).")] = None,
     actors: Annotated[Optional[int], typer.Option(help="ray: embedding actors (default: cluster CPUs / --cpus-per-actor).")] = None,
     cpus_per_actor: Annotated[float, typer.Option(help="ray: CPUs declared (and inference threads) per actor.")] = 1.0,
-    gpus_per_actor: Annotated[float, typer.Option(help="ray: GPUs per actor; > 0 runs the Keras runtime on them.")] = 0.0,
+    gpus_per_actor: Annotated[Optional[float], typer.Option(help="ray: GPUs per actor, run by the Keras runtime (default: 1 when the cluster has GPUs, else 0).")] = None,
     block_size: Annotated[Optional[int], typer.Option(help="ray: images per block, i.e. per shard file (default: <= 256, >= 4 blocks per actor).")] = None,
     shards: Annotated[Optional[Path], typer.Option(help="ray: folder for shard files, seen by every node (default: OUT.shards).")] = None,
 ) -> None:
@@ -187,7 +188,7 @@ def serve(
     alpha: Alpha = 1.0,
     size: Size = 224,
     weights: Weights = "imagenet",
-    pooling: Annotated[str, typer.Option(help="Global pooling: 'avg' or 'max'.")] = "avg",
+    pooling: Pooling = "avg",
     resize: Resize = "crop",
     runtime: Annotated[str, typer.Option(help="'auto', 'onnx', 'openvino' or 'keras'.")] = "auto",
     precision: Annotated[str, typer.Option(help="'fp32', or 'bf16' (int8 needs calibration: extract first).")] = "fp32",

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 RAY_EXTRA = 'pip install "bottleneck-lab[ray]"'
 SHARD_SUFFIX = ".h5"
 MAX_BLOCK = 256  # images per block (and shard) by default
+ROW_COLUMNS = ("path", "sha256", "label", "file_size", "mtime_ns")  # a shard's rows/ and aliases/ groups
+FAILURE_COLUMNS = ("path", "sha256", "reason", "file_size", "mtime_ns")  # its failures/ group
 
 
 def require_ray() -> Any:
@@ -118,9 +120,8 @@ def write_shard(path: Path, shard: Shard, attrs: dict[str, Any]) -> None:
         for name, value in attrs.items():
             handle.attrs[name] = value
         handle.create_dataset("embeddings", data=shard.embeddings.astype(np.float32))
-        for group_name, records, fields in (("rows", shard.rows, ("path", "sha256", "label", "file_size", "mtime_ns")),
-                                            ("aliases", shard.aliases, ("path", "sha256", "label", "file_size", "mtime_ns")),
-                                            ("failures", shard.failures, ("path", "sha256", "reason", "file_size", "mtime_ns"))):
+        for group_name, records, fields in (("rows", shard.rows, ROW_COLUMNS), ("aliases", shard.aliases, ROW_COLUMNS),
+                                            ("failures", shard.failures, FAILURE_COLUMNS)):
             group = handle.create_group(group_name)
             columns = list(zip(*records)) if records else [()] * len(fields)
             for name, values in zip(fields, columns):
@@ -144,9 +145,9 @@ def read_shard(path: Path, key: str) -> Shard:
 
         return Shard(
             embeddings=handle["embeddings"][...],
-            rows=records("rows", ("path", "sha256", "label", "file_size", "mtime_ns")),
-            aliases=records("aliases", ("path", "sha256", "label", "file_size", "mtime_ns")),
-            failures=records("failures", ("path", "sha256", "reason", "file_size", "mtime_ns")),
+            rows=records("rows", ROW_COLUMNS),
+            aliases=records("aliases", ROW_COLUMNS),
+            failures=records("failures", FAILURE_COLUMNS),
         )
 
 
@@ -238,7 +239,7 @@ class BlockEmbedder:
         return str(path)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list] = {"block": [], "images": [], "embedded": [], "seconds": [], "runtime": []}
+        out: dict[str, list] = {"block": [], "images": [], "seconds": [], "runtime": []}
         for block, paths, rels, labels in zip(batch["block"], batch["paths"], batch["rels"], batch["labels"]):
             started = time.perf_counter()
             shard = self.embed(list(paths), list(rels), list(labels))
@@ -247,7 +248,6 @@ class BlockEmbedder:
             write_shard(self.folder / f"{self.run}-{int(block):06d}{SHARD_SUFFIX}", shard, attrs)
             out["block"].append(int(block))
             out["images"].append(len(rels))
-            out["embedded"].append(len(shard.rows))
             out["seconds"].append(attrs["seconds"])
             out["runtime"].append(self.encoder.runtime)
         return {name: np.array(values) for name, values in out.items()}
@@ -318,7 +318,7 @@ def extract_ray(
     address: str | None = None,
     actors: int | None = None,
     cpus_per_actor: float = 1,
-    gpus_per_actor: float = 0,
+    gpus_per_actor: float | None = None,
     runtime: str = "auto",
     batch_size: int = 32,
     block_size: int | None = None,
@@ -330,7 +330,8 @@ def extract_ray(
 ) -> ExtractSummary:
     """`extract` on a Ray cluster: same cache, same rows, embeddings equal within the runtime's parity.
 
-    `block_size` images make one block, i.e. one shard (default: at most 256, and at least 4 blocks
+    `gpus_per_actor` None means one GPU per actor (and one actor per GPU) when the cluster has
+    GPUs, none otherwise. `block_size` images make one block, i.e. one shard (default: at most 256, and at least 4 blocks
     per actor so that no actor idles at the end). `shards` is the folder where actors write
     finished blocks (default: CACHE.shards beside the cache); on a multi-node cluster it must be a
     folder that every node and the driver see.
@@ -372,7 +373,7 @@ def extract_ray(
 
 def _run_actors(
     todo: list[Any], backbone: Backbone, key: str, folder: Path, index: CacheIndex, *, address: str | None,
-    actors: int | None, cpus_per_actor: float, gpus_per_actor: float, runtime: str, batch_size: int,
+    actors: int | None, cpus_per_actor: float, gpus_per_actor: float | None, runtime: str, batch_size: int,
     block_size: int | None,
     max_pixels: int, progress: bool | None,
 ) -> str:
@@ -382,8 +383,16 @@ def _run_actors(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    resources = ray.cluster_resources()
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+    for name, wanted in (("GPU", gpus_per_actor), ("CPU", cpus_per_actor)):
+        if wanted > resources.get(name, 0):  # Ray would wait forever for such an actor
+            raise EmbedderError(f"each actor asks for {wanted:g} {name}, the cluster has {resources.get(name, 0):g}; "
+                                f"lower --{name.lower()}s-per-actor or add nodes with {name}s.")
     if actors is None:
-        actors = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_actor))
+        actors = max(1, int(resources["GPU"] // gpus_per_actor) if gpus_per_actor > 0
+                     else int(resources["CPU"] // cpus_per_actor))
     if gpus_per_actor > 0 and runtime == "auto":
         runtime = "keras"  # the exported CPU runtimes do not use GPUs; TensorFlow does
     weights = None

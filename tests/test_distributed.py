@@ -229,3 +229,10 @@ def test_without_ray_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch, 
     assert result.exit_code == 2, result.output
     assert "bottleneck-lab[ray]" in result.output
     assert not (tmp_path / "c.h5").exists()
+
+
+def test_actors_asking_for_missing_gpus_are_refused(cluster: str, dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(EmbedderError, match="1 GPU, the cluster has 0"):
+        extract_ray(dataset, tmp_path / "c.h5", Backbone(size=96, weights=None), address=cluster, gpus_per_actor=1,
+                    progress=False)
+    assert not (tmp_path / "c.h5").exists()
