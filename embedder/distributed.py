@@ -21,7 +21,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,20 +99,10 @@ def list_uri(uri: str, *, labels: str = "auto") -> Source:
     return Source(root=Path(root), items=items, class_names=class_names)
 
 
-# --------------------------------------------------------------------------- shards
+# --------------------------------------------------------------------------- shards: one Batch (as journaled locally) per block, in HDF5
 
 
-@dataclass
-class Shard:
-    """One block's results, as written by an actor: embedded rows, rows reusing a hash, failures."""
-
-    embeddings: np.ndarray
-    rows: list[tuple[str, str, str, int, int]]  # path, sha, label, size, mtime
-    aliases: list[tuple[str, str, str, int, int]]
-    failures: list[tuple[str, str, str, int, int]]  # path, sha, reason, size, mtime
-
-
-def write_shard(path: Path, shard: Shard, attrs: dict[str, Any]) -> None:
+def write_shard(path: Path, shard: Batch, attrs: dict[str, Any]) -> None:
     """Write a shard under a temporary name, then rename it: readers see it whole or not at all."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     with h5py.File(tmp, "w") as handle:
@@ -131,7 +120,7 @@ def write_shard(path: Path, shard: Shard, attrs: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def read_shard(path: Path, key: str) -> Shard:
+def read_shard(path: Path, key: str) -> Batch:
     """A finished shard; an error if it was written for another backbone key."""
     with h5py.File(path, "r") as handle:
         if handle.attrs.get("backbone_key") != key:
@@ -143,7 +132,7 @@ def read_shard(path: Path, key: str) -> Shard:
                        for name in fields]
             return list(zip(*columns))
 
-        return Shard(
+        return Batch(
             embeddings=handle["embeddings"][...],
             rows=records("rows", ROW_COLUMNS),
             aliases=records("aliases", ROW_COLUMNS),
@@ -252,7 +241,7 @@ class BlockEmbedder:
             out["runtime"].append(self.encoder.runtime)
         return {name: np.array(values) for name, values in out.items()}
 
-    def embed(self, paths: list[str], rels: list[str], labels: list[str]) -> Shard:
+    def embed(self, paths: list[str], rels: list[str], labels: list[str]) -> Batch:
         """Read, hash, decode and embed one block; duplicates (in the cache or the block) become aliases."""
         seen: dict[str, str | None] = {}  # sha -> None (embedded in this block) or failure reason
 
@@ -271,7 +260,7 @@ class BlockEmbedder:
             return decode_loaded(loaded, data, size=self.backbone.size, resize=self.backbone.resize,
                                  max_pixels=self.max_pixels, skip=skip)
 
-        shard = Shard(embeddings=np.empty((0, self.backbone.dim), np.float32), rows=[], aliases=[], failures=[])
+        shard = Batch(embeddings=np.empty((0, self.backbone.dim), np.float32))
         pixels: list[np.ndarray] = []
         chunks: list[np.ndarray] = []
         for rel, label, loaded in zip(rels, labels, ordered_map(load, paths, workers=self.threads + 1,
@@ -350,10 +339,11 @@ def extract_ray(
     folder = folder / key
     provenance = {**backbone.provenance(), "source": str(source) if is_uri(source) else str(listed.root.resolve())}
     with CacheWriter(out) as cache:
-        resumed = absorb_shards(cache, key, folder, cache.index(key), provenance)
+        index = cache.index(key)
+        resumed = absorb_shards(cache, key, folder, index, provenance)
         if resumed:
             logger.info("merged %d finished shard(s) of an earlier run into %s", resumed, out)
-        index = cache.index(key)
+            index = cache.index(key)
         todo, cached, failed = plan_work(listed.items, index, rehash=rehash)
         summary = ExtractSummary(out=out, backbone_key=key, runtime="none", total=len(listed.items),
                                  cached=cached, failed=failed)
