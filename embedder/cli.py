@@ -78,7 +78,7 @@ def extract(
     precision: Annotated[str, typer.Option(help="'fp32' (exact), or opt-in 'bf16' / 'int8' (faster, own cache key).")] = "fp32",
     calibration: Annotated[Optional[Path], typer.Option(help="int8: images to calibrate on (default: see README).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 32,
-    workers: Annotated[Optional[int], typer.Option(help="Decode threads (default: one per core).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Threads that decode batches and hand them to the runtime (default: one per core).")] = None,
     labels: Annotated[str, typer.Option(help="'auto', 'folders' (class sub-folders) or 'none'.")] = "auto",
     max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = DEFAULT_MAX_PIXELS,
     rehash: Annotated[bool, typer.Option(help="Hash every file even if its size and mtime are unchanged.")] = False,

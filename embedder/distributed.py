@@ -33,7 +33,7 @@ from embedder.cache import STR, Batch, CacheIndex, CacheWriter, Failure
 from embedder.errors import EmbedderError, SourceError
 from embedder.extract import ExtractSummary, plan_work
 from embedder.images import DEFAULT_MAX_PIXELS
-from embedder.pipeline import LoadedFile, decode_loaded, load_file, ordered_map
+from embedder.pipeline import LoadedFile, decode_loaded, load_and_encode, load_file
 from embedder.sources import Source, folder_items, is_image_name, list_source
 
 logger = logging.getLogger(__name__)
@@ -260,11 +260,10 @@ class BlockEmbedder:
             return decode_loaded(loaded, data, size=self.backbone.size, resize=self.backbone.resize,
                                  max_pixels=self.max_pixels, skip=skip)
 
-        shard = Batch(embeddings=np.empty((0, self.backbone.dim), np.float32))
-        pixels: list[np.ndarray] = []
-        chunks: list[np.ndarray] = []
-        for rel, label, loaded in zip(rels, labels, ordered_map(load, paths, workers=self.threads + 1,
-                                                                prefetch=2 * self.batch_size)):
+        shard = Batch(embeddings=np.empty((len(paths), self.backbone.dim), np.float32))
+        items = list(zip(paths, rels, labels))
+        for (_, rel, label), loaded, embedding in load_and_encode(items, lambda item: load(item[0]), self.encoder,
+                                                                  batch_size=self.batch_size, workers=self.threads + 1):
             record = (rel, loaded.sha256, label, loaded.size, loaded.mtime_ns)
             if loaded.error is None:  # same bytes as a file that failed, in the cache or this block
                 loaded.error = self.failed.get(loaded.sha256) or seen.get(loaded.sha256)
@@ -272,19 +271,13 @@ class BlockEmbedder:
                 shard.failures.append((rel, loaded.sha256, loaded.error, loaded.size, loaded.mtime_ns))
                 if loaded.sha256:
                     seen.setdefault(loaded.sha256, loaded.error)
-            elif loaded.pixels is None or loaded.sha256 in seen:
+            elif embedding is None or loaded.sha256 in seen:
                 shard.aliases.append(record)
             else:
                 seen[loaded.sha256] = None
+                shard.embeddings[len(shard.rows)] = embedding
                 shard.rows.append(record)
-                pixels.append(loaded.pixels)
-                if len(pixels) == self.batch_size:
-                    chunks.append(self.encoder(np.stack(pixels)))
-                    pixels = []
-        if pixels:
-            chunks.append(self.encoder(np.stack(pixels)))
-        if chunks:
-            shard.embeddings = np.concatenate(chunks)
+        shard.embeddings = shard.embeddings[: len(shard.rows)]
         return shard
 
 

@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from tqdm import tqdm
 from embedder.backbone import Backbone
 from embedder.cache import Batch, CacheIndex, CacheWriter, Failure, open_cache
 from embedder.images import DEFAULT_MAX_PIXELS
-from embedder.pipeline import LoadedFile, default_workers, load_file, ordered_map
+from embedder.pipeline import LoadedFile, default_workers, load_and_encode, load_file
 from embedder.runtimes import CALIBRATION_IMAGES, Encoder, load_encoder, reduced_key
 from embedder.sources import SourceItem, list_source
 
@@ -90,7 +91,7 @@ def extract(
     with CacheWriter(out) as cache:
         if precision == "fp32":
             key, extra = backbone.key, {}
-            encoder = functools.cache(lambda: load_encoder(backbone, runtime))
+            encoder = _once(lambda: load_encoder(backbone, runtime))
         else:  # the key depends on the runtime (and calibration) chosen: load it first
             reduced, files = _reduced_encoder(Path(out), backbone, listed.items, runtime, precision, calibration)
             key, encoder = reduced.key, lambda: reduced
@@ -111,6 +112,17 @@ def extract(
     summary.seconds = time.perf_counter() - started
     logger.info("%s", summary)
     return summary
+
+
+def _once(load: Callable[[], Encoder]) -> Callable[[], Encoder]:
+    """`load()` on first use only, also when several workers ask at once (a fully cached run loads nothing)."""
+    lock, loaded = threading.Lock(), functools.cache(load)
+
+    def get() -> Encoder:
+        with lock:
+            return loaded()
+
+    return get
 
 
 def _reduced_encoder(out: Path, backbone: Backbone, items: list[SourceItem], runtime: str, precision: str,
@@ -180,18 +192,18 @@ def _embed_into(
     max_pixels: int,
     progress: bool | None,
 ) -> None:
-    """Stream `todo` through decode threads and the encoder, journaling one batch at a time."""
+    """Stream `todo` through the decode-and-encode workers, journaling one batch at a time."""
     seen: dict[str, str | None] = {sha: None for sha in index.hashes}  # sha -> None, or failure reason
     seen.update(index.failed_hashes)
 
     def load(item: SourceItem) -> LoadedFile:
         return load_file(item.path, size=backbone.size, resize=backbone.resize, max_pixels=max_pixels, skip=seen.__contains__)
 
-    pixels = np.empty((batch_size, backbone.size, backbone.size, 3), dtype=np.uint8)
-    batch = Batch(embeddings=np.empty((0, backbone.dim), np.float32))
+    batch = Batch(embeddings=np.empty((batch_size, backbone.dim), np.float32))
     bar = tqdm(total=len(todo), unit="img", desc="embedding", disable=None if progress is None else not progress)
     try:
-        for item, loaded in zip(todo, ordered_map(load, todo, workers=workers, prefetch=4 * batch_size)):
+        for item, loaded, embedding in load_and_encode(todo, load, lambda pixels: encoder()(pixels),
+                                                       batch_size=batch_size, workers=workers):
             record = (item.rel, loaded.sha256, item.label or "", loaded.size, loaded.mtime_ns)
             if loaded.error is None and loaded.sha256 in seen and seen[loaded.sha256] is not None:
                 loaded.error = seen[loaded.sha256]  # same bytes as a file that failed
@@ -200,33 +212,30 @@ def _embed_into(
                 summary.failed.append(Failure(item.rel, loaded.error, loaded.sha256))
                 if loaded.sha256:
                     seen.setdefault(loaded.sha256, loaded.error)
-            elif loaded.pixels is None or loaded.sha256 in seen:
-                batch.aliases.append(record)  # embedded already: this row reuses it
+            elif embedding is None or loaded.sha256 in seen:
+                batch.aliases.append(record)  # embedded already (maybe earlier in this run): this row reuses it
                 if index.rows.get(item.rel, ("",))[0] == loaded.sha256:
                     summary.cached += 1  # same bytes as its own cached row (touched, or rehashed)
                 else:
                     summary.reused += 1
             else:
                 seen[loaded.sha256] = None
-                pixels[len(batch.rows)] = loaded.pixels
+                batch.embeddings[len(batch.rows)] = embedding
                 batch.rows.append(record)
                 if len(batch.rows) == batch_size:
-                    _flush(cache, key, batch, pixels, encoder, summary)
-                    batch = Batch(embeddings=batch.embeddings[:0])
+                    _flush(cache, key, batch, encoder, summary)
+                    batch = Batch(embeddings=batch.embeddings)
             bar.update(1)
-        _flush(cache, key, batch, pixels, encoder, summary)
+        _flush(cache, key, batch, encoder, summary)
     finally:
         bar.close()
 
 
-def _flush(
-    cache: CacheWriter, key: str, batch: Batch, pixels: np.ndarray, encoder: Callable[[], Encoder], summary: ExtractSummary
-) -> None:
-    """Embed the batch's images (loading the runtime on first use) and make the batch durable."""
+def _flush(cache: CacheWriter, key: str, batch: Batch, encoder: Callable[[], Encoder], summary: ExtractSummary) -> None:
+    """Make the batch durable: its embedded rows, aliases and failures go to the journal."""
     if not (batch.rows or batch.aliases or batch.failures):
         return
     if batch.rows:
-        batch.embeddings = encoder()(pixels[: len(batch.rows)])
         summary.runtime = encoder().runtime if encoder().precision == "fp32" else f"{encoder().runtime} {encoder().precision}"
-    cache.write_batch(key, batch)
+    cache.write_batch(key, Batch(batch.embeddings[: len(batch.rows)], batch.rows, batch.aliases, batch.failures))
     summary.embedded += len(batch.rows)

@@ -1,7 +1,7 @@
 """Streaming input: files are read, hashed and decoded in worker threads while the runtime infers.
 
-Pillow, hashlib and the runtimes release the GIL, so threads overlap for real. At most
-`prefetch` files are in flight, so memory stays bounded whatever the number of images.
+Pillow, hashlib and the runtimes release the GIL, so threads overlap for real. A bounded
+number of files is in flight, so memory stays bounded whatever the number of images.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +37,7 @@ class LoadedFile:
 
 
 def default_workers() -> int:
-    """Decode threads: one per core; the runtime's own threads share the cores."""
+    """Decode-and-encode workers: one per core; the runtime's streams share the cores."""
     return max(1, os.cpu_count() or 1)
 
 
@@ -108,6 +108,35 @@ def ordered_map(function: Callable[[T], R], items: Iterable[T], *, workers: int,
             yield pending.popleft().result()
 
 
+def load_and_encode(
+    items: Sequence[T],
+    load: Callable[[T], LoadedFile],
+    encode: Callable[[np.ndarray], np.ndarray],
+    *,
+    batch_size: int,
+    workers: int,
+) -> Iterator[tuple[T, LoadedFile, np.ndarray | None]]:
+    """Every item with its loaded file and output row (None unless decoded), in input order.
+
+    Each worker thread loads a batch of `batch_size` items and encodes its decoded images, so
+    one batch decodes while others infer and the runtime's streams never wait for pixels. At
+    most two batches per worker are in flight.
+    """
+
+    def work(batch: Sequence[T]) -> list[tuple[T, LoadedFile, np.ndarray | None]]:
+        loaded = [load(item) for item in batch]
+        decoded = [file for file in loaded if file.pixels is not None]
+        outputs = iter(encode(np.stack([file.pixels for file in decoded])) if decoded else [])
+        rows = [(item, file, next(outputs) if file.pixels is not None else None) for item, file in zip(batch, loaded)]
+        for file in decoded:
+            file.pixels = None  # encoded: the pixels are not needed any more
+        return rows
+
+    batches = (items[start : start + batch_size] for start in range(0, len(items), batch_size))
+    for rows in ordered_map(work, batches, workers=workers, prefetch=2 * workers):
+        yield from rows
+
+
 @dataclass
 class Encoded:
     """The output row of one file (e.g. its embedding), or why the file could not be used."""
@@ -126,27 +155,10 @@ def encode_files(
     batch_size: int = 32,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[Encoded]:
-    """Decode files in worker threads and run `encode` on batches of the readable ones, in order."""
-    paths = list(paths)
-    loaded = ordered_map(
-        lambda path: load_file(path, size=size, resize=resize, max_pixels=max_pixels),
-        paths, workers=default_workers(), prefetch=2 * batch_size,
-    )
-    pending: list[tuple[Encoded, np.ndarray | None]] = []
-    ready = 0
-    for path, result in zip(paths, loaded):
-        pending.append((Encoded(path, error=result.error), result.pixels))
-        ready += result.error is None
-        if ready == batch_size:
-            yield from _encode_pending(pending, encode)
-            pending, ready = [], 0
-    yield from _encode_pending(pending, encode)
+    """Decode files and run `encode` on batches of the readable ones, in order."""
 
+    def load(path: Path) -> LoadedFile:
+        return load_file(path, size=size, resize=resize, max_pixels=max_pixels)
 
-def _encode_pending(pending: list[tuple[Encoded, np.ndarray | None]], encode: Callable[[np.ndarray], np.ndarray]) -> Iterator[Encoded]:
-    good = [(row, pixels) for row, pixels in pending if row.error is None]
-    if good:
-        outputs = encode(np.stack([pixels for _, pixels in good]))
-        for (row, _), output in zip(good, outputs):
-            row.output = output
-    yield from (row for row, _ in pending)
+    for path, loaded, output in load_and_encode(list(paths), load, encode, batch_size=batch_size, workers=default_workers()):
+        yield Encoded(path, output=output, error=loaded.error)

@@ -3,7 +3,9 @@
 Runtimes, all running models exported from the backbone's own Keras model:
 - "keras": the reference, the Keras model in a `tf.function` (inference mode, no per-call leaks);
 - "onnx": ONNX Runtime on the model exported with tf2onnx (cached on disk per backbone key);
-- "openvino": OpenVINO on that same ONNX model, two streams per batch.
+- "openvino": OpenVINO on that same ONNX model.
+
+The fast runtimes run a batch as chunks of a few images on one single-threaded stream per core.
 
 Precisions:
 - "fp32" (default): every fp32 runtime must match the Keras reference on fixed test images
@@ -24,10 +26,12 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -78,8 +82,23 @@ class KerasEncoder:
         return np.asarray(self._function(images), dtype=np.float32)
 
 
+CHUNK = 4  # images per single-threaded inference call
+
+
+def chunks_of(images: np.ndarray, streams: int) -> list[np.ndarray]:
+    """A batch cut into chunks of at most CHUNK images, spread over the streams even when small."""
+    size = max(1, min(CHUNK, -(-len(images) // streams)))
+    return [images[start : start + size] for start in range(0, len(images), size)]
+
+
 class OnnxEncoder:
-    """ONNX Runtime session on an exported (fp32) or quantized (int8) model."""
+    """ONNX Runtime on an exported (fp32) or quantized (int8) model, run by `threads` parallel streams.
+
+    A batch runs as small chunks, each single-threaded, on `threads` streams at once: small
+    chunks stay in the CPU caches, and independent streams never wait for each other at every
+    layer as the threads of one multi-threaded call do (on 2 cores: 2 streams of 4 images about
+    275 images/s, one 2-thread call on 32 images about 245). Safe to call from several threads.
+    """
 
     runtime = "onnx"
 
@@ -87,20 +106,32 @@ class OnnxEncoder:
                  threads: int | None = None) -> None:
         import onnxruntime as ort
 
+        self.threads = max(1, threads or os.cpu_count() or 1)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = 1  # a run stays in its caller's thread: the streams are the parallelism
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
+        self._streams = ThreadPoolExecutor(self.threads, thread_name_prefix="embedder-onnx")
         self.key, self.precision, self.calibration = key, precision, calibration
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        chunks = chunks_of(np.ascontiguousarray(images, dtype=np.uint8), self.threads)
+        if len(chunks) <= 1:
+            return self._run(images)
+        return np.concatenate(list(self._streams.map(self._run, chunks)))
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: np.ascontiguousarray(images, dtype=np.uint8)})[0]
 
 
 class OpenVinoEncoder:
-    """OpenVINO on the same ONNX model; a batch is split over the CPU plugin's parallel streams."""
+    """OpenVINO on the same ONNX model: a batch runs as small chunks on the CPU plugin's parallel streams.
+
+    OpenVINO's own asynchronous queue feeds the streams; calls from several threads take turns,
+    because concurrent synchronous requests can deadlock in OpenVINO's Python layer.
+    """
 
     runtime = "openvino"
 
@@ -108,23 +139,28 @@ class OpenVinoEncoder:
                  threads: int | None = None) -> None:
         import openvino as ov
 
+        self.threads = max(1, threads or os.cpu_count() or 1)
         core = ov.Core()
         core.set_property({"CACHE_DIR": str(runtime_cache_dir() / "openvino")})  # compiled blobs, reused
-        config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        compiled = core.compile_model(str(path), "CPU", config)
-        self._requests = [compiled.create_infer_request()
-                          for _ in range(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))]
+        config = {"NUM_STREAMS": self.threads, "INFERENCE_NUM_THREADS": self.threads,
+                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        self._queue = ov.AsyncInferQueue(core.compile_model(str(path), "CPU", config), self.threads)
+        self._lock = threading.Lock()
         self.key, self.precision, self.calibration = key, precision, calibration
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        parts = [part for part in np.array_split(np.ascontiguousarray(images, dtype=np.uint8), len(self._requests)) if len(part)]
-        for request, part in zip(self._requests, parts):
-            request.start_async({0: part})
-        for request in self._requests[: len(parts)]:
-            request.wait()
-        return np.concatenate([request.get_output_tensor(0).data.copy() for request in self._requests[: len(parts)]])
+        chunks = chunks_of(np.ascontiguousarray(images, dtype=np.uint8), self.threads)
+        outputs: list[np.ndarray] = [np.empty(0)] * len(chunks)
+
+        def collect(request: Any, index: int) -> None:
+            outputs[index] = request.get_output_tensor(0).data.copy()
+
+        with self._lock:
+            self._queue.set_callback(collect)
+            for index, chunk in enumerate(chunks):
+                self._queue.start_async({0: chunk}, index)
+            self._queue.wait_all()
+        return np.concatenate(outputs)
 
 
 def runtime_cache_dir() -> Path:

@@ -93,3 +93,28 @@ def test_int8_needs_calibration_and_names_it_in_the_key(tmp_path) -> None:
 def test_unsupported_combinations(runtime: str, precision: str) -> None:
     with pytest.raises(RuntimeUnavailableError, match=f"does not run precision '{precision}'"):
         load_encoder(TINY, runtime, precision=precision)
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_streams_split_a_batch_into_chunks_and_keep_the_order(runtime: str) -> None:
+    encoder = load_encoder(TINY, runtime, threads=2)
+    images = np.random.default_rng(5).integers(0, 256, (11, 96, 96, 3)).astype(np.uint8)
+    whole = np.concatenate([encoder(images[i : i + 1]) for i in range(len(images))])  # one image per call
+    streamed = encoder(images)  # chunks of at most CHUNK images on two streams
+    assert streamed.shape == (11, TINY.dim)
+    assert np.abs(streamed - whole).max() <= 1e-5
+    assert np.abs(encoder(images[:1]) - whole[:1]).max() <= 1e-5
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_concurrent_callers_each_get_their_own_embeddings(runtime: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    encoder = load_encoder(TINY, runtime, threads=2)
+    batches = [np.full((3, 96, 96, 3), 40 * k, np.uint8) for k in range(6)]
+    alone = [encoder(batch) for batch in batches]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(encoder, batches))
+    for one, other in zip(alone, together):
+        assert np.abs(one - other).max() <= 1e-5
+    assert not np.allclose(alone[0], alone[5])  # different inputs really give different rows
