@@ -117,13 +117,15 @@ class OnnxEncoder:
         self.key, self.precision, self.calibration = key, precision, calibration
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        chunks = chunks_of(np.ascontiguousarray(images, dtype=np.uint8), self.threads)
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        chunks = chunks_of(images, self.threads)
         if len(chunks) <= 1:
             return self._run(images)
         return np.concatenate(list(self._streams.map(self._run, chunks)))
 
     def _run(self, images: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: np.ascontiguousarray(images, dtype=np.uint8)})[0]
+        """One uint8 chunk, single-threaded in the calling thread."""
+        return self._session.run(None, {self._input: images})[0]
 
 
 class OpenVinoEncoder:
