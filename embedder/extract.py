@@ -6,9 +6,9 @@ import functools
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,10 +91,10 @@ def extract(
     with CacheWriter(out) as cache:
         if precision == "fp32":
             key, extra = backbone.key, {}
-            encoder = _once(lambda: load_encoder(backbone, runtime))
+            load: Callable[[], Encoder] = functools.partial(load_encoder, backbone, runtime)
         else:  # the key depends on the runtime (and calibration) chosen: load it first
             reduced, files = _reduced_encoder(Path(out), backbone, listed.items, runtime, precision, calibration)
-            key, encoder = reduced.key, lambda: reduced
+            key, load = reduced.key, lambda: reduced
             extra = {"backbone_key": key, "precision": precision, "runtime": reduced.runtime,
                      "calibration_digest": reduced.calibration, "calibration_files": json.dumps(files)}
         index = cache.index(key)
@@ -106,7 +106,7 @@ def extract(
             provenance = {**backbone.provenance(), **extra, "source": str(listed.root.resolve())}
             cache.begin(key, provenance)
             _embed_into(
-                cache, key, todo, encoder, backbone, index, summary,
+                cache, key, todo, _in_background(load), backbone, index, summary,
                 batch_size=batch_size, workers=workers or default_workers(), max_pixels=max_pixels, progress=progress,
             )
     summary.seconds = time.perf_counter() - started
@@ -114,15 +114,15 @@ def extract(
     return summary
 
 
-def _once(load: Callable[[], Encoder]) -> Callable[[], Encoder]:
-    """`load()` on first use only, also when several workers ask at once (a fully cached run loads nothing)."""
-    lock, loaded = threading.Lock(), functools.cache(load)
+def _in_background(load: Callable[[], Encoder]) -> Callable[[], Encoder]:
+    """Start `load()` now in its own thread, so the runtime loads while the first images decode.
 
-    def get() -> Encoder:
-        with lock:
-            return loaded()
-
-    return get
+    The returned getter waits for it (and re-raises its error); a fully cached run never calls this.
+    """
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder-load")
+    loaded = loader.submit(load)
+    loader.shutdown(wait=False)
+    return loaded.result
 
 
 def _reduced_encoder(out: Path, backbone: Backbone, items: list[SourceItem], runtime: str, precision: str,

@@ -11,6 +11,11 @@ Policy, applied identically everywhere (extraction, `Embedder.transform`, top-k 
 - resampling averages the covered source pixels (box filter, i.e. area interpolation) when
   shrinking and is bilinear when enlarging; large JPEGs are first decoded at a reduced scale
   (never below the target size) with `Image.draft`, which is much faster.
+
+RGB and grayscale JPEGs, most photos, are decoded by libjpeg-turbo through simplejpeg and
+resized by `embedder.resample`; both release the GIL and give the very pixels Pillow gives
+(tested on real photos), so the fast path is an implementation detail, not a second policy.
+Anything simplejpeg refuses goes through Pillow, which decides what is decodable.
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import simplejpeg
+from PIL import Image, UnidentifiedImageError
 
 from embedder.errors import ImageError, InputRangeError
+from embedder.resample import resample
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 BACKGROUND = (255, 255, 255)
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
+ORIENTATION = 0x0112  # EXIF tag
 
 
 def decode_image(data: bytes, *, size: int, resize: str = "crop", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -33,13 +41,39 @@ def decode_image(data: bytes, *, size: int, resize: str = "crop", max_pixels: in
         raise ImageError("empty file (0 bytes)")
     image = open_image(data, max_pixels=max_pixels)
     try:
-        if image.format == "JPEG":
-            image.draft("RGB", (size, size))
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        return fit_square(to_rgb(image), size=size, resize=resize)
+        pixels = _decode_jpeg(data, image, size) if image.format == "JPEG" and image.mode in ("RGB", "L") else None
+        if pixels is None:
+            if image.format == "JPEG":
+                image.draft("RGB", (size, size))
+            image.load()
+            pixels = np.asarray(to_rgb(image))
+        pixels = oriented(pixels, image.getexif().get(ORIENTATION, 1))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageError(f"truncated or corrupt image data ({exc})") from exc
+    return fit_square(pixels, size=size, resize=resize)
+
+
+def _decode_jpeg(data: bytes, image: Image.Image, size: int) -> np.ndarray | None:
+    """RGB pixels of a JPEG at Pillow's draft scale for `size`, or None to let Pillow decode it."""
+    width, height = image.size
+    scale = next((s for s in (8, 4, 2) if min(width // size, height // size) >= s), 1)  # as Pillow's draft()
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-width // scale),
+                                        min_height=-(-height // scale), min_factor=scale)
+    except ValueError:  # corrupt, truncated or unusual: Pillow tolerates or reports it
+        return None
+    return pixels if pixels.shape[:2] == (-(-height // scale), -(-width // scale)) else None
+
+
+def oriented(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Pixels as EXIF `orientation` (1..8) says the photo is seen, as `ImageOps.exif_transpose` does."""
+    if orientation in (5, 6, 7, 8):
+        pixels = pixels.transpose(1, 0, 2)
+    if orientation in (2, 3, 6, 7):
+        pixels = pixels[:, ::-1]
+    if orientation in (3, 4, 7, 8):
+        pixels = pixels[::-1]
+    return pixels
 
 
 def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -84,9 +118,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def fit_square(image: Image.Image, *, size: int, resize: str = "crop") -> np.ndarray:
-    """Resize an RGB image to (size, size, 3) uint8 with the "crop" or "squash" policy."""
-    width, height = image.size
+def fit_square(pixels: np.ndarray, *, size: int, resize: str = "crop") -> np.ndarray:
+    """Resize (h, w, 3) uint8 RGB pixels to (size, size, 3) with the "crop" or "squash" policy."""
+    height, width = pixels.shape[:2]
     if resize == "crop":
         side = min(width, height)
         left, top = (width - side) / 2, (height - side) / 2
@@ -95,10 +129,9 @@ def fit_square(image: Image.Image, *, size: int, resize: str = "crop") -> np.nda
         box = (0, 0, width, height)
     else:
         raise ValueError(f"resize must be 'crop' or 'squash'. Received: resize={resize!r}")
-    if (width, height) != (size, size):
-        shrinking = min(box[2] - box[0], box[3] - box[1]) >= size
-        image = image.resize((size, size), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR, box=box)
-    return np.asarray(image, dtype=np.uint8)
+    if (width, height) == (size, size):
+        return np.ascontiguousarray(pixels)
+    return resample(pixels, box, size, bilinear=min(box[2] - box[0], box[3] - box[1]) < size)
 
 
 def as_uint8_batch(images: np.ndarray, *, size: int, resize: str = "crop", check_range: bool = True) -> np.ndarray:
@@ -128,5 +161,5 @@ def as_uint8_batch(images: np.ndarray, *, size: int, resize: str = "crop", check
             raise InputRangeError(f"images have values up to {high:.3g}; pass raw RGB in 0..255.")
         array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
     if array.shape[1:3] != (size, size):
-        array = np.stack([fit_square(Image.fromarray(image), size=size, resize=resize) for image in array])
+        array = np.stack([fit_square(image, size=size, resize=resize) for image in array])
     return array

@@ -98,8 +98,8 @@ def test_16_bit_rgb_png() -> None:
 def test_crop_keeps_the_centre_and_squash_keeps_everything() -> None:
     image = Image.new("RGB", (300, 100), (0, 0, 255))
     image.paste((255, 0, 0), (100, 0, 200, 100))  # red centre square, blue sides
-    cropped = fit_square(image, size=50, resize="crop")
-    squashed = fit_square(image, size=60, resize="squash")
+    cropped = fit_square(np.asarray(image), size=50, resize="crop")
+    squashed = fit_square(np.asarray(image), size=60, resize="squash")
     inner = cropped[:, 1:-1]  # edge columns blend with their outside neighbours, as in resize-then-crop
     assert inner[..., 0].min() > 240 and inner[..., 2].max() < 15
     assert squashed[:, :15, 2].min() > 240 and squashed[:, 25:35, 0].min() > 240
