@@ -57,12 +57,12 @@ def _decode_jpeg(data: bytes, image: Image.Image, size: int) -> np.ndarray | Non
     """RGB pixels of a JPEG at Pillow's draft scale for `size`, or None to let Pillow decode it."""
     width, height = image.size
     scale = next((s for s in (8, 4, 2) if min(width // size, height // size) >= s), 1)  # as Pillow's draft()
+    shape = (-(-height // scale), -(-width // scale))  # the draft's size, rounded up
     try:
-        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-width // scale),
-                                        min_height=-(-height // scale), min_factor=scale)
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=shape[0], min_width=shape[1], min_factor=scale)
     except ValueError:  # corrupt, truncated or unusual: Pillow tolerates or reports it
         return None
-    return pixels if pixels.shape[:2] == (-(-height // scale), -(-width // scale)) else None
+    return pixels if pixels.shape[:2] == shape else None
 
 
 def oriented(pixels: np.ndarray, orientation: int) -> np.ndarray:
