@@ -68,9 +68,7 @@ def work_extract(source: Path, weights: str, out: Path, runtime: str, precision:
 
 def work_pure(source: Path, weights: str, runtime: str, precision: str, calibration: str) -> dict:
     """Inference alone: the same encoder on photos decoded beforehand, in batches of 32."""
-    from embedder import Backbone
-    from embedder.images import decode_image
-    from embedder.runtimes import load_encoder
+    from embedder import Backbone, decode_image, load_encoder
 
     backbone = Backbone(weights=weights)
     files = [Path(f) for f in json.loads(calibration)] if calibration else None
@@ -160,7 +158,7 @@ def main() -> None:
 
     from sklearn.model_selection import StratifiedKFold
 
-    from classical.data import load_labeled
+    from classical import load_labeled
     from embedder import open_cache
 
     source, weights = args.source, args.weights

@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 from PIL import Image, ImageOps
 
-import embedder.distributed as distributed
+import embedder.extraction.ray_engine as ray_engine
 from embedder import Backbone, extract
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ class Timed:
         self.merge_seconds = 0.0
         self.block_seconds = 0.0
         self.block_images = 0
-        self._absorb = distributed.absorb_shards
+        self._absorb = ray_engine.absorb_shards
 
     def __call__(self, cache, key, folder, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN204
         for shard in sorted(Path(folder).glob("*.h5")) if Path(folder).is_dir() else []:
@@ -52,12 +52,12 @@ class Timed:
 
 def run_ray(source: Path, out: Path, backbone: Backbone, *, actors: int, cpus: float, runtime: str) -> dict:
     timed = Timed()
-    distributed.absorb_shards = timed
+    ray_engine.absorb_shards = timed
     try:
-        summary = distributed.extract_ray(source, out, backbone, actors=actors, cpus_per_actor=cpus, runtime=runtime,
+        summary = ray_engine.extract_ray(source, out, backbone, actors=actors, cpus_per_actor=cpus, runtime=runtime,
                                           progress=False)
     finally:
-        distributed.absorb_shards = timed._absorb
+        ray_engine.absorb_shards = timed._absorb
     return {"label": f"ray, {actors} actor(s) x {cpus:g} CPU", "images": summary.embedded, "seconds": summary.seconds,
             "rate": summary.images_per_second, "per_actor": timed.block_images / timed.block_seconds,
             "merge": timed.merge_seconds, "actors": actors}
@@ -90,7 +90,7 @@ def main() -> None:
         tmp = Path(tmp)
         extract(args.source, tmp / "warm.h5", backbone, runtime=args.runtime, progress=False)  # exported model cached
         started = time.perf_counter()
-        distributed.connect(None)  # a local Ray with this machine's CPUs
+        ray_engine.connect(None)  # a local Ray with this machine's CPUs
         ray_start = time.perf_counter() - started
         tables = []
         for name, source in (("photo set", args.source), ("4x set", four_fold(args.source, tmp / "four"))):

@@ -110,7 +110,7 @@ def main() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "embedder.cli", "serve", "--port", str(port), "--weights", args.weights,
+    server = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--port", str(port), "--weights", args.weights,
                                "--max-wait-ms", str(args.max_wait_ms), *args.server_args.split()],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     base = f"http://127.0.0.1:{port}"

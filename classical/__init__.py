@@ -1,21 +1,20 @@
-"""Embeddings -> models: stored splits, the model zoo, sweeps, reports and prediction.
+"""Embeddings -> models: stored splits, the model zoo, sweeps, reports, model files and prediction.
 
-Reads the caches `embedder` writes (never the other way round). Importing it does not import
-TensorFlow; the Dense head, fine-tuning and new-image prediction load it when they need it
-(`finetune` is imported on first access for that reason).
+Reads the caches `embedder` writes, through embedder's public names only. Importing it imports
+neither TensorFlow nor matplotlib: the Dense head trains with Keras on `fit`, plots are drawn when a
+report is written, and `finetune` is imported on first access.
 """
 
 from typing import Any
 
 from classical.data import LabeledEmbeddings, load_labeled
-from classical.dense import DenseHead
-from classical.errors import ClassicalError, DataError
-from classical.models import MODEL_NAMES, ZOO, load_grids
+from classical.errors import ClassicalError, DataError, ModelFileError
+from classical.modelfile import SavedModel, load_model
+from classical.neural import DenseHead
 from classical.predict import predict
 from classical.splits import Split, make_split
 from classical.sweep import rerender, summary, sweep
-from embedder.errors import ModelFileError
-from embedder.modelfile import SavedModel, load_model
+from classical.zoo import MODEL_NAMES, ZOO, load_grids
 
 __all__ = [
     "MODEL_NAMES",
@@ -27,12 +26,12 @@ __all__ = [
     "ModelFileError",
     "SavedModel",
     "Split",
+    "finetune",
     "load_grids",
     "load_labeled",
     "load_model",
     "make_split",
     "predict",
-    "finetune",
     "rerender",
     "summary",
     "sweep",
@@ -41,8 +40,8 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "finetune":  # imports Keras: only when asked for
-        from classical.finetune import finetune
+        from classical.neural.finetune import finetune
 
-        globals()["finetune"] = finetune  # the function, not the submodule of the same name
+        globals()["finetune"] = finetune
         return finetune
     raise AttributeError(f"module 'classical' has no attribute {name!r}")

@@ -15,12 +15,11 @@ import typer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from classical.models import MODEL_NAMES  # noqa: E402
 from classical.predict import predict as run_predict  # noqa: E402
 from classical.sweep import rerender, summary  # noqa: E402
 from classical.sweep import sweep as run_sweep  # noqa: E402
-from embedder.cli import Engine, Verbose, fail, parse_weights, setup_logging  # noqa: E402
-from embedder.errors import EmbedderError  # noqa: E402
+from classical.zoo import MODEL_NAMES  # noqa: E402
+from embedder import EmbedderError, Engine, Verbose, fail, setup_logging  # noqa: E402
 
 app = typer.Typer(help="Classical models and neural heads on cached embeddings, compared on one split.",
                   no_args_is_help=True, add_completion=False)
@@ -105,11 +104,11 @@ def finetune(
     progress: Annotated[bool, typer.Option(help="One line per epoch.")] = True,
 ) -> None:
     """Fine-tune MobileNetV2 on the run's images and add its row to the run's report (recipe 3)."""
-    from classical.finetune import finetune as run_finetune
+    from classical.neural.finetune import finetune as run_finetune
 
     try:
         report = run_finetune(
-            images, out, variant=variant.value, size=size, weights=parse_weights(weights),
+            images, out, variant=variant.value, size=size, weights=weights,
             head_epochs=head_epochs, epochs=epochs, head_learning_rate=head_lr, learning_rate=lr, unfreeze=unfreeze,
             unfreeze_layers=unfreeze_layers, gradual=gradual, lr_decay=lr_decay, schedule=schedule.value, augment=augment,
             batch_size=batch_size, seed=seed, progress=progress,

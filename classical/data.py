@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from classical.errors import DataError
-from embedder.cache import open_cache
+from embedder import open_cache
 
 logger = logging.getLogger(__name__)
 

@@ -10,19 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from embedder.errors import ModelFileError
-from embedder.modelfile import SavedModel, load_model
-from embedder.backbone import Backbone
-from embedder.imagenet import expand_inputs
-from embedder.pipeline import encode_files
-from embedder.runtimes import Encoder, load_encoder
+from classical.errors import ModelFileError
+from classical.modelfile import SavedModel, load_model
+from embedder import Backbone, Encoder, encode_files, expand_inputs, load_encoder
 
 
 def model_encoder(saved: SavedModel, runtime: str = "auto") -> tuple[Backbone, Encoder]:
     """The backbone and runtime that produce exactly the embeddings the model was fitted on (same key)."""
-    spec = saved.metadata["backbone"]
-    weights = {"none": None, "imagenet": "imagenet"}.get(spec["weights"], spec.get("weights_file") or spec["weights"])
-    backbone = Backbone(alpha=spec["alpha"], size=spec["size"], weights=weights, pooling=spec["pooling"], resize=spec["resize"])
+    spec, backbone = saved.metadata["backbone"], saved.backbone
     precision = spec.get("precision", "fp32")
     if precision == "fp32":
         encoder = load_encoder(backbone, runtime) if backbone.key == saved.backbone_key else None

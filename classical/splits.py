@@ -57,6 +57,12 @@ class Split:
         counted = Counter(self.assignment.values())
         return {part: counted.get(part, 0) for part in PARTS}
 
+    def summary(self) -> dict[str, Any]:
+        """The split as the report records it: id, sizes, seed and fractions."""
+        counts = self.counts()
+        return {"id": self.id, "n_train": counts["train"], "n_val": counts["val"], "n_test": counts["test"],
+                "seed": self.seed, "fractions": list(self.fractions)}
+
     def save(self, path: Path) -> None:
         record = {"id": self.id, "seed": self.seed, "fractions": list(self.fractions),
                   "backbone_key": self.backbone_key, "counts": self.counts(), "assignment": self.assignment}

@@ -25,11 +25,10 @@ from tqdm import tqdm
 
 from classical.data import LabeledEmbeddings, load_labeled
 from classical.errors import DataError
-from classical.models import MODEL_NAMES, ZOO, ModelSpec, grid_for, load_grids
-from embedder.modelfile import EMBEDDING_FIELDS, save_model
-from classical.plots import render_plots
+from classical.modelfile import EMBEDDING_FIELDS, save_model
 from classical.report import add_rows, format_table, latency_ms, load_report, new_report, score, verdict, write_report
 from classical.splits import DEFAULT_FRACTIONS, Split, load_or_make_split
+from classical.zoo import MODEL_NAMES, ZOO, ModelSpec, grid_for, load_grids
 
 logger = logging.getLogger(__name__)
 SEARCHES = ("grid", "halving")
@@ -71,7 +70,7 @@ def sweep(
     parts = split.indices(data.paths)
     folds = cv_folds(data.y[np.concatenate([parts["train"], parts["val"]])], cv, data.class_names)
     report = load_report(run) if (run / "report.json").is_file() else new_report(
-        backbone=data.backbone_key, cache=str(cache), class_names=data.class_names, split=split_summary(split))
+        backbone=data.backbone_key, cache=str(cache), class_names=data.class_names, split=split.summary())
     if report["split"]["id"] != split.id or report["class_names"] != data.class_names:
         raise DataError(f"report in '{run}' belongs to another split or class list; use another --out directory.")
     bar = tqdm(list(models), unit="model", desc="sweep", disable=None if progress is None else not progress)
@@ -83,7 +82,7 @@ def sweep(
             add_rows(report, [row])
             logger.info("%s: test accuracy %.3f, fit %.1f s", name, row["test_accuracy"], row["fit_seconds"])
     bar.close()
-    write_report(report, run, render_plots(report, run))
+    write_report(report, run)
     return report
 
 
@@ -91,19 +90,13 @@ def joblib_backend(engine: str, address: str | None) -> contextlib.AbstractConte
     """Where the searches' joblib jobs run: this machine's processes, or the tasks of a Ray cluster."""
     if engine == "local":
         return contextlib.nullcontext()
-    from embedder.distributed import connect
+    from embedder import connect
 
     connect(address)
     from ray.util.joblib import register_ray
 
     register_ray()
     return joblib.parallel_config(backend="ray")
-
-
-def split_summary(split: Split) -> dict[str, Any]:
-    counts = split.counts()
-    return {"id": split.id, "n_train": counts["train"], "n_val": counts["val"], "n_test": counts["test"],
-            "seed": split.seed, "fractions": list(split.fractions)}
 
 
 def cv_folds(y: np.ndarray, cv: int, class_names: list[str]) -> int:
@@ -205,7 +198,7 @@ def rerender(out: str | os.PathLike) -> dict[str, Any]:
     """Re-draw the plots and rewrite report.csv/.md of a run from its report.json."""
     run = Path(out)
     report = load_report(run)
-    write_report(report, run, render_plots(report, run))
+    write_report(report, run)
     return report
 
 

@@ -1,10 +1,16 @@
 """Images -> MobileNetV2 bottleneck embeddings, cached in HDF5.
 
-Importing this package does not import TensorFlow; the backbone is built on first use.
+The names below are the package's face: code built on the embeddings uses only these. Importing
+this package does not import TensorFlow; the backbone is built on first use.
 """
 
-from embedder.backbone import Backbone
+from typing import Any
+
+from embedder.atomic import atomic_path
+from embedder.backbone import Backbone, build_classifier, build_mobilenet_v2, load_class_names, predict_imagenet
+from embedder.backbone import top_classes, uint8_function
 from embedder.cache import Cache, CachedBackbone, Failure, info, open_cache
+from embedder.cli_options import Alpha, Engine, Pooling, Resize, Size, Verbose, Weights, fail, setup_logging
 from embedder.errors import (
     CacheError,
     CacheLockedError,
@@ -15,27 +21,69 @@ from embedder.errors import (
     SourceError,
     WeightsError,
 )
-from embedder.extract import ExtractSummary, extract
-from embedder.imagenet import predict_imagenet
+from embedder.extraction import ExtractSummary, connect, extract
+from embedder.inputs import DEFAULT_MAX_PIXELS, decode_image, encode_files, expand_inputs, list_source, load_files
+from embedder.provenance import library_versions, utc_now
+from embedder.runtimes import Encoder, load_encoder
 from embedder.transformer import Embedder
 
 __all__ = [
+    # images -> embeddings
     "Backbone",
+    "Embedder",
+    "Encoder",
+    "ExtractSummary",
+    "extract",
+    "extract_ray",
+    "load_encoder",
+    "predict_imagenet",
+    # the cache
     "Cache",
+    "CachedBackbone",
+    "Failure",
+    "info",
+    "open_cache",
+    # building blocks for the layers above
+    "DEFAULT_MAX_PIXELS",
+    "atomic_path",
+    "build_classifier",
+    "build_mobilenet_v2",
+    "connect",
+    "decode_image",
+    "encode_files",
+    "expand_inputs",
+    "library_versions",
+    "list_source",
+    "load_class_names",
+    "load_files",
+    "top_classes",
+    "uint8_function",
+    "utc_now",
+    # command-line options shared by the project's CLIs
+    "Alpha",
+    "Engine",
+    "Pooling",
+    "Resize",
+    "Size",
+    "Verbose",
+    "Weights",
+    "fail",
+    "setup_logging",
+    # errors
     "CacheError",
     "CacheLockedError",
-    "CachedBackbone",
-    "Embedder",
     "EmbedderError",
-    "ExtractSummary",
-    "Failure",
     "ImageError",
     "InputRangeError",
     "RuntimeUnavailableError",
     "SourceError",
     "WeightsError",
-    "extract",
-    "info",
-    "open_cache",
-    "predict_imagenet",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "extract_ray":  # imports the Ray engine only when asked for
+        from embedder.extraction import extract_ray
+
+        return extract_ray
+    raise AttributeError(f"module 'embedder' has no attribute {name!r}")

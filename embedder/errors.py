@@ -36,7 +36,3 @@ class CacheLockedError(CacheError):
 
 class RuntimeUnavailableError(EmbedderError):
     """The requested inference runtime is not installed or does not match the reference."""
-
-
-class ModelFileError(EmbedderError):
-    """A saved model file is missing, not ours, or does not fit the embeddings it is applied to."""

@@ -17,10 +17,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from embedder.backbone import Backbone
 from embedder.errors import ImageError
-from embedder.images import as_uint8_batch
-from embedder.pipeline import encode_files
+from embedder.inputs import as_uint8_batch, encode_files, list_source
 from embedder.runtimes import Encoder, load_encoder
-from embedder.sources import list_source
 
 
 class Embedder(TransformerMixin, BaseEstimator):

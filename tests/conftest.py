@@ -102,20 +102,25 @@ def copy_files(paths: list[Path], folder: Path) -> None:
         shutil.copy(path, folder / path.name)
 
 
-def write_cache(path: Path, X: np.ndarray, labels: list[str], *, backbone=None, paths: list[str] | None = None) -> str:
-    """Write synthetic embeddings into a real cache file (through the cache's writer); returns the key."""
-    from embedder import Backbone
-    from embedder.cache import Batch, CacheWriter
+def write_cache(path: Path, X: np.ndarray, labels: list[str], *, pooling: str = "avg",
+                paths: list[str] | None = None) -> str:
+    """Write synthetic embeddings into a real cache file (through the cache's writer); returns the key.
 
-    backbone = backbone or Backbone(size=96, weights=None)
-    provenance = {**backbone.provenance(), "dim": int(X.shape[1]), "source": "synthetic"}
+    The provenance is written out by hand, so that tests of what is built on a cache need no Keras.
+    """
+    from embedder.cache import Batch, CacheWriter, Row
+
+    key = f"mobilenet_v2-1.0-96-random-synthetic-{pooling}-crop-fp32"
+    provenance = {"backbone_key": key, "architecture": "mobilenet_v2", "alpha": 1.0, "size": 96, "weights": "none",
+                  "weights_file": "", "weights_sha256": "0" * 64, "pooling": pooling, "resize": "crop",
+                  "precision": "fp32", "dim": int(X.shape[1]), "source": "synthetic"}
     paths = paths or [f"{label}/{i:04d}.jpg" for i, label in enumerate(labels)]
     rng = np.random.default_rng(0)
     with CacheWriter(path) as writer:
-        writer.begin(backbone.key, provenance)
-        rows = [(p, rng.bytes(32).hex(), label, 1, 1) for p, label in zip(paths, labels)]
-        writer.write_batch(backbone.key, Batch(embeddings=np.asarray(X, np.float32), rows=rows))
-    return backbone.key
+        writer.begin(key, provenance)
+        rows = [Row(p, rng.bytes(32).hex(), label, 1, 1) for p, label in zip(paths, labels)]
+        writer.write_batch(key, Batch(embeddings=np.asarray(X, np.float32), rows=rows))
+    return key
 
 
 def blobs(per_class: int = 30, classes: tuple[str, ...] = ("ant", "bee", "cat"), dim: int = 32, seed: int = 0,

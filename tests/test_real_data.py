@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from embedder import Backbone, extract, open_cache
-from embedder.images import decode_image
+from embedder import decode_image
 from embedder.runtimes import KerasEncoder, compare
 
 pytestmark = pytest.mark.real_data

@@ -1,0 +1,89 @@
+"""The report's pictures: accuracy against fit time, the best model's confusion matrix, F1 per class.
+
+Imports matplotlib: `classical.report` loads this module only when plots are drawn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from classical.report.files import best_row  # noqa: E402
+
+KIND_COLORS = {"classical": "tab:blue", "neural": "tab:orange"}
+
+
+def render_plots(report: dict[str, Any], run: Path) -> list[Path]:
+    """Draw the three charts into run/plots/ and return their paths."""
+    folder = run / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [accuracy_vs_fit_time(report, folder / "accuracy_vs_fit_time.png"),
+             confusion(report, folder / "confusion_matrix.png"),
+             per_class_f1(report, folder / "per_class_f1.png")]
+    return paths
+
+
+def accuracy_vs_fit_time(report: dict[str, Any], path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for row in report["models"]:
+        axes.scatter(row["fit_seconds"], row["test_accuracy"], s=60, color=KIND_COLORS.get(row["kind"], "gray"),
+                     label=row["kind"])
+        axes.annotate(row["name"], (row["fit_seconds"], row["test_accuracy"]), textcoords="offset points", xytext=(6, 4))
+    handles, labels = axes.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    axes.legend(unique.values(), unique.keys(), loc="lower right")
+    axes.set_xscale("log")
+    axes.set_xlabel("fit time, seconds (selection included, log scale)")
+    axes.set_ylabel("test accuracy")
+    axes.set_title(f"Accuracy vs training cost (n_test = {report['split']['n_test']})")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def confusion(report: dict[str, Any], path: Path) -> Path:
+    best = best_row(report)
+    matrix = np.array(best["confusion_matrix"])
+    names = report["class_names"]
+    figure, axes = plt.subplots(figsize=(1.1 * len(names) + 3, 1.0 * len(names) + 2.5))
+    image = axes.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        axes.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(f"Confusion matrix of {best['name']} (test accuracy {best['test_accuracy']:.3f})")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def per_class_f1(report: dict[str, Any], path: Path) -> Path:
+    names = report["class_names"]
+    rows = sorted(report["models"], key=lambda row: -row["test_accuracy"])
+    width = 0.8 / len(rows)
+    figure, axes = plt.subplots(figsize=(max(8, 1.3 * len(names) + 2), 4.5))
+    for k, row in enumerate(rows):
+        axes.bar(np.arange(len(names)) + (k - (len(rows) - 1) / 2) * width, [row["per_class_f1"][n] for n in names],
+                 width, label=row["name"])
+    axes.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    axes.set_ylabel("F1 on the test split")
+    axes.set_ylim(0, 1.05)
+    axes.set_title("F1 per class")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

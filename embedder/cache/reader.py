@@ -1,0 +1,137 @@
+"""Reading a cache: a lazy view of its backbones' rows, and a JSON-ready description."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from embedder.cache.batch import Failure
+from embedder.cache.layout import GROUP, attr_value, check_cache_file, read_failures
+from embedder.errors import CacheError
+
+
+class CachedBackbone:
+    """The rows of one backbone key; embeddings stay on disk until sliced or `load()`-ed."""
+
+    def __init__(self, group: h5py.Group) -> None:
+        self._group = group
+        self.key: str = group.name.rsplit("/", 1)[-1]
+
+    def __len__(self) -> int:
+        return int(self._group["embeddings"].shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self._group["embeddings"].shape[1])
+
+    @property
+    def embeddings(self) -> h5py.Dataset:
+        """(N, D) float32 dataset, read lazily: slice it, or call `load()` for everything."""
+        return self._group["embeddings"]
+
+    def load(self) -> np.ndarray:
+        return self._group["embeddings"][...]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._group["label"][...]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(name) for name in self._group.attrs.get("class_names", [])]
+
+    @property
+    def paths(self) -> np.ndarray:
+        return self._group["path"].asstr()[...]
+
+    @property
+    def sha256(self) -> np.ndarray:
+        return self._group["sha256"].asstr()[...]
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return {name: attr_value(value) for name, value in self._group.attrs.items() if name != "class_names"}
+
+    @property
+    def failures(self) -> list[Failure]:
+        return read_failures(self._group)
+
+    def class_counts(self) -> dict[str, int]:
+        """Rows per class name (unlabeled rows under "")."""
+        names = self.class_names
+        values, counts = np.unique(self.labels, return_counts=True)
+        return {(names[v] if v >= 0 else ""): int(c) for v, c in zip(values, counts)}
+
+
+class Cache:
+    """A read-only view of a cache file; use `open_cache`."""
+
+    def __init__(self, handle: h5py.File, path: Path) -> None:
+        self._handle = handle
+        self.path = path
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(self._handle.get(GROUP, {}).keys())
+
+    def __getitem__(self, key: str) -> CachedBackbone:
+        if key not in self._handle.get(GROUP, {}):
+            raise KeyError(f"cache '{self.path}' has no backbone '{key}'; it has: {', '.join(self.keys) or 'none'}")
+        return CachedBackbone(self._handle[GROUP][key])
+
+    def backbone(self, key: str | None = None) -> CachedBackbone:
+        """The rows of `key`, or of the only backbone in the file when key is None."""
+        if key is not None:
+            return self[key]
+        if len(self.keys) != 1:
+            raise CacheError(
+                f"cache '{self.path}' holds {len(self.keys)} backbones ({', '.join(self.keys) or 'none'}); "
+                "name one with its key."
+            )
+        return self[self.keys[0]]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {name: attr_value(value) for name, value in self._handle.attrs.items()}
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_cache(path: str | os.PathLike) -> Cache:
+    """Open a cache file for reading (lazily); raises CacheError with the fix if it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise CacheError(f"cache '{path}' does not exist; create it with `embedder extract SOURCE --out {path}`.")
+    check_cache_file(path)
+    return Cache(h5py.File(path, "r"), path)
+
+
+def info(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON-ready description of a cache: backbones, rows per class, failures, provenance."""
+    path = Path(path)
+    with open_cache(path) as cache:
+        backbones = []
+        for key in cache.keys:
+            rows = cache[key]
+            counts = rows.class_counts()
+            backbones.append({
+                "key": key,
+                "rows": len(rows),
+                "dim": rows.dim,
+                "classes": {name: counts.get(name, 0) for name in rows.class_names},
+                "unlabeled": counts.get("", 0),
+                "failures": [{"path": f.path, "reason": f.reason, "sha256": f.sha256} for f in rows.failures],
+                "provenance": rows.provenance,
+            })
+        return {"path": str(path), "bytes": path.stat().st_size, **cache.attrs, "backbones": backbones}

@@ -1,0 +1,158 @@
+"""The service's loaded state: encoder and micro-batchers, models, the cache's rows; built at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classical import ModelFileError, SavedModel, load_model
+from embedder import DEFAULT_MAX_PIXELS, Backbone, ImageError, build_classifier, decode_image, load_class_names
+from embedder import load_encoder, open_cache
+from serving.batching import MicroBatcher, Saturated
+from serving.requests import ServiceError, image_error
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceSettings:
+    """Everything the service is started with (the `embedder serve` options)."""
+
+    backbone: Backbone
+    runtime: str = "auto"
+    precision: str = "fp32"
+    threads: int | None = None  # inference threads (default: the runtime's, one per core)
+    model_dirs: list[Path] = field(default_factory=list)
+    cache: Path | None = None
+    token: str | None = None
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    max_body_bytes: int = 32 * 2**20
+    max_images: int = 64
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    imagenet: bool = False
+    imagenet_weights: str | None = "imagenet"
+    imagenet_labels: Path | None = None
+    decode_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+class Service:
+    """The loaded state: encoder, batchers, models, cache index. Built at start-up, before readiness."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.ready = False
+        self.decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="service-decode")
+        self.models: dict[str, SavedModel] = {}
+        self.cache_rows: dict[str, int] = {}
+        self.cache_file: Any = None
+        self.imagenet: MicroBatcher | None = None
+        self.class_names: list[str] = []
+
+    def start(self) -> None:
+        settings = self.settings
+        encoder = load_encoder(settings.backbone, settings.runtime, precision=settings.precision, threads=settings.threads)
+        self.key, self.runtime = encoder.key, encoder.runtime
+        self.models = load_models(settings.model_dirs, self.key)
+        if settings.cache is not None:
+            self._open_cache(settings.cache)
+        self.batcher = MicroBatcher(encoder, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
+                                    max_queue=settings.max_queue, name="embed-batcher")
+        encoder(np.zeros((settings.max_batch, settings.backbone.size, settings.backbone.size, 3), np.uint8))  # warm
+        self.batcher.start()
+        if settings.imagenet:
+            self.class_names = load_class_names(settings.imagenet_labels)
+            classify = build_classifier(alpha=settings.backbone.alpha, size=settings.backbone.size,
+                                        weights=settings.imagenet_weights)
+            classify(np.zeros((1, settings.backbone.size, settings.backbone.size, 3), np.uint8))  # warm
+            self.imagenet = MicroBatcher(classify, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
+                                         max_queue=settings.max_queue, name="imagenet-batcher")
+            self.imagenet.start()
+        self.ready = True
+        logger.info("serving %s on %s with %d model(s)", self.key, self.runtime, len(self.models))
+
+    def stop(self) -> None:
+        self.ready = False
+        for batcher in (getattr(self, "batcher", None), self.imagenet):
+            if batcher is not None:
+                batcher.stop()
+        self.decoder.shutdown()
+        if self.cache_file is not None:
+            self.cache_file.close()
+
+    def _open_cache(self, path: Path) -> None:
+        self.cache_file = open_cache(path)
+        if self.key not in self.cache_file.keys:
+            raise ModelFileError(f"cache '{path}' has no embeddings of the server's backbone {self.key}; "
+                                 f"it has: {', '.join(self.cache_file.keys) or 'none'}")
+        self.cache_rows = {sha: row for row, sha in enumerate(self.cache_file[self.key].sha256)}
+
+    async def decode(self, parts: list[tuple[str | None, bytes]], *, use_cache: bool = True) -> list[tuple[str, np.ndarray | None]]:
+        """sha256 and pixels of each part, decoded in parallel (pixels None: the embedding is cached).
+
+        An undecodable part fails the whole request, naming the part.
+        """
+        loop = asyncio.get_running_loop()
+        size, resize = self.settings.backbone.size, self.settings.backbone.resize
+
+        def work(data: bytes) -> tuple[str, np.ndarray | None]:
+            sha = hashlib.sha256(data).hexdigest()
+            if use_cache and sha in self.cache_rows:
+                return sha, None
+            return sha, decode_image(data, size=size, resize=resize, max_pixels=self.settings.max_pixels)
+
+        results = await asyncio.gather(*(loop.run_in_executor(self.decoder, work, data) for _, data in parts),
+                                       return_exceptions=True)
+        for index, ((name, _), result) in enumerate(zip(parts, results)):
+            if isinstance(result, ImageError):
+                raise image_error(index, name, result.reason)
+            if isinstance(result, BaseException):
+                raise result
+        return results
+
+    async def embed(self, parts: list[tuple[str | None, bytes]]) -> list[tuple[str, np.ndarray, bool]]:
+        """(sha256, embedding, from cache) for each part."""
+        decoded = await self.decode(parts)
+        todo = [pixels for _, pixels in decoded if pixels is not None]
+        embedded = iter(await batched(self.batcher, todo))
+        rows = []
+        for sha, pixels in decoded:
+            if pixels is None:
+                rows.append((sha, self.cache_file[self.key].embeddings[self.cache_rows[sha]], True))
+            else:
+                rows.append((sha, next(embedded), False))
+        return rows
+
+
+async def batched(batcher: MicroBatcher, images: list[np.ndarray]) -> list[np.ndarray]:
+    try:
+        return await batcher.run(images)
+    except Saturated as exc:
+        raise ServiceError(503, "saturated", f"the server is busy ({exc}); retry shortly", {"Retry-After": "1"}) from exc
+
+
+def load_models(folders: list[Path], key: str) -> dict[str, SavedModel]:
+    """Every model file (*.joblib) of the given folders; a model of another backbone stops the start-up."""
+    models = {}
+    for folder in folders:
+        if not folder.is_dir():
+            raise ModelFileError(f"model folder '{folder}' does not exist; pass run directories of `classical sweep`.")
+        for path in sorted(folder.glob("*.joblib")):
+            saved = load_model(path)
+            if saved.backbone_key != key:
+                raise ModelFileError(
+                    f"model '{path}' was fitted on embeddings of {saved.backbone_key}, but this server embeds with {key}; "
+                    "start the server with that model's backbone (--alpha/--size/--weights/...), or leave it out."
+                )
+            name = path.stem if path.stem not in models else f"{folder.name}/{path.stem}"
+            models[name] = saved
+    return models

@@ -1,0 +1,144 @@
+"""Fine-tuning end to end on tiny settings: same split and report as the sweep, phases, resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from classical import sweep
+from classical.neural.finetune import finetune, plan_phases
+from conftest import make_dataset
+from embedder import Backbone, extract
+
+pytestmark = pytest.mark.slow
+TINY = {"size": 96, "weights": None, "batch_size": 8}
+
+
+@pytest.mark.parametrize(
+    ("variant", "options", "expected"),
+    [
+        ("a", {}, [("head", 3, 1e-3, 0), ("top-2-groups", 5, 1e-5, 2)]),
+        ("a", {"gradual": True, "unfreeze": 3, "epochs": 7}, [("head", 3, 1e-3, 0), ("unfreeze-1", 2, 1e-5, 1),
+                                                             ("unfreeze-2", 2, 1e-5, 2), ("unfreeze-3", 3, 1e-5, 3)]),
+        ("a", {"head_epochs": 0, "unfreeze_layers": 30}, [("top-30-layers", 5, 1e-5, 0)]),
+        ("b", {}, [("all", 5, 1e-5, 7)]),
+    ],
+    ids=["a", "a-gradual", "a-layers", "b"],
+)
+def test_phase_plans(variant: str, options: dict, expected: list) -> None:
+    settings = {"head_epochs": 3, "epochs": 5, "head_learning_rate": 1e-3, "learning_rate": 1e-5, "unfreeze": 2,
+                "unfreeze_layers": None, "gradual": False, **options}
+    phases = plan_phases(variant, **settings)
+    assert [(p.name, p.epochs, p.learning_rate, p.groups) for p in phases] == expected
+
+
+@pytest.mark.parametrize(
+    ("variant", "options", "message"),
+    [("c", {}, "variant must be"), ("b", {"gradual": True}, "variant 'b' trains everything"),
+     ("a", {"gradual": True, "unfreeze": 4, "epochs": 3}, "needs at least 4 epochs"), ("a", {"unfreeze": 9}, "between 1 and 7")],
+)
+def test_bad_plans(variant: str, options: dict, message: str) -> None:
+    settings = {"head_epochs": 1, "epochs": 5, "head_learning_rate": 1e-3, "learning_rate": 1e-5, "unfreeze": 2,
+                "unfreeze_layers": None, "gradual": False, **options}
+    with pytest.raises(ValueError, match=message):
+        plan_phases(variant, **settings)
+
+
+@pytest.fixture(scope="module")
+def swept_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("finetune")
+    make_dataset(folder / "photos", per_class=10)
+    extract(folder / "photos", folder / "c.h5", Backbone(size=96, weights=None), progress=False)
+    sweep(folder / "c.h5", folder / "run", models=["lr"], grids={"lr": {"C": [1.0]}}, cv=3, progress=False)
+    return folder
+
+
+def test_variant_a_joins_the_sweeps_report_on_the_same_split(swept_run: Path) -> None:
+    import keras
+
+    run = swept_run / "run"
+    split_before = (run / "split.json").read_text()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the defaults are the safe learning rates: no warning
+        report = finetune(swept_run / "photos", run, variant="a", head_epochs=1, epochs=2, unfreeze=2, gradual=True,
+                          lr_decay=0.5, **TINY)
+    assert (run / "split.json").read_text() == split_before
+    assert [row["name"] for row in report["models"]] == ["lr", "finetune-a"]
+    lr, tuned = report["models"]
+    assert tuned["kind"] == "neural" and tuned["cv_std"] is None
+    assert sum(map(sum, tuned["confusion_matrix"])) == sum(map(sum, lr["confusion_matrix"])) == report["split"]["n_test"]
+    assert [(p["name"], p["epochs"]) for p in tuned["phases"]] == [("head", 1), ("unfreeze-1", 1), ("unfreeze-2", 1)]
+    head, first, second = tuned["phases"]
+    assert head["trainable"] == 1280 * 3 + 3 and first["trainable"] < second["trainable"]
+    assert head["trainable"] + head["non_trainable"] == second["trainable"] + second["non_trainable"]
+    assert all(p["seconds_per_epoch"] > 0 for p in tuned["phases"])
+    assert tuned["fit_seconds"] == pytest.approx(sum(p["seconds"] for p in tuned["phases"]))
+    assert tuned["params"]["lr_decay"] == 0.5 and tuned["params"]["size"] == 96
+    saved = keras.saving.load_model(tuned["model_path"], compile=False)
+    assert saved.output_shape == (None, 3) and tuned["model_bytes"] == Path(tuned["model_path"]).stat().st_size
+    assert (run / "plots" / "accuracy_vs_fit_time.png").is_file()
+    state = json.loads((run / "finetune-a" / "state.json").read_text())
+    assert state["finished"] and state["best_val_accuracy"] == tuned["cv_mean"]
+    assert not list((run / "finetune-a").glob("phase-*.npz"))
+
+
+def test_variant_b_without_a_sweep_makes_the_split(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "photos", per_class=10)
+    report = finetune(tmp_path / "photos", tmp_path / "run", variant="b", epochs=1, schedule="plateau", **TINY)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["counts"] == {"train": 22, "val": 4, "test": 4} and split["backbone_key"] == ""
+    row = report["models"][0]
+    assert row["name"] == "finetune-b" and [p["name"] for p in row["phases"]] == ["all"]
+    assert row["phases"][0]["non_trainable"] == 34_112  # BatchNorm statistics only
+
+
+def test_images_missing_from_the_split_are_refused(swept_run: Path, tmp_path: Path) -> None:
+    from classical import DataError
+
+    partial = tmp_path / "partial"
+    make_dataset(partial, per_class=3)
+    with pytest.raises(DataError, match="names .* images missing from the images given"):
+        finetune(partial, swept_run / "run", variant="b", epochs=1, **TINY)
+
+
+def test_an_interrupted_run_continues_from_the_last_completed_epoch(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "photos", per_class=10)
+    command = [sys.executable, "-m", "classical.cli", "finetune", str(tmp_path / "photos"), "--out", str(tmp_path / "run"),
+               "--head-epochs", "1", "--epochs", "3", "--size", "96", "--weights", "none", "--batch-size", "8",
+               "--no-progress"]
+    state = tmp_path / "run" / "finetune-a" / "state.json"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:  # kill once the head phase and one more epoch are done
+        if state.is_file() and len(json.loads(state.read_text())["epochs"]) >= 2:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = json.loads(state.read_text())
+    assert done_before["done"] == ["head"] and 2 <= len(done_before["epochs"]) < 4
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "phase             head: 1 epochs" in result.stdout and "top-2-groups: 3 epochs" in result.stdout
+    epochs = json.loads(state.read_text())["epochs"]
+    assert sorted(epochs) == ["head:1", "top-2-groups:1", "top-2-groups:2", "top-2-groups:3"]  # every epoch once
+    for key, epoch in done_before["epochs"].items():  # finished epochs were not trained again
+        assert epochs[key]["run"] == 1 and epochs[key]["seconds"] == epoch["seconds"]
+    assert [epochs[key]["run"] for key in sorted(epochs) if key not in done_before["epochs"]] == [2] * (4 - len(done_before["epochs"]))
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["models"][0]["name"] == "finetune-a" and np.isfinite(report["models"][0]["test_accuracy"])
+
+
+def test_package_exports_the_function_and_imports_keras_only_when_asked() -> None:
+    code = ("import sys, classical; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; "
+            "from classical import finetune; assert callable(finetune) and finetune.__module__ == 'classical.neural.finetune'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,72 @@
+"""Importing the packages is cheap, and the layers point one way."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+HEAVY = ("tensorflow", "keras", "matplotlib", "fastapi", "ray")
+
+
+@pytest.mark.parametrize("package", ["embedder", "classical", "serving", "classical.cli", "serving.cli"])
+def test_importing_loads_no_heavy_library(package: str) -> None:
+    code = f"import sys, {package}; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
+
+
+def test_loading_a_cache_for_the_classical_layer_needs_no_keras(tmp_path: Path) -> None:
+    code = f"""
+import sys
+sys.path.insert(0, {str(ROOT / 'tests')!r})
+from conftest import blobs, write_cache
+from classical import load_labeled, make_split
+X, labels = blobs(per_class=10)
+write_cache({str(tmp_path / 'c.h5')!r}, X, labels)
+data = load_labeled({str(tmp_path / 'c.h5')!r})
+make_split(data.paths, data.sha256, data.y, data.class_names)
+print(sorted({{m.split('.')[0] for m in sys.modules}} & {{"tensorflow", "keras"}}))
+"""
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a source file imports (absolute imports), at any depth."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize(("package", "may_import"), [
+    ("embedder", {"embedder"}),
+    ("classical", {"classical", "embedder"}),
+    ("serving", {"serving", "classical", "embedder"}),
+])
+def test_layers_point_down_and_use_only_public_names(package: str, may_import: set[str]) -> None:
+    ours = {"embedder", "classical", "serving"}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for module in imported_modules(path):
+            top = module.split(".")[0]
+            if top not in ours:
+                continue
+            assert top in may_import, f"{path.relative_to(ROOT)} imports {module}: a layer above {package}"
+            if top != package:  # a lower layer: its public names only (the embedder CLI serving composes is the exception)
+                assert module == top or (path.name == "cli.py" and module == "embedder.cli"), \
+                    f"{path.relative_to(ROOT)} imports {module}; use `from {top} import ...`"
+
+
+def test_embedder_does_not_mention_what_is_built_on_it() -> None:
+    for path in sorted((ROOT / "embedder").rglob("*.py")):
+        text = path.read_text()
+        for word in ("classical", "serving", "sweep", "model file", "service"):
+            assert word not in text.lower(), f"{path.relative_to(ROOT)} mentions {word!r}"
