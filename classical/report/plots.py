@@ -29,18 +29,29 @@ def render_plots(report: dict[str, Any], run: Path) -> list[Path]:
     return paths
 
 
+def training_seconds(row: dict[str, Any]) -> float:
+    """A row's training cost like with like: fit time plus its share of the embedding time when it is known."""
+    with_embedding = row.get("fit_seconds_with_embedding")
+    return float(with_embedding if with_embedding is not None else row["fit_seconds"])
+
+
 def accuracy_vs_fit_time(report: dict[str, Any], path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for row in report["models"]:
-        axes.scatter(row["fit_seconds"], row["test_accuracy"], s=60, color=KIND_COLORS.get(row["kind"], "gray"),
-                     label=row["kind"])
-        axes.annotate(row["name"], (row["fit_seconds"], row["test_accuracy"]), textcoords="offset points", xytext=(6, 4))
+        x, y = training_seconds(row), row["test_accuracy"]
+        ci = row.get("test_accuracy_ci")
+        yerr = None if not ci else [[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]]
+        axes.errorbar(x, y, yerr=yerr, fmt="o", markersize=7, capsize=4, color=KIND_COLORS.get(row["kind"], "gray"),
+                      label=row["kind"])
+        axes.annotate(row["name"], (x, y), textcoords="offset points", xytext=(6, 4))
     handles, labels = axes.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     axes.legend(unique.values(), unique.keys(), loc="lower right")
     axes.set_xscale("log")
-    axes.set_xlabel("fit time, seconds (selection included, log scale)")
-    axes.set_ylabel("test accuracy")
+    with_embedding = any(row.get("fit_seconds_with_embedding") is not None for row in report["models"])
+    axes.set_xlabel("training seconds, selection included (log scale)" + (
+        "\nrows on embeddings: + their share of the time to embed train+val" if with_embedding else ""))
+    axes.set_ylabel("test accuracy (bars: 95% Wilson interval)")
     axes.set_title(f"Accuracy vs training cost (n_test = {report['split']['n_test']})")
     axes.grid(alpha=0.3)
     figure.tight_layout()
