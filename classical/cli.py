@@ -56,6 +56,8 @@ def sweep(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     engine: Annotated[Engine, typer.Option(help="'local', or 'ray': the searches run on a Ray cluster (pip extra [ray]).")] = Engine.local,
     address: Annotated[Optional[str], typer.Option(help="ray: 'auto', 'ray://HOST:PORT' or HOST:PORT (default: a local Ray).")] = None,
+    repeats: Annotated[int, typer.Option(help="Also re-split with seeds seed..seed+K-1 and fit the models on each: mean, std, times ranked first (0: off).")] = 0,
+    embedding_cost: Annotated[bool, typer.Option(help="Time the backbone from pixels, so costs count backbone + head.")] = True,
 ) -> None:
     """Fit every model on the cache's embeddings and compare them on one stored test split."""
     try:
@@ -63,7 +65,7 @@ def sweep(
             cache, out, models=[name.strip() for name in models.split(",") if name.strip()], backbone=backbone,
             grids=grid, search=search.value, cv=cv, n_jobs=n_jobs, seed=seed,
             fractions=tuple(float(f) for f in fractions.split(",")), progress=None if progress else False,
-            engine=engine.value, address=address,
+            engine=engine.value, address=address, repeats=repeats, embedding_cost=embedding_cost,
         )
     except (EmbedderError, ValueError) as exc:
         fail(exc)
@@ -87,18 +89,21 @@ def finetune(
     images: Annotated[Path, typer.Argument(help="The images of the run: the folder (or list) its cache was extracted from.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory; its stored split is used (or created).")],
     variant: Annotated[Variant, typer.Option(help="'a': head first, then unfreeze the top; 'b': all trainable from the start.")] = Variant.a,
-    size: Annotated[int, typer.Option(help="Input side in pixels (96-224; 160 or 128 keep CPU training affordable).")] = 160,
+    size: Annotated[Optional[int], typer.Option(help="Input side in pixels (96-224; default: the run's embeddings' size, else 224).")] = None,
     weights: Annotated[str, typer.Option(help="'auto' (the run cache's weights, else imagenet), 'imagenet', a file or 'none'.")] = "auto",
-    head_epochs: Annotated[int, typer.Option(help="Variant a: epochs of head training on the frozen base.")] = 3,
-    epochs: Annotated[int, typer.Option(help="Epochs with unfrozen layers.")] = 5,
+    head_epochs: Annotated[int, typer.Option(help="Variant a: most epochs of head training on the frozen base (early stopping).")] = 30,
+    epochs: Annotated[int, typer.Option(help="Most epochs with unfrozen layers (early stopping on validation accuracy).")] = 12,
     head_lr: Annotated[float, typer.Option(help="Learning rate of head training.")] = 1e-3,
-    lr: Annotated[float, typer.Option(help="Learning rate with unfrozen layers.")] = 1e-5,
+    lr: Annotated[float, typer.Option(help="Learning rate with unfrozen layers.")] = 1e-4,
     unfreeze: Annotated[int, typer.Option(help="Variant a: layer groups unfrozen from the top (1-7).")] = 2,
     unfreeze_layers: Annotated[Optional[int], typer.Option(help="Variant a: unfreeze the top N layers instead of groups.")] = None,
     gradual: Annotated[bool, typer.Option(help="Variant a: unfreeze the groups one at a time over the epochs.")] = False,
     lr_decay: Annotated[float, typer.Option(help="Discriminative rates: group g (1 = top) gets lr x decay^g; 1 = off.")] = 1.0,
     schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule with unfrozen layers.")] = Schedule.cosine,
     augment: Annotated[bool, typer.Option(help="Flip, rotation, zoom and contrast augmentation during training.")] = True,
+    views: Annotated[int, typer.Option(help="Cached versions of each training image (1 plain + augmented ones).")] = 4,
+    cached: Annotated[bool, typer.Option(help="Head on cached embeddings, top blocks on cached activations (same network, faster).")] = True,
+    patience: Annotated[int, typer.Option(help="Epochs without a better validation accuracy that end a phase.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed of weights initialisation, shuffling, augmentation and a new split.")] = 0,
     progress: Annotated[bool, typer.Option(help="One line per epoch.")] = True,
@@ -111,15 +116,16 @@ def finetune(
             images, out, variant=variant.value, size=size, weights=weights,
             head_epochs=head_epochs, epochs=epochs, head_learning_rate=head_lr, learning_rate=lr, unfreeze=unfreeze,
             unfreeze_layers=unfreeze_layers, gradual=gradual, lr_decay=lr_decay, schedule=schedule.value, augment=augment,
-            batch_size=batch_size, seed=seed, progress=progress,
+            views=views if augment else 1, cached=cached, patience=patience, batch_size=batch_size, seed=seed,
+            progress=progress,
         )
     except (EmbedderError, ValueError) as exc:
         fail(exc)
     row = next(row for row in report["models"] if row["name"] == f"finetune-{variant.value}")
     for phase in row["phases"]:
-        typer.echo(f"phase {phase['name']:>16}: {phase['epochs']} epochs at lr {phase['learning_rate']:g}, "
-                   f"{phase['trainable']:,} trainable / {phase['non_trainable']:,} non-trainable parameters, "
-                   f"{phase['seconds_per_epoch'] or 0:.1f} s/epoch")
+        typer.echo(f"phase {phase['name']:>16}: {phase['epochs']} epochs at lr {phase['learning_rate']:g} "
+                   f"({phase['epochs_run']} run), {phase['trainable']:,} trainable / {phase['non_trainable']:,} "
+                   f"non-trainable parameters, {phase['seconds_per_epoch'] or 0:.1f} s/epoch, {phase['method']}")
     typer.echo("")
     typer.echo(summary(report))
 

@@ -80,7 +80,10 @@ def test_variant_a_joins_the_sweeps_report_on_the_same_split(swept_run: Path) ->
     assert head["trainable"] == 1280 * 3 + 3 and first["trainable"] < second["trainable"]
     assert head["trainable"] + head["non_trainable"] == second["trainable"] + second["non_trainable"]
     assert all(p["seconds_per_epoch"] > 0 for p in tuned["phases"])
-    assert tuned["fit_seconds"] == pytest.approx(sum(p["seconds"] for p in tuned["phases"]))
+    assert tuned["fit_seconds"] == pytest.approx(sum(p["seconds"] for p in tuned["phases"]) + tuned["cache_seconds"])
+    assert [p["method"] for p in tuned["phases"]] == ["cached embeddings"] + [
+        "cached activations of block_12_add, 4 view(s) per training image"] * 2
+    assert tuned["input_size"] == 96 and tuned["cache_seconds"] > 0
     assert tuned["params"]["lr_decay"] == 0.5 and tuned["params"]["size"] == 96
     saved = keras.saving.load_model(tuned["model_path"], compile=False)
     assert saved.output_shape == (None, 3) and tuned["model_bytes"] == Path(tuned["model_path"]).stat().st_size
@@ -98,6 +101,44 @@ def test_variant_b_without_a_sweep_makes_the_split(tmp_path: Path) -> None:
     row = report["models"][0]
     assert row["name"] == "finetune-b" and [p["name"] for p in row["phases"]] == ["all"]
     assert row["phases"][0]["non_trainable"] == 34_112  # BatchNorm statistics only
+
+
+def test_a_smaller_size_brings_a_dense_head_of_that_size_as_its_partner(swept_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(swept_run / "run", run)
+    report = finetune(swept_run / "photos", run, size=128, head_epochs=2, epochs=1, weights="none", batch_size=8)
+    rows = {row["name"]: row for row in report["models"]}
+    assert set(rows) == {"lr", "dense-128", "finetune-a"}
+    assert rows["dense-128"]["input_size"] == rows["finetune-a"]["input_size"] == 128
+    assert rows["dense-128"]["kind"] == "neural" and (run / "dense-128.joblib").is_file()
+    from embedder import open_cache
+
+    with open_cache(swept_run / "c.h5") as cache:  # the run's cache gained the embeddings at 128 px
+        assert sorted(key.split("-")[2] for key in cache.keys) == ["128", "96"]
+
+
+def test_cached_activations_give_the_networks_own_outputs(tmp_path: Path) -> None:
+    from classical.neural.activations import cache_activations, top_network
+    from classical.neural.network import build_network
+
+    network = build_network(Backbone(size=96, weights=None), 3, dropout=0.2)
+    pixels = np.random.default_rng(0).integers(0, 256, (10, 96, 96, 3)).astype(np.uint8)
+    for groups in (1, 2, 4):
+        folder = tmp_path / str(groups)
+        folder.mkdir()
+        activations = cache_activations(network, pixels, np.arange(6), groups=groups, views=3, folder=folder,
+                                        provenance={}, batch_size=4, seed=0)
+        assert activations.values.shape[0] == 10 + 2 * 6 and [len(v) for v in activations.views] == [3] * 6 + [1] * 4
+        top = top_network(network, groups)
+        clean = np.asarray(activations.values)[[v[0] for v in activations.views]]
+        np.testing.assert_allclose(top(clean, training=False), network(pixels, training=False), atol=1e-5)
+        augmented = np.asarray(activations.values)[[v[1] for v in activations.views[:6]]]
+        assert not np.allclose(augmented, clean[:6], atol=1e-3)  # the extra views are augmented
+        again = cache_activations(network, pixels, np.arange(6), groups=groups, views=3, folder=folder,
+                                  provenance={}, batch_size=4, seed=0)
+        assert again.seconds == 0.0  # same settings: reused, not recomputed
 
 
 def test_images_missing_from_the_split_are_refused(swept_run: Path, tmp_path: Path) -> None:
