@@ -162,7 +162,7 @@ def fit_and_score(
         "backbone": {field: data.provenance[field] for field in EMBEDDING_FIELDS if field in data.provenance},
         "class_names": data.class_names, "dim": int(data.X.shape[1]), "split_id": split.id,
         "params": selection["params"],
-        "metrics": {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "test_predictions")},
+        "metrics": {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "test_predictions", "test_confidence")},
     }
     model_bytes = save_model(path, model, metadata)
     return {

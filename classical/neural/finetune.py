@@ -131,7 +131,7 @@ def finetune(
         row = _score_and_save(network, data, class_names, run, variant, config, phase_rows, best_val, batch_size,
                               cache_seconds=embed_seconds + trainer.cache_seconds)
     report = report or new_report(backbone=backbone.key, cache=str(images), class_names=class_names, split=split.summary())
-    test = np.sort(data.parts["test"])
+    test = _test_order(data)
     row["test_predictions"] = align_predictions(report, [data.paths[i] for i in test], row["test_predictions"],
                                                 data.labels[test])
     add_rows(report, [*partners, row])
@@ -362,7 +362,7 @@ def _score_and_save(network: Any, data: Images, class_names: list[str], run: Pat
     """Score the best network on the test split once, from pixels, save it, and build its report row.
 
     Its training cost includes the time spent caching what it trained on (`cache_seconds`)."""
-    test = np.sort(data.parts["test"])
+    test = _test_order(data)
     proba = np.concatenate([np.asarray(network(data.pixels[test[i : i + batch_size]], training=False))
                             for i in range(0, len(test), batch_size)])
     metrics = score(data.labels[test], proba, class_names)
@@ -380,3 +380,8 @@ def _score_and_save(network: Any, data: Images, class_names: list[str], run: Pat
         "model_bytes": path.stat().st_size, "params": {k: v for k, v in config.items() if k != "split_id"},
         "model_path": str(path), "phases": phase_rows, "input_size": int(data.pixels.shape[1]),
     }
+
+
+def _test_order(data: Images) -> np.ndarray:
+    """The test images in the order of their paths, the order of the report's `split.test_paths`."""
+    return np.array(sorted(data.parts["test"], key=data.paths.__getitem__), dtype=np.int64)

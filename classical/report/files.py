@@ -286,7 +286,7 @@ def _markdown_table(rows: list[list[str]]) -> list[str]:
 
 
 def write_report(report: dict[str, Any], run: Path) -> None:
-    """Draw the plots, then write report.json, report.csv and report.md into the run directory."""
+    """Draw the plots, then write report.json, report.csv, report.md and report.html into the run directory."""
     from classical.report.plots import (
         render_plots,  # matplotlib: imported only when a report is written
     )
@@ -335,3 +335,6 @@ def write_report(report: dict[str, Any], run: Path) -> None:
         "", *(f"![{path.stem}](plots/{path.name})" for path in plots),
     ]
     (run / "report.md").write_text("\n".join(markdown) + "\n")
+    from classical.report.page import render_page  # Pillow for thumbnails: only when a report is written
+
+    render_page(report, run, plots)

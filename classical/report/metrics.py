@@ -28,8 +28,8 @@ def score(y_true: np.ndarray, proba: np.ndarray, class_names: list[str], *, boot
 
     `test_accuracy_ci`: 95% Wilson score interval over the test images; `macro_f1_ci`: 95%
     percentile bootstrap over the test images (`resamples` resamples, seed `bootstrap_seed`).
-    `test_predictions`: the predicted class index of each test image, in the order of `y_true`
-    (the sweep passes the test images sorted by path, the order of the report's
+    `test_predictions`: the predicted class index of each test image, in the order of `y_true`, and
+    `test_confidence` the probability the model gave it (the sweep passes the test images sorted by path, the order of the report's
     `split.test_paths`; see `align_predictions` for rows computed in another order).
     """
     y_true = np.asarray(y_true)
@@ -48,6 +48,7 @@ def score(y_true: np.ndarray, proba: np.ndarray, class_names: list[str], *, boot
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "per_class_f1": {name: float(f) for name, f in zip(class_names, per_class)},
         "test_predictions": [int(p) for p in y_pred],
+        "test_confidence": [round(float(p), 4) for p in np.max(proba, axis=1)],
     }
 
 

@@ -1,0 +1,223 @@
+"""RUN/report.html: one page for people who would rather look than read, rendered from report.json and audit.json.
+
+It works offline, opened from disk: no script, no network; the plots sit in RUN/plots/ and the
+photo thumbnails in RUN/thumbnails/ (small JPEGs made once per photo), both beside the page.
+Everything on it is read from the two JSON contracts, so the page never disagrees with them:
+the comparison table with intervals, the paired verdict, the repeats, the plots, the test photos
+each model got wrong (true and predicted class, the model's probability), and the audit's
+near-duplicate pairs, label-issue candidates, outliers and map.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from classical.report.files import repeats_rows, table_rows, verdict
+from embedder import atomic_path, open_cache
+
+logger = logging.getLogger(__name__)
+
+THUMBNAIL = 112  # px, the longer side
+MAX_ERRORS_SHOWN = 60  # per model
+MAX_FINDINGS_SHOWN = 60  # per audit finding
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; padding: 0 1rem; }
+h1 { font-size: 1.6rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; padding-bottom: .3rem; }
+table { border-collapse: collapse; font-size: .9rem; } th, td { padding: .3rem .6rem; border-bottom: 1px solid #eee; }
+th { text-align: left; background: #f6f6f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.verdict { background: #f3f7fb; border-left: 4px solid #4a7fb5; padding: .8rem 1rem; }
+.grid { display: flex; flex-wrap: wrap; gap: .6rem; } figure { margin: 0; width: 124px; font-size: .75rem; }
+figure img { width: 112px; height: 112px; object-fit: cover; display: block; border: 1px solid #ccc; }
+.pair { display: flex; gap: .4rem; align-items: flex-start; padding: .4rem; border: 1px solid #eee; }
+.plots img { max-width: 100%; border: 1px solid #eee; margin: .5rem 0; } .muted { color: #777; }
+details { margin: .6rem 0; } summary { cursor: pointer; font-weight: 600; }
+"""
+
+
+def render_page(report: dict[str, Any], run: Path, plots: list[Path]) -> Path:
+    """Write RUN/report.html (and the thumbnails it shows) from the report and the run's audit.json, if any."""
+    audit_path = run / "audit.json"
+    audit = json.loads(audit_path.read_text()) if audit_path.is_file() else None
+    thumbnails = _Thumbnails(run, _image_root(report))
+    body = [f"<h1>Transfer-learning comparison: {_e(run.name)}</h1>", _summary(report),
+            f'<p class="verdict" id="verdict">{_e(verdict(report))}</p>', _models_table(report), _comparison(report),
+            _repeats(report), _plots(run, plots), _errors(report, thumbnails)]
+    if audit is not None:
+        body.append(_audit(audit, run, thumbnails))
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_e(run.name)}: transfer-learning report</title><style>{STYLE}</style></head>\n<body>\n"
+            + "\n".join(part for part in body if part) + "\n</body></html>\n")
+    path = run / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _summary(report: dict[str, Any]) -> str:
+    split = report["split"]
+    return (f"<p>Backbone <code>{_e(report['backbone'])}</code>; classes: {_e(', '.join(report['class_names']))}. "
+            f"Split <code>{_e(split['id'])}</code>: {split['n_train']} train / {split['n_val']} validation / "
+            f"{split['n_test']} test images, the same for every model. Intervals are 95%: test accuracy by Wilson's "
+            "score interval, macro-F1 by a percentile bootstrap over the test images.</p>")
+
+
+def _table(rows: list[list[str]], table_id: str, names: list[str] | None = None) -> str:
+    head = "".join(f"<th>{_e(cell)}</th>" for cell in rows[0])
+    lines = []
+    for index, row in enumerate(rows[1:]):
+        name = f' data-model="{_e(names[index])}"' if names else ""
+        cells = "".join(f'<td class="num">{_e(cell)}</td>' if i > 1 else f"<td>{_e(cell)}</td>" for i, cell in enumerate(row))
+        lines.append(f"<tr{name}>{cells}</tr>")
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}</tbody></table>'
+
+
+def _models_table(report: dict[str, Any]) -> str:
+    rows = table_rows(report)
+    return "<h2>Models, best first</h2>" + _table(rows, "models", [row[0] for row in rows[1:]])
+
+
+def _comparison(report: dict[str, Any]) -> str:
+    compared = report.get("comparison")
+    if not compared:
+        return ""
+    fields = [("classical", "best classical"), ("neural", "best neural"), ("difference", "difference (accuracy)"),
+              ("ci", "95% interval of the difference"), ("p_value", "p-value"), ("discordant", "discordant images [b, c]"),
+              ("significant", "significant at 0.05"), ("test", "test")]
+    cells = "".join(f"<tr><th>{_e(label)}</th><td>{_e(_plain(compared.get(key)))}</td></tr>" for key, label in fields)
+    return f'<h2>Paired comparison</h2><table id="comparison">{cells}</table>'
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_plain(item) for item in value) + "]"
+    return "-" if value is None else str(value)
+
+
+def _repeats(report: dict[str, Any]) -> str:
+    rows = repeats_rows(report)
+    if not rows:
+        return ""
+    repeats = report["repeats"]
+    return (f"<h2>Repeats: {repeats['k']} re-splits</h2><p class=\"muted\">{_e(repeats.get('method', ''))}</p>"
+            + _table(rows, "repeats"))
+
+
+def _plots(run: Path, plots: list[Path]) -> str:
+    images = "".join(f'<img src="plots/{_e(path.name)}" alt="{_e(path.stem)}">' for path in plots
+                     if (run / "plots" / path.name).is_file())
+    return f'<h2>Plots</h2><div class="plots">{images}</div>'
+
+
+def _errors(report: dict[str, Any], thumbnails: _Thumbnails) -> str:
+    """The test photos each model got wrong, as thumbnails with true and predicted class and probability."""
+    split, names = report["split"], report["class_names"]
+    paths, labels = split.get("test_paths"), split.get("test_labels")
+    if not paths or labels is None:
+        return "<h2>Test photos each model got wrong</h2><p class=\"muted\">The report records no test labels.</p>"
+    parts = ["<h2>Test photos each model got wrong</h2>"]
+    for row in sorted(report["models"], key=lambda r: -r["test_accuracy"]):
+        predicted = row.get("test_predictions")
+        if not predicted or len(predicted) != len(paths):
+            continue
+        confidence = row.get("test_confidence") or [None] * len(paths)
+        wrong = [i for i, (p, y) in enumerate(zip(predicted, labels)) if p != y]
+        figures = []
+        for i in wrong[:MAX_ERRORS_SHOWN]:
+            probability = "" if confidence[i] is None else f" ({confidence[i]:.2f})"
+            caption = f"{names[labels[i]]} → {names[predicted[i]]}{probability}"
+            figures.append(_figure(thumbnails, paths[i], caption, paths[i]))
+        more = f"<p class=\"muted\">… and {len(wrong) - MAX_ERRORS_SHOWN} more</p>" if len(wrong) > MAX_ERRORS_SHOWN else ""
+        parts.append(f"<details{' open' if row is report['models'][0] else ''}><summary>{_e(row['name'])}: "
+                     f"{len(wrong)} of {len(paths)} wrong (true → predicted)</summary>"
+                     f"<div class=\"grid\">{''.join(figures)}</div>{more}</details>")
+    return "".join(parts)
+
+
+def _audit(audit: dict[str, Any], run: Path, thumbnails: _Thumbnails) -> str:
+    parts = ["<h2>Data audit</h2>"]
+    summary = audit.get("summary")
+    if summary:
+        parts.append(f"<p id=\"audit-summary\">{_e(', '.join(f'{key}: {_plain(value)}' for key, value in summary.items()))}</p>")
+    duplicates = audit.get("near_duplicates") or []
+    pairs = []
+    for pair in duplicates[:MAX_FINDINGS_SHOWN]:
+        splits = " / ".join(str(part) for part in pair.get("splits") or [])
+        pairs.append(f'<div class="pair">{_figure(thumbnails, pair["a"], pair["a"])}{_figure(thumbnails, pair["b"], pair["b"])}'
+                     f'<div>cosine {pair["cosine"]:.4f}<br>{"same label" if pair.get("same_label") else "different labels"}'
+                     f"<br>{_e(splits)}</div></div>")
+    parts.append(f"<h3>Near-duplicate pairs ({len(duplicates)})</h3><div class=\"grid\">{''.join(pairs)}</div>")
+    issues = audit.get("label_issues")
+    if isinstance(issues, list):
+        figures = [_figure(thumbnails, item["path"], f"given {item['given']} → {item['suggested']} ({item['score']:.2f})",
+                           item["path"]) for item in issues[:MAX_FINDINGS_SHOWN]]
+        parts.append(f"<h3>Label-issue candidates ({len(issues)})</h3><div class=\"grid\">{''.join(figures)}</div>")
+    skipped = (audit.get("methods", {}).get("label_issues") or {}).get("skipped") if isinstance(audit.get("methods"), dict) else None
+    if skipped:
+        parts.append(f"<p class=\"muted\">Label issues skipped: {_e(skipped)}</p>")
+    outliers = audit.get("outliers") or []
+    figures = [_figure(thumbnails, item["path"], f"score {item['score']:.3f}", item["path"])
+               for item in outliers[:MAX_FINDINGS_SHOWN]]
+    parts.append(f"<h3>Outliers ({len(outliers)})</h3><div class=\"grid\">{''.join(figures)}</div>")
+    if (run / "plots" / "embedding_map.png").is_file():
+        parts.append('<h3>Map of the embeddings</h3><div class="plots"><img src="plots/embedding_map.png" '
+                     'alt="embedding map"></div>')
+    return "".join(parts)
+
+
+def _figure(thumbnails: _Thumbnails, path: str, caption: str, title: str | None = None) -> str:
+    source = thumbnails.get(path)
+    image = (f'<img src="{_e(source)}" alt="{_e(path)}" title="{_e(title or path)}">' if source
+             else '<div class="muted">(photo not found)</div>')
+    return f"<figure>{image}<figcaption>{_e(caption)}</figcaption></figure>"
+
+
+def _image_root(report: dict[str, Any]) -> Path | None:
+    """The folder the run's image paths are relative to: its cache's source, or the folder it was fine-tuned from."""
+    cache = Path(report["cache"])
+    if cache.is_dir():
+        return cache
+    if cache.suffix == ".h5" and cache.is_file():
+        with open_cache(cache) as opened:
+            if report["backbone"] in opened.keys:
+                source = opened[report["backbone"]].provenance.get("source")
+                if source and Path(source).exists():
+                    return Path(source) if Path(source).is_dir() else Path(source).parent
+    return None
+
+
+class _Thumbnails:
+    """Small JPEGs of the run's photos in RUN/thumbnails/, made once per photo, addressed relative to the page."""
+
+    def __init__(self, run: Path, root: Path | None) -> None:
+        self.run, self.root, self.folder = run, root, run / "thumbnails"
+
+    def get(self, path: str) -> str | None:
+        if self.root is None:
+            return None
+        name = hashlib.sha256(path.encode()).hexdigest()[:16] + ".jpg"
+        target = self.folder / name
+        if not target.is_file():
+            from PIL import Image, ImageOps
+
+            try:
+                with Image.open(self.root / path) as image:
+                    image = ImageOps.exif_transpose(image).convert("RGB")
+                    image.thumbnail((THUMBNAIL, THUMBNAIL))
+                    self.folder.mkdir(exist_ok=True)
+                    with atomic_path(target) as tmp:
+                        image.save(tmp, format="JPEG", quality=80)
+            except OSError as exc:
+                logger.warning("no thumbnail of %s: %s", self.root / path, exc)
+                return None
+        return f"thumbnails/{name}"
