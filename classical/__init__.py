@@ -7,6 +7,7 @@ report is written, and `finetune` is imported on first access.
 
 from typing import Any
 
+from classical.audit import audit
 from classical.data import LabeledEmbeddings, load_labeled
 from classical.errors import ClassicalError, DataError, ModelFileError
 from classical.modelfile import SavedModel, load_model
@@ -26,6 +27,7 @@ __all__ = [
     "ModelFileError",
     "SavedModel",
     "Split",
+    "audit",
     "finetune",
     "load_grids",
     "load_labeled",

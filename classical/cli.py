@@ -15,6 +15,8 @@ import typer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from classical.audit import DEFAULT_THRESHOLD  # noqa: E402
+from classical.audit import summary_line as audit_line  # noqa: E402
 from classical.predict import predict as run_predict  # noqa: E402
 from classical.sweep import rerender, summary  # noqa: E402
 from classical.sweep import sweep as run_sweep  # noqa: E402
@@ -58,6 +60,7 @@ def sweep(
     address: Annotated[Optional[str], typer.Option(help="ray: 'auto', 'ray://HOST:PORT' or HOST:PORT (default: a local Ray).")] = None,
     repeats: Annotated[int, typer.Option(help="Also re-split with seeds seed..seed+K-1 and fit the models on each: mean, std, times ranked first (0: off).")] = 0,
     embedding_cost: Annotated[bool, typer.Option(help="Time the backbone from pixels, so costs count backbone + head.")] = True,
+    audit: Annotated[bool, typer.Option("--audit/--no-audit", help="Audit the cache first (near-duplicates, label issues, outliers: RUN/audit.json).")] = True,
 ) -> None:
     """Fit every model on the cache's embeddings and compare them on one stored test split."""
     try:
@@ -65,12 +68,48 @@ def sweep(
             cache, out, models=[name.strip() for name in models.split(",") if name.strip()], backbone=backbone,
             grids=grid, search=search.value, cv=cv, n_jobs=n_jobs, seed=seed,
             fractions=tuple(float(f) for f in fractions.split(",")), progress=None if progress else False,
-            engine=engine.value, address=address, repeats=repeats, embedding_cost=embedding_cost,
+            engine=engine.value, address=address, repeats=repeats, embedding_cost=embedding_cost, audit=audit,
         )
     except (EmbedderError, ValueError) as exc:
         fail(exc)
+    if audit:
+        typer.echo(f"audit ({out / 'audit.json'}): {audit_line(json.loads((out / 'audit.json').read_text()))}\n")
     typer.echo(summary(report))
     typer.echo(f"\nreport: {out / 'report.md'} (json, csv, plots/ beside it)")
+
+
+class MapMethod(str, Enum):
+    pca = "pca"
+    tsne = "tsne"
+
+
+@app.command("audit")
+def audit_command(
+    cache: Annotated[Path, typer.Argument(help="HDF5 cache written by `embedder extract`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory: audit.json and plots/ go there; its split.json, if any, is used.")],
+    backbone: Annotated[Optional[str], typer.Option(help="Backbone key, when the cache holds several.")] = None,
+    threshold: Annotated[float, typer.Option(help="Near-duplicate similarity threshold (power-normalised cosine).")] = DEFAULT_THRESHOLD,
+    cv: Annotated[int, typer.Option(help="Cross-validation folds of the out-of-fold probabilities (label issues).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the folds and the map.")] = 0,
+    map: Annotated[MapMethod, typer.Option("--map", help="2-D map of the embeddings: 'pca' or 'tsne'.")] = MapMethod.pca,
+    plot: Annotated[bool, typer.Option(help="Draw plots/embedding_map.png.")] = True,
+) -> None:
+    """Audit a cache's embeddings: near-duplicates (and pairs across the run's split), label issues, outliers, a map."""
+    from classical.audit import audit as run_audit
+
+    try:
+        result = run_audit(cache, out, backbone=backbone, threshold=threshold, cv=cv, seed=seed,
+                           map_method=map.value, plot=plot)
+    except (EmbedderError, ValueError) as exc:
+        fail(exc)
+    typer.echo(audit_line(result))
+    for pair in result["near_duplicates"][:10]:
+        typer.echo(f"  near-duplicate {pair['cosine']:.3f}: {pair['a']}  {pair['b']}  {pair['splits']}")
+    for issue in result["label_issues"][:10]:
+        typer.echo(f"  label issue {issue['score']:.3f}: {issue['path']} given {issue['given']}, suggested {issue['suggested']}")
+    for outlier in result["outliers"][:10]:
+        typer.echo(f"  outlier {outlier['score']:.3f}: {outlier['path']}")
+    typer.echo(f"audit: {out / 'audit.json'}")
 
 
 class Variant(str, Enum):

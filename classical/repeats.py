@@ -1,7 +1,7 @@
 """`sweep(..., repeats=K)`: the ranking over K re-splits, so that it does not hang on one split.
 
 Each repeat r = 0..K-1 draws a new split with seed `seed + r` exactly as the run's split is drawn
-(`make_split`: stratified, identical bytes kept together, the same fractions), stores it as
+(`make_split`: stratified, identical bytes and near-duplicates kept together, the same fractions), stores it as
 `RUN/repeats/split-<seed>.json`, and selects and fits every requested model on it with the same
 selection as the sweep (`select_and_fit`: same grids, CV folds seeded with the repeat's seed, the
 Dense head on the repeat's validation part). Only test accuracy is kept; no model file is written.
@@ -36,7 +36,7 @@ def repeat_split(data: LabeledEmbeddings, folder: Path, seed: int, fractions: tu
                 and set(stored.assignment) == set(data.paths.tolist())):
             return stored
     split = make_split(data.paths, data.sha256, data.y, data.class_names, backbone_key=data.backbone_key,
-                       fractions=fractions, seed=seed)
+                       fractions=fractions, seed=seed, X=data.X)
     folder.mkdir(parents=True, exist_ok=True)
     split.save(path)
     return split

@@ -1,9 +1,11 @@
-"""Stored, stratified, seeded train/validation/test splits, with exact duplicates kept together.
+"""Stored, stratified, seeded train/validation/test splits, with exact and near duplicates kept together.
 
 A split assigns each image path to "train", "val" or "test". It is computed once per run from
 the cache's labelled rows and saved as `split.json`, so that every model of the run (classical
 or neural, now or later) is scored on exactly the same test images. Images with identical
-bytes (same sha256) form one group that goes to one part, so a duplicate never straddles two.
+bytes (same sha256) form one group that goes to one part, so a duplicate never straddles two;
+given the embeddings, near-duplicates (the audit's similarity at its threshold) are joined too:
+the connected components of near-duplicate pairs (union-find) each go to one part.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from classical.audit.near_duplicates import DEFAULT_THRESHOLD, components, search
 from classical.data import LabeledEmbeddings
 from classical.errors import DataError
 
@@ -27,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 PARTS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+MAX_CLUSTER_FRACTION = 0.02  # near-duplicate clusters above 2 % of the images (and 10) are not grouped
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,10 @@ class Split:
     fractions: tuple[float, float, float]
     backbone_key: str
     assignment: dict[str, str]
+    # near-duplicate grouping (split.json files written before it have none: False, 0, None)
+    near_duplicates_grouped: bool = False
+    near_duplicate_clusters: int = 0
+    near_duplicate_threshold: float | None = None
 
     def indices(self, paths: Sequence[str]) -> dict[str, np.ndarray]:
         """Row indices of `paths` in each part; every path of the split must be among them."""
@@ -65,25 +73,57 @@ class Split:
 
     def save(self, path: Path) -> None:
         record = {"id": self.id, "seed": self.seed, "fractions": list(self.fractions),
-                  "backbone_key": self.backbone_key, "counts": self.counts(), "assignment": self.assignment}
+                  "backbone_key": self.backbone_key, "counts": self.counts(), "assignment": self.assignment,
+                  "near_duplicates_grouped": self.near_duplicates_grouped,
+                  "near_duplicate_clusters": self.near_duplicate_clusters,
+                  "near_duplicate_threshold": self.near_duplicate_threshold}
         path.write_text(json.dumps(record, indent=1, sort_keys=True))
 
     @classmethod
     def load(cls, path: Path) -> Split:
         record = json.loads(path.read_text())
         return cls(id=record["id"], seed=record["seed"], fractions=tuple(record["fractions"]),
-                   backbone_key=record["backbone_key"], assignment=record["assignment"])
+                   backbone_key=record["backbone_key"], assignment=record["assignment"],
+                   near_duplicates_grouped=bool(record.get("near_duplicates_grouped", False)),
+                   near_duplicate_clusters=int(record.get("near_duplicate_clusters", 0)),
+                   near_duplicate_threshold=record.get("near_duplicate_threshold"))
 
 
 def make_split(
     paths: Sequence[str], sha256: Sequence[str], y: np.ndarray, class_names: list[str], *,
     backbone_key: str = "", fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, seed: int = 0,
+    X: np.ndarray | None = None, near_duplicate_threshold: float = DEFAULT_THRESHOLD,
 ) -> Split:
-    """Stratified split of images (paths with content hashes and class indices), grouping identical bytes."""
+    """Stratified split of images (paths with content hashes and class indices), grouping identical bytes.
+
+    With their embeddings `X`, near-duplicates (pairs at or above `near_duplicate_threshold`, the
+    audit's similarity) are grouped as well: each connected component goes to one part. Where no
+    pair is found, the split is the same as without `X`.
+    """
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be three positive numbers summing to 1 (train, val, test). Received: {fractions}")
+    keys = [str(sha) for sha in sha256]
+    clusters = 0
+    if X is not None:
+        found = search(X, threshold=near_duplicate_threshold)
+        root = components(len(keys), found.i, found.j).tolist()
+        members: dict[int, set[str]] = {}
+        for row, r in enumerate(root):
+            members.setdefault(r, set()).add(keys[row])
+        # a component this large is a chain through distinct images, not copies of one: left ungrouped
+        largest = max(10, round(MAX_CLUSTER_FRACTION * len(keys)))
+        oversized = {r for r, shas in members.items() if len(shas) > largest}
+        for r in oversized:
+            logger.warning("split: a near-duplicate cluster of %d images at >= %.2f is too large to be copies "
+                           "of one image; its images are not grouped", len(members[r]), near_duplicate_threshold)
+        # a cluster is named by its smallest content hash, so groups without near-duplicates keep their sha
+        keys = [keys[row] if r in oversized else min(members[r]) for row, r in enumerate(root)]
+        clusters = sum(len(shas) > 1 for r, shas in members.items() if r not in oversized)
+        if clusters:
+            logger.info("split: %d near-duplicate clusters (%d pairs at >= %.2f) kept in one part each",
+                        clusters, len(found.i), near_duplicate_threshold)
     groups: dict[str, list[int]] = {}
-    for row, sha in enumerate(sha256):
+    for row, sha in enumerate(keys):
         groups.setdefault(sha, []).append(row)
     shas = sorted(groups)
     # a group of duplicates is stratified by its most common label
@@ -101,7 +141,9 @@ def make_split(
         ) from exc
     assignment = {paths[row]: part for part, members in zip(PARTS, (train, val, test)) for sha in members for row in groups[sha]}
     digest = hashlib.sha256(json.dumps(sorted(assignment.items())).encode()).hexdigest()[:12]
-    return Split(id=digest, seed=seed, fractions=tuple(fractions), backbone_key=backbone_key, assignment=assignment)
+    return Split(id=digest, seed=seed, fractions=tuple(fractions), backbone_key=backbone_key, assignment=assignment,
+                 near_duplicates_grouped=X is not None, near_duplicate_clusters=clusters,
+                 near_duplicate_threshold=float(near_duplicate_threshold) if X is not None else None)
 
 
 def load_or_make_split(run: Path, data: LabeledEmbeddings, **options: Any) -> Split:
@@ -118,7 +160,8 @@ def load_or_make_split(run: Path, data: LabeledEmbeddings, **options: Any) -> Sp
                 "Use another --out directory for another backbone."
             )
         return split
-    split = make_split(data.paths, data.sha256, data.y, data.class_names, backbone_key=data.backbone_key, **options)
+    split = make_split(data.paths, data.sha256, data.y, data.class_names, backbone_key=data.backbone_key, X=data.X,
+                       **options)
     run.mkdir(parents=True, exist_ok=True)
     split.save(path)
     return split

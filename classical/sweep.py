@@ -23,6 +23,7 @@ import joblib
 import numpy as np
 from tqdm import tqdm
 
+from classical.audit import audit as run_audit
 from classical.costs import measure_embedding, not_measured
 from classical.data import LabeledEmbeddings, load_labeled
 from classical.errors import DataError
@@ -64,6 +65,7 @@ def sweep(
     address: str | None = None,
     repeats: int = 0,
     embedding_cost: bool = True,
+    audit: bool = True,
 ) -> dict[str, Any]:
     """Fit and compare `models` on the cache's embeddings; write the report into `out`; return it.
 
@@ -72,7 +74,8 @@ def sweep(
     re-splits with seeds seed..seed+K-1 (stored in `out/repeats/`), fits the same models on each
     split with the same selection (no model files) and adds `report["repeats"]`.
     `embedding_cost=False` skips timing the backbone (costs from pixels stay null unless an
-    earlier sweep of the run measured them).
+    earlier sweep of the run measured them). `audit=True` (default) audits the cache on the run's
+    split first (`classical.audit`: `out/audit.json`, its counts in `report["audit"]`).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}. Received: engine={engine!r}")
@@ -96,6 +99,10 @@ def sweep(
     if report["split"]["id"] != split.id or report["class_names"] != data.class_names:
         raise DataError(f"report in '{run}' belongs to another split or class list; use another --out directory.")
     report["split"].update(record)  # reports written before the test paths were recorded get them
+    if audit:
+        audited = run_audit(cache, run, backbone=data.backbone_key, cv=cv, seed=seed)
+        report["audit"] = {"path": "audit.json", "seconds": audited["seconds"], **audited["summary"],
+                           "label_issues_skipped": audited["label_issues_skipped"]}
     if embedding_cost:
         report["embedding"] = measure_embedding(data, record["test_paths"],
                                                 n_trainval=len(parts["train"]) + len(parts["val"]))

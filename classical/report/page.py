@@ -33,6 +33,7 @@ table { border-collapse: collapse; font-size: .9rem; } th, td { padding: .3rem .
 th { text-align: left; background: #f6f6f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .verdict { background: #f3f7fb; border-left: 4px solid #4a7fb5; padding: .8rem 1rem; }
 .grid { display: flex; flex-wrap: wrap; gap: .6rem; } figure { margin: 0; width: 124px; font-size: .75rem; }
+figcaption { overflow-wrap: anywhere; } td.num { white-space: nowrap; }
 figure img { width: 112px; height: 112px; object-fit: cover; display: block; border: 1px solid #ccc; }
 .pair { display: flex; gap: .4rem; align-items: flex-start; padding: .4rem; border: 1px solid #eee; }
 .plots img { max-width: 100%; border: 1px solid #eee; margin: .5rem 0; } .muted { color: #777; }
@@ -126,7 +127,7 @@ def _errors(report: dict[str, Any], thumbnails: _Thumbnails) -> str:
     if not paths or labels is None:
         return "<h2>Test photos each model got wrong</h2><p class=\"muted\">The report records no test labels.</p>"
     parts = ["<h2>Test photos each model got wrong</h2>"]
-    for row in sorted(report["models"], key=lambda r: -r["test_accuracy"]):
+    for rank, row in enumerate(sorted(report["models"], key=lambda r: -r["test_accuracy"])):
         predicted = row.get("test_predictions")
         if not predicted or len(predicted) != len(paths):
             continue
@@ -138,7 +139,7 @@ def _errors(report: dict[str, Any], thumbnails: _Thumbnails) -> str:
             caption = f"{names[labels[i]]} → {names[predicted[i]]}{probability}"
             figures.append(_figure(thumbnails, paths[i], caption, paths[i]))
         more = f"<p class=\"muted\">… and {len(wrong) - MAX_ERRORS_SHOWN} more</p>" if len(wrong) > MAX_ERRORS_SHOWN else ""
-        parts.append(f"<details{' open' if row is report['models'][0] else ''}><summary>{_e(row['name'])}: "
+        parts.append(f"<details{' open' if rank == 0 else ''}><summary>{_e(row['name'])}: "
                      f"{len(wrong)} of {len(paths)} wrong (true → predicted)</summary>"
                      f"<div class=\"grid\">{''.join(figures)}</div>{more}</details>")
     return "".join(parts)
@@ -149,6 +150,10 @@ def _audit(audit: dict[str, Any], run: Path, thumbnails: _Thumbnails) -> str:
     summary = audit.get("summary")
     if summary:
         parts.append(f"<p id=\"audit-summary\">{_e(', '.join(f'{key}: {_plain(value)}' for key, value in summary.items()))}</p>")
+    for finding in ("near_duplicates", "label_issues", "outliers"):
+        method = audit.get(f"{finding}_method") or {}
+        described = "; ".join(f"{key} {_plain(value)}" for key, value in method.items() if key not in ("seconds", "skipped"))
+        parts.append(f"<p class=\"muted\">{_e(finding.replace('_', ' '))}: {_e(described)}</p>")
     duplicates = audit.get("near_duplicates") or []
     pairs = []
     for pair in duplicates[:MAX_FINDINGS_SHOWN]:
@@ -162,16 +167,15 @@ def _audit(audit: dict[str, Any], run: Path, thumbnails: _Thumbnails) -> str:
         figures = [_figure(thumbnails, item["path"], f"given {item['given']} → {item['suggested']} ({item['score']:.2f})",
                            item["path"]) for item in issues[:MAX_FINDINGS_SHOWN]]
         parts.append(f"<h3>Label-issue candidates ({len(issues)})</h3><div class=\"grid\">{''.join(figures)}</div>")
-    skipped = (audit.get("methods", {}).get("label_issues") or {}).get("skipped") if isinstance(audit.get("methods"), dict) else None
-    if skipped:
-        parts.append(f"<p class=\"muted\">Label issues skipped: {_e(skipped)}</p>")
+    if audit.get("label_issues_skipped"):
+        parts.append(f"<p class=\"muted\">Label issues skipped: {_e(audit['label_issues_skipped'])}</p>")
     outliers = audit.get("outliers") or []
     figures = [_figure(thumbnails, item["path"], f"score {item['score']:.3f}", item["path"])
                for item in outliers[:MAX_FINDINGS_SHOWN]]
     parts.append(f"<h3>Outliers ({len(outliers)})</h3><div class=\"grid\">{''.join(figures)}</div>")
-    if (run / "plots" / "embedding_map.png").is_file():
-        parts.append('<h3>Map of the embeddings</h3><div class="plots"><img src="plots/embedding_map.png" '
-                     'alt="embedding map"></div>')
+    drawn = (audit.get("map") or {}).get("path")
+    if drawn and (run / drawn).is_file():
+        parts.append(f'<h3>Map of the embeddings</h3><div class="plots"><img src="{_e(drawn)}" alt="embedding map"></div>')
     return "".join(parts)
 
 

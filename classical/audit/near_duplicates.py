@@ -1,0 +1,112 @@
+"""Near-duplicates and nearest neighbours of embeddings, by blocked matrix products (no N x N matrix).
+
+Similarity is the cosine of power-normalised embeddings: each component is replaced by its
+signed square root, then rows are L2-normalised (float32). On MobileNetV2's pooled ReLU6 features
+this is the Hellinger kernel; it separates edited copies of a photo from distinct photos of the
+same class better than the plain cosine (measured with `benchmarks/audit_threshold.py` on the
+flowers, see README "Audit"). Rows are compared block against block (`block_rows` x `block_cols`
+similarities at a time, 32 MB by default), so memory is O(N * D + N * k), whatever N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_THRESHOLD = 0.90
+SIMILARITY = "cosine of power-normalised embeddings (signed square root of each component, then L2 norm)"
+BLOCK_ROWS, BLOCK_COLS = 1024, 8192
+
+
+def normalise(X: np.ndarray) -> np.ndarray:
+    """Rows as the similarity sees them: signed square root of each component, then unit L2 norm (float32)."""
+    Z = np.asarray(X, dtype=np.float32)
+    Z = np.sign(Z) * np.sqrt(np.abs(Z))
+    norms = np.linalg.norm(Z, axis=1, keepdims=True)
+    return Z / np.maximum(norms, np.float32(1e-12))
+
+
+@dataclass
+class Neighbours:
+    """Pairs (i < j) at or above the threshold, and each row's k highest similarities to other rows."""
+
+    i: np.ndarray  # int64
+    j: np.ndarray  # int64
+    cosine: np.ndarray  # float32, descending
+    knn: np.ndarray  # (N, k) float32, each row descending (empty when k = 0)
+
+
+def search(
+    X: np.ndarray, *, threshold: float | None = DEFAULT_THRESHOLD, k: int = 0, normalised: bool = False,
+    block_rows: int = BLOCK_ROWS, block_cols: int = BLOCK_COLS,
+) -> Neighbours:
+    """All pairs with similarity >= `threshold` (None: no pairs) and the k nearest neighbours' similarities.
+
+    Exact: every pair is compared once per tile of `block_rows` x `block_cols` similarities.
+    """
+    Z = X if normalised else normalise(X)
+    n = len(Z)
+    k = min(k, max(n - 1, 0))
+    pairs_i, pairs_j, pairs_c = [], [], []
+    knn = np.full((n, k), -np.inf, dtype=np.float32)
+    for r0 in range(0, n, block_rows):
+        r1 = min(r0 + block_rows, n)
+        rows = Z[r0:r1]
+        best = np.full((r1 - r0, k), -np.inf, dtype=np.float32)
+        # without k, only the upper triangle (columns from r0 on) is needed
+        for c0 in range(0 if k else r0, n, block_cols):
+            c1 = min(c0 + block_cols, n)
+            tile = rows @ Z[c0:c1].T
+            overlap = max(r0, c0), min(r1, c1)
+            if overlap[0] < overlap[1]:  # the diagonal: a row is not its own neighbour
+                d = np.arange(*overlap)
+                tile[d - r0, d - c0] = -np.inf
+            if threshold is not None and c1 > r0:
+                a, b = np.nonzero(tile >= threshold)
+                a, b = a + r0, b + c0
+                keep = b > a
+                pairs_i.append(a[keep])
+                pairs_j.append(b[keep])
+                pairs_c.append(tile[a[keep] - r0, b[keep] - c0])
+            if k:
+                merged = np.concatenate([best, tile], axis=1)
+                top = np.argpartition(merged, merged.shape[1] - k, axis=1)[:, -k:]
+                best = np.take_along_axis(merged, top, axis=1)
+        if k:
+            knn[r0:r1] = -np.sort(-best, axis=1)
+    i = np.concatenate(pairs_i) if pairs_i else np.zeros(0, np.int64)
+    j = np.concatenate(pairs_j) if pairs_j else np.zeros(0, np.int64)
+    c = np.concatenate(pairs_c) if pairs_c else np.zeros(0, np.float32)
+    order = np.lexsort((j, i, -c))
+    return Neighbours(i=i[order].astype(np.int64), j=j[order].astype(np.int64), cosine=c[order], knn=knn)
+
+
+def exact_pairs(sha256: np.ndarray, limit: int = 50) -> set[tuple[int, int]]:
+    """Pairs of rows with identical bytes (all pairs of a group up to `limit` rows, else each with its first)."""
+    groups: dict[str, list[int]] = {}
+    for row, sha in enumerate(sha256):
+        groups.setdefault(str(sha), []).append(row)
+    pairs = set()
+    for rows in groups.values():
+        if len(rows) > 1:
+            pairs |= {(a, b) for n, a in enumerate(rows) for b in rows[n + 1:]} if len(rows) <= limit else \
+                {(rows[0], b) for b in rows[1:]}
+    return pairs
+
+
+def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected components of the graph with edges (i, j): each row's root (union-find, path halving)."""
+    parent = np.arange(n)
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(np.asarray(i).tolist(), np.asarray(j).tolist()):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([find(x) for x in range(n)], dtype=np.int64)
