@@ -7,7 +7,8 @@ Takes `--per-class` photos of each flower class, makes edited copies of each wit
     crop      5-10 % cut off the width and the height, at a random offset (quality 90)
     combined  a 7 % crop, then 0.7x, then quality 60 (all three edits at once; not required to be found)
 
-embeds them with the real weights (same backbone as the cache) and prints, per edit, the cosine of
+embeds them with the real weights (same backbone as the cache) and prints, per edit, the similarity
+the audit uses (cosine of power-normalised embeddings; `--plain` for the plain cosine) of
 each copy with its original, next to the highest cosines between distinct photos of the cache
 (same class and any class), and for candidate thresholds the recall on the copies and how many
 distinct pairs would be flagged.
@@ -51,7 +52,7 @@ def edited(image: Image.Image, edit: str, i: int, rng: np.random.Generator) -> t
     return cropped.resize((round(cropped.width * 0.7), round(cropped.height * 0.7)), Image.LANCZOS), 60
 
 
-def unit(X: np.ndarray) -> np.ndarray:
+def plain_unit(X: np.ndarray) -> np.ndarray:
     return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
@@ -62,7 +63,11 @@ def main() -> None:
     parser.add_argument("--weights", default=str(SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"))
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--keep", type=Path, help="also keep the copies' cache here")
+    parser.add_argument("--plain", action="store_true", help="plain cosine instead of the audit's (power-normalised)")
     args = parser.parse_args()
+    from classical.audit.near_duplicates import normalise
+
+    unit = plain_unit if args.plain else normalise
 
     from embedder import Backbone, extract, open_cache
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from classical.audit.near_duplicates import DEFAULT_THRESHOLD, components, search
+from classical.audit.near_duplicates import DEFAULT_THRESHOLD, components, find_near_duplicates
 from classical.data import LabeledEmbeddings
 from classical.errors import DataError
 
@@ -96,8 +96,8 @@ def make_split(
 ) -> Split:
     """Stratified split of images (paths with content hashes and class indices), grouping identical bytes.
 
-    With their embeddings `X`, near-duplicates (pairs at or above `near_duplicate_threshold`, the
-    audit's similarity) are grouped as well: each connected component goes to one part. Where no
+    With their embeddings `X`, near-duplicates (pairs at or above `near_duplicate_threshold`, raised in
+    tight domains as the audit raises it, `effective_threshold`) are grouped as well: each connected component goes to one part. Where no
     pair is found, the split is the same as without `X`.
     """
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
@@ -105,7 +105,7 @@ def make_split(
     keys = [str(sha) for sha in sha256]
     clusters = 0
     if X is not None:
-        found = search(X, threshold=near_duplicate_threshold)
+        found, near_duplicate_threshold = find_near_duplicates(X, threshold=near_duplicate_threshold)
         root = components(len(keys), found.i, found.j).tolist()
         members: dict[int, set[str]] = {}
         for row, r in enumerate(root):

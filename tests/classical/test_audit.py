@@ -195,6 +195,18 @@ def test_split_without_near_duplicates_is_unchanged_and_old_files_load(tmp_path:
     assert Split.load(tmp_path / "new" / "split.json") == stored and stored.near_duplicates_grouped
 
 
+def test_the_threshold_rises_where_every_photo_is_close_to_its_nearest_neighbour() -> None:
+    from classical.audit.near_duplicates import effective_threshold, find_near_duplicates
+
+    assert effective_threshold(0.9, np.full(100, 0.80)) == 0.9  # a loose domain (the flowers: median 0.80)
+    assert effective_threshold(0.9, np.full(100, 0.91)) == pytest.approx(1 - 0.6 * 0.09)  # blood cells: median 0.91
+    rng = np.random.default_rng(0)
+    tight = 1 + 0.05 * rng.normal(size=(200, 64))  # distinct rows that all look alike, and one copy among them
+    tight = np.concatenate([tight, tight[:1] * 1.0001]).astype(np.float32)
+    found, threshold = find_near_duplicates(tight, threshold=0.9)
+    assert threshold > 0.99 and [(int(a), int(b)) for a, b in zip(found.i, found.j)] == [(0, 200)]
+
+
 def test_sweep_on_an_older_split_reports_straddling_pairs(tmp_path: Path) -> None:
     X, labels = features(per_class=30)
     X = np.concatenate([X, X[:30] * 1.002]).astype(np.float32)  # each class-0 row gets a near-copy
@@ -226,8 +238,10 @@ def test_sweep_on_an_older_split_reports_straddling_pairs(tmp_path: Path) -> Non
                 progress=False, embedding_cost=False)
     grouped = json.loads((tmp_path / "new" / "audit.json").read_text())
     assert grouped["straddling"]["count"] == 0 == new["audit"]["straddling"]
+    threshold = grouped["near_duplicates_method"]["threshold"]  # raised: these rows are all close to each other
+    assert grouped["near_duplicates_method"]["base_threshold"] == DEFAULT_THRESHOLD < threshold
     assert grouped["split"] == {"id": new["split"]["id"], "near_duplicates_grouped": True,
-                                "near_duplicate_clusters": 30, "near_duplicate_threshold": DEFAULT_THRESHOLD}
+                                "near_duplicate_clusters": 30, "near_duplicate_threshold": pytest.approx(threshold)}
     assert all(p["splits"][0] == p["splits"][1] is not None for p in grouped["near_duplicates"])
 
 
