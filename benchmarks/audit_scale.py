@@ -1,7 +1,9 @@
 """Near-duplicate search at scale: time and peak memory at 10k, 30k and 100k rows, and a 1M-row estimate.
 
-Rows are the real flower embeddings (1,280-d) repeated, each component multiplied by exp(N(0, 0.5))
-so that the copies are distinct images (non-negative, like pooled ReLU6 features). Each size runs in
+Rows are the real flower embeddings (1,280-d) repeated, each component multiplied by exp(N(0, NOISE))
+(`--noise`, default 1.5) so that the copies are distinct images, not near-duplicates of each other
+(non-negative, like pooled ReLU6 features); with less noise the copies of one photo are found as
+near-duplicates of each other and storing those pairs dominates the memory. Each size runs in
 its own process (`classical.audit.near_duplicates.search`, exact blocked matrix products, threshold
 0.90, upper triangle only); its peak RSS is that process's ru_maxrss, the input rows included.
 The 1M estimate extrapolates the 100k time quadratically (the search compares every pair).
@@ -20,7 +22,7 @@ import sys
 import time
 
 
-def child(cache: str, n: int, k: int) -> None:
+def child(cache: str, n: int, k: int, noise: float) -> None:
     import numpy as np
 
     from classical.audit.near_duplicates import normalise, search
@@ -32,7 +34,7 @@ def child(cache: str, n: int, k: int) -> None:
     X = np.empty((n, base.shape[1]), np.float32)
     for start in range(0, n, 10_000):
         rows = rng.integers(0, len(base), min(10_000, n - start))
-        X[start:start + len(rows)] = base[rows] * np.exp(rng.normal(0, 0.5, (len(rows), base.shape[1]))).astype(np.float32)
+        X[start:start + len(rows)] = base[rows] * np.exp(rng.normal(0, noise, (len(rows), base.shape[1]))).astype(np.float32)
     Z = normalise(X)
     del X
     started = time.perf_counter()
@@ -48,16 +50,17 @@ def main() -> None:
     parser.add_argument("--cache", required=True, help="a cache of real embeddings (e.g. the flowers)")
     parser.add_argument("--sizes", default="10000,30000,100000")
     parser.add_argument("--knn", action="store_true", help="also time the audit's full pass (pairs + 10 nearest neighbours) at the smallest size")
+    parser.add_argument("--noise", type=float, default=1.5, help="log-normal noise of the repeated rows")
     parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.cache, *args.child)
+        child(args.cache, *args.child, args.noise)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     runs = [(n, 0) for n in sizes] + ([(sizes[0], 10)] if args.knn else [])
     results = []
     for n, k in runs:
-        out = subprocess.run([sys.executable, __file__, "--cache", args.cache, "--child", str(n), str(k)],
+        out = subprocess.run([sys.executable, __file__, "--cache", args.cache, "--noise", str(args.noise), "--child", str(n), str(k)],
                              check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
         print(f"  ran n={n:,} k={k}: {results[-1]['seconds']:.1f} s", file=sys.stderr)
