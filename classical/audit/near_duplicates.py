@@ -22,10 +22,12 @@ BLOCK_ROWS, BLOCK_COLS = 1024, 8192
 
 def normalise(X: np.ndarray) -> np.ndarray:
     """Rows as the similarity sees them: signed square root of each component, then unit L2 norm (float32)."""
-    Z = np.asarray(X, dtype=np.float32)
-    Z = np.sign(Z) * np.sqrt(np.abs(Z))
+    X = np.asarray(X, dtype=np.float32)
+    Z = np.sqrt(np.abs(X))  # one new array, then in place: memory stays at twice the rows at most
+    np.copysign(Z, X, out=Z)
     norms = np.linalg.norm(Z, axis=1, keepdims=True)
-    return Z / np.maximum(norms, np.float32(1e-12))
+    Z /= np.maximum(norms, np.float32(1e-12))
+    return Z
 
 
 @dataclass
