@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from classical.errors import DataError
-from embedder import open_cache
+from embedder import Cache, CachedBackbone, open_cache
 
 logger = logging.getLogger(__name__)
 
@@ -29,18 +29,23 @@ class LabeledEmbeddings:
     cache: str
 
 
+def backbone_rows(opened: Cache, backbone: str | None) -> CachedBackbone:
+    """The rows of `backbone` in an open cache, or of its only backbone; a DataError naming the choices otherwise."""
+    if backbone is None and len(opened.keys) > 1:
+        raise DataError(
+            f"cache '{opened.path}' holds {len(opened.keys)} backbones; choose one with --backbone: {', '.join(opened.keys)}"
+        )
+    if backbone is not None and backbone not in opened.keys:
+        raise DataError(
+            f"cache '{opened.path}' has no embeddings of backbone '{backbone}'; it has: {', '.join(opened.keys) or 'none'}"
+        )
+    return opened.backbone(backbone)
+
+
 def load_labeled(cache: str | os.PathLike, backbone: str | None = None) -> LabeledEmbeddings:
     """Load the labelled rows of `backbone` (or of the cache's only backbone) and validate them."""
     with open_cache(cache) as opened:
-        if backbone is None and len(opened.keys) > 1:
-            raise DataError(
-                f"cache '{cache}' holds {len(opened.keys)} backbones; choose one with --backbone: {', '.join(opened.keys)}"
-            )
-        if backbone is not None and backbone not in opened.keys:
-            raise DataError(
-                f"cache '{cache}' has no embeddings of backbone '{backbone}'; it has: {', '.join(opened.keys) or 'none'}"
-            )
-        rows = opened.backbone(backbone)
+        rows = backbone_rows(opened, backbone)
         X, labels, names = rows.load(), rows.labels, rows.class_names
         paths, sha256, key, provenance = rows.paths, rows.sha256, rows.key, rows.provenance
     labeled = labels >= 0

@@ -19,6 +19,7 @@ import numpy as np
 
 from classical.audit import embedding_map, label_issues, outliers
 from classical.audit.near_duplicates import DEFAULT_THRESHOLD, SIMILARITY, exact_pairs, find_near_duplicates, normalise
+from classical.data import backbone_rows
 from classical.errors import DataError
 from embedder import atomic_path, open_cache, utc_now
 
@@ -29,13 +30,7 @@ VERSION = 1
 def load_rows(cache: str | os.PathLike, backbone: str | None = None) -> dict[str, Any]:
     """All rows of one backbone (labelled or not) with finite embeddings, and the rows left out."""
     with open_cache(cache) as opened:
-        if backbone is None and len(opened.keys) > 1:
-            raise DataError(f"cache '{cache}' holds {len(opened.keys)} backbones; choose one with --backbone: "
-                            f"{', '.join(opened.keys)}")
-        if backbone is not None and backbone not in opened.keys:
-            raise DataError(f"cache '{cache}' has no embeddings of backbone '{backbone}'; it has: "
-                            f"{', '.join(opened.keys) or 'none'}")
-        rows = opened.backbone(backbone)
+        rows = backbone_rows(opened, backbone)
         X, y, names = rows.load(), np.asarray(rows.labels), list(rows.class_names)
         paths, sha256, key = np.asarray(rows.paths).astype(str), np.asarray(rows.sha256).astype(str), rows.key
     if not len(X):
