@@ -1,4 +1,4 @@
-"""`embedder` command line: extract, info, predict. Each command parses options and calls the Python API."""
+"""`embedder` command line: extract, info, verify, predict. Each command parses options and calls the Python API."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from embedder.backbone import Backbone  # noqa: E402
 from embedder.cache import info as cache_info  # noqa: E402
+from embedder.cache import open_cache  # noqa: E402
+from embedder.cache import verify as verify_cache  # noqa: E402
+from embedder.cache.verify import pending as pending_batches  # noqa: E402
 from embedder.cli_options import Alpha, Engine, Pooling, Resize, Size, Verbose, Weights, fail, setup_logging  # noqa: E402
 from embedder.errors import EmbedderError  # noqa: E402
 from embedder.extraction import extract as run_extract  # noqa: E402
@@ -113,6 +116,22 @@ def info(
         typer.echo("  provenance")
         for name, value in backbone["provenance"].items():
             typer.echo(f"    {name}: {value}")
+
+
+@app.command()
+def verify(cache: Annotated[Path, typer.Argument(help="HDF5 cache file.")]) -> None:
+    """Check a cache completely: it opens, rows align, checksums hold, values are sound. Exit 1 on any problem."""
+    problems = verify_cache(cache)
+    for problem in problems:
+        typer.echo(problem, err=True)
+    if problems:
+        raise typer.Exit(1)
+    note = pending_batches(cache)
+    if note:
+        typer.echo(note)
+    with open_cache(cache) as opened:
+        rows = sum(len(opened[key]) for key in opened.keys)
+        typer.echo(f"{cache}: sound ({rows} rows in {len(opened.keys)} backbone(s); checksums, values and lookup tables checked)")
 
 
 @app.command()

@@ -5,13 +5,20 @@
                                           weights, weights_sha256, precision, preprocessing,
                                           library versions, created, updated, source),
                                           class_names (list of str)
-        embeddings   float32 (N, D), chunked, resizable along N
+        embeddings   float32 (N, D)
         sha256       ascii S64 (N,)   sha256 of the image file's bytes
         path         utf-8 str (N,)   path relative to the source root (posix)
         label        int32 (N,)       index into class_names, -1 when unlabeled
         file_size    int64 (N,)       bytes, with mtime_ns: lets a rerun skip unchanged files
         mtime_ns     int64 (N,)
         failures/    path, sha256, reason, file_size, mtime_ns: inputs that could not be embedded
+        runs/        file, start, length, rows: where each range of rows is stored (see segments.py)
+        index/       path_hash, path_row, sha, sha_row: sorted lookup tables (see lookup.py)
+
+The six row datasets are HDF5 virtual datasets over segment files in `CACHE.segments/<key>/`
+(each with the same six datasets, fletcher32-checksummed); h5py reads them like any dataset as long
+as the `.segments` folder sits next to the cache file. Files written before segments hold the row
+datasets directly; they are read as they are and moved into a segment on their first write.
 """
 
 from __future__ import annotations
@@ -46,10 +53,16 @@ def check_cache_file(path: Path) -> None:
             f"'{path}' is not an HDF5 file ({path.stat().st_size} bytes); it is not an embeddings cache. "
             "Pass another --out path, or delete the file if it is yours to overwrite."
         )
-    with h5py.File(path, "r") as handle:
-        version = handle.attrs.get("schema_version")
-        if handle.attrs.get("format") != FORMAT:
-            raise CacheError(f"'{path}' is an HDF5 file but not a bottleneck-lab embeddings cache; pass another path.")
+    try:
+        with h5py.File(path, "r") as handle:
+            version, format = handle.attrs.get("schema_version"), handle.attrs.get("format")
+    except OSError as exc:
+        raise CacheError(
+            f"cache '{path}' is damaged: it cannot be opened ({exc}; truncated or not fully written?). Restore it from "
+            f"a backup, or extract again into a new file; `embedder verify {path}` lists what else is wrong."
+        ) from None
+    if format != FORMAT:
+        raise CacheError(f"'{path}' is an HDF5 file but not a bottleneck-lab embeddings cache; pass another path.")
     if version != SCHEMA_VERSION:
         raise CacheError(
             f"cache '{path}' was written with schema version {version}; this embedder reads and writes version "

@@ -11,15 +11,27 @@ import numpy as np
 
 from embedder.cache.batch import Failure
 from embedder.cache.layout import GROUP, attr_value, check_cache_file, read_failures
+from embedder.cache.segments import COLUMNS, segments_folder
 from embedder.errors import CacheError
 
 
 class CachedBackbone:
-    """The rows of one backbone key; embeddings stay on disk until sliced or `load()`-ed."""
+    """The rows of one backbone key; embeddings stay on disk until sliced or `load()`-ed.
 
-    def __init__(self, group: h5py.Group) -> None:
+    A read that fails its checksum, or rows whose segment file is missing, raise CacheError naming the file.
+    """
+
+    def __init__(self, group: h5py.Group, path: Path) -> None:
         self._group = group
+        self._path = path
         self.key: str = group.name.rsplit("/", 1)[-1]
+
+    def _read(self, name: str, strings: bool = False) -> np.ndarray:
+        try:
+            dataset = self._group[name]
+            return dataset.asstr()[...] if strings else dataset[...]
+        except OSError as exc:
+            raise damaged(self._path, f"reading '{name}' of backbone {self.key} failed ({exc})") from None
 
     def __len__(self) -> int:
         return int(self._group["embeddings"].shape[0])
@@ -34,11 +46,15 @@ class CachedBackbone:
         return self._group["embeddings"]
 
     def load(self) -> np.ndarray:
-        return self._group["embeddings"][...]
+        embeddings = self._read("embeddings")
+        if np.isnan(embeddings).all(axis=1).any():  # what a missing segment file reads as
+            raise damaged(self._path, f"rows of backbone {self.key} are missing (a segment file in "
+                                      f"'{segments_folder(self._path)}' is gone or was moved without the cache)")
+        return embeddings
 
     @property
     def labels(self) -> np.ndarray:
-        return self._group["label"][...]
+        return self._read("label")
 
     @property
     def class_names(self) -> list[str]:
@@ -46,11 +62,11 @@ class CachedBackbone:
 
     @property
     def paths(self) -> np.ndarray:
-        return self._group["path"].asstr()[...]
+        return self._read("path", strings=True)
 
     @property
     def sha256(self) -> np.ndarray:
-        return self._group["sha256"].asstr()[...]
+        return self._read("sha256", strings=True)
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -81,7 +97,17 @@ class Cache:
     def __getitem__(self, key: str) -> CachedBackbone:
         if key not in self._handle.get(GROUP, {}):
             raise KeyError(f"cache '{self.path}' has no backbone '{key}'; it has: {', '.join(self.keys) or 'none'}")
-        return CachedBackbone(self._handle[GROUP][key])
+        group = self._handle[GROUP][key]
+        missing = [name for name in (*COLUMNS, "failures") if name not in group]
+        if missing:
+            raise damaged(self.path, f"backbone {key} has no dataset {', '.join(missing)}")
+        gone = sorted({file for _, file, _, _ in group["embeddings"].virtual_sources()
+                       if not (self.path.parent / file).is_file()}) if group["embeddings"].is_virtual else []
+        if gone:
+            raise damaged(self.path, f"segment file {gone[0]} of backbone {key} is missing"
+                                     f"{f' (and {len(gone) - 1} more)' if len(gone) > 1 else ''}; "
+                                     "a cache must be moved together with its .segments folder")
+        return CachedBackbone(group, self.path)
 
     def backbone(self, key: str | None = None) -> CachedBackbone:
         """The rows of `key`, or of the only backbone in the file when key is None."""
@@ -114,7 +140,16 @@ def open_cache(path: str | os.PathLike) -> Cache:
     if not path.exists():
         raise CacheError(f"cache '{path}' does not exist; create it with `embedder extract SOURCE --out {path}`.")
     check_cache_file(path)
-    return Cache(h5py.File(path, "r"), path)
+    try:
+        return Cache(h5py.File(path, "r"), path)
+    except OSError as exc:
+        raise damaged(path, f"it cannot be opened ({exc})") from None
+
+
+def damaged(path: Path, what: str) -> CacheError:
+    """The one error of a damaged cache: what is wrong, and how to find out more and recover."""
+    return CacheError(f"cache '{path}' is damaged: {what}. Run `embedder verify {path}` for every problem; restore "
+                      "the file from a backup, or extract again into a new file (the images are re-embedded).")
 
 
 def info(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,19 +1,24 @@
 """The crash-safe writer of a cache file: one writer at a time, a journal of finished batches, atomic merges.
 
-The file is never modified in place. A writer holds an exclusive lock (`CACHE.lock`), appends each
-finished batch to a journal folder (`CACHE.journal/`, one file per batch, written under a temporary
-name then renamed), and merges the journal into a new copy of the file that atomically replaces the
-old one. Killed at any instant, the file still opens with its previous content, and the next writer
-replays the finished batches (replay is idempotent), so at most the batch in flight is lost and no
-row is duplicated. Rows are keyed by path: a changed file replaces its row, a new file appends one.
+A writer holds an exclusive lock (`CACHE.lock`), appends each finished batch to a journal folder
+(`CACHE.journal/`, one file per batch, written under a temporary name then renamed), and merges the
+journal by writing one new segment file (`CACHE.segments/<key>/`) with the new rows and a new copy of
+the small cache file (virtual datasets over the segments, lookup tables, failures) that atomically
+replaces the old one. Killed at any instant, the file still opens with its previous content, and the
+next writer replays the finished batches (replay is idempotent), so at most the batch in flight is
+lost and no row is duplicated. Rows are keyed by path: a changed file replaces its row, a new file
+appends one. Segments are never modified, so readers keep a consistent snapshot while a write goes on.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
+import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +28,10 @@ import numpy as np
 
 from embedder.atomic import atomic_path, write_bytes_atomic
 from embedder.cache.batch import NUMERIC, Batch, Failure, Row
-from embedder.cache.layout import CHUNK_ROWS, FORMAT, GROUP, SCHEMA_VERSION, STR, check_cache_file, read_failures
-from embedder.cache.layout import write_failures
+from embedder.cache.layout import FORMAT, GROUP, SCHEMA_VERSION, check_cache_file
+from embedder.cache.lookup import DIGEST, KnownHashes
+from embedder.cache.merge import carry_group, find_rows, merge_group, read_rows, read_state
+from embedder.cache.segments import read_runs, referenced_files, segments_folder
 from embedder.errors import CacheError, CacheLockedError
 from embedder.provenance import utc_now
 
@@ -33,24 +40,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class CacheIndex:
-    """What a backbone group already holds, for planning a run without reading embeddings."""
+    """What a backbone group holds for the paths of a run, for planning it without reading embeddings."""
 
-    rows: dict[str, Row] = field(default_factory=dict)  # by path
-    failures: dict[str, Failure] = field(default_factory=dict)  # by path
-    hashes: set[str] = field(default_factory=set)
+    rows: dict[str, Row] = field(default_factory=dict)  # by path, for the paths asked about
+    failures: dict[str, Failure] = field(default_factory=dict)  # by path, every recorded failure
+    hashes: KnownHashes = field(default_factory=lambda: KnownHashes(np.empty(0, DIGEST)))  # every embedded hash
     failed_hashes: dict[str, str] = field(default_factory=dict)  # sha256 -> reason
-
-
-def read_rows(group: h5py.Group) -> list[Row]:
-    """Every row of a backbone group, in file order (labels as class names)."""
-    names = [str(name) for name in group.attrs.get("class_names", [])]
-    return [
-        Row(path, sha, names[label] if label >= 0 else "", int(size), int(mtime))
-        for path, sha, label, size, mtime in zip(
-            group["path"].asstr()[...], group["sha256"].asstr()[...], group["label"][...],
-            group["file_size"][...], group["mtime_ns"][...],
-        )
-    ]
 
 
 class CacheWriter:
@@ -75,6 +70,7 @@ class CacheWriter:
             for stale in self.path.parent.glob(self.path.name + ".tmp-*"):
                 stale.unlink()
             self.commit()
+            self._collect_segments()
         except BaseException:
             self._unlock()
             raise
@@ -83,10 +79,11 @@ class CacheWriter:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
             self.commit()
-        except Exception:
+        except Exception as error:
             if exc is None:
                 raise
-            logger.exception("could not merge finished batches into %s; they stay in %s", self.path, self.journal)
+            logger.error("could not merge finished batches into %s (%s); they stay in %s for the next run",
+                         self.path, error, self.journal)
         finally:
             self._unlock()
 
@@ -116,20 +113,25 @@ class CacheWriter:
 
     # ---- planning
 
-    def index(self, key: str) -> CacheIndex:
-        """Paths, hashes and stats already cached for `key` (journal merged, so complete)."""
-        index = CacheIndex()
+    def index(self, key: str, paths: Iterable[str] = ()) -> CacheIndex:
+        """The cached rows of `paths`, every failure and every embedded hash of `key` (journal merged, so complete).
+
+        Reads the lookup tables and the rows asked about, not every path: planning a run of k images
+        on a cache of N rows holds k rows and 32 bytes per cached row.
+        """
         if not self.path.exists():
-            return index
+            return CacheIndex()
         with h5py.File(self.path, "r") as handle:
             if key not in handle.get(GROUP, {}):
-                return index
+                return CacheIndex()
             group = handle[GROUP][key]
-            index.rows = {row.path: row for row in read_rows(group)}
-            index.hashes = {row.sha256 for row in index.rows.values()}
-            index.failures = {failure.path: failure for failure in read_failures(group)}
-            index.failed_hashes = {f.sha256: f.reason for f in index.failures.values() if f.sha256}
-        return index
+            state = read_state(self.path, key, group, migrate_old=False)
+            wanted = set(paths)
+            found = find_rows(group, state.lookup, wanted) if wanted else {}
+            rows = dict(zip(found, read_rows(group, list(found.values()), state.class_names)))
+            failures = state.failures
+        return CacheIndex(rows=rows, failures=failures, hashes=KnownHashes(state.lookup.sha),
+                          failed_hashes={f.sha256: f.reason for f in failures.values() if f.sha256})
 
     # ---- journal
 
@@ -150,8 +152,13 @@ class CacheWriter:
         arrays = {"embeddings": np.asarray(batch.embeddings, dtype=np.float32)}
         for table, name, values in batch.columns():
             arrays[f"{table}.{name}"] = values if name in NUMERIC else np.array(values, dtype=str)
-        with atomic_path(self.journal / key / f"{self._seq:08d}.npz") as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+        target = self.journal / key / f"{self._seq:08d}.npz"
+        try:
+            with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+        except OSError as exc:
+            raise CacheError(f"could not journal a finished batch to '{target}' ({_reason(exc, self.path)}); the "
+                             "batches finished before it are kept: free space and rerun the same command.") from None
 
     @staticmethod
     def _read_batch(path: Path) -> Batch:
@@ -161,118 +168,85 @@ class CacheWriter:
     # ---- merge
 
     def commit(self) -> None:
-        """Merge every journaled batch into a new copy of the file and swap it in atomically."""
+        """Merge every journaled batch: new segments, then a new copy of the cache file swapped in atomically.
+
+        Disk full (or any write error) leaves the previous file and the journal as they were: the next
+        run, with space, completes from the journal.
+        """
         if not self.journal.is_dir():
             return
         keys = sorted(p.name for p in self.journal.iterdir() if p.is_dir() and any(p.glob("*.npz")))
         if keys:
-            with atomic_path(self.path, durable=True) as tmp:
-                old = h5py.File(self.path, "r") if self.path.exists() else None
-                try:
-                    with h5py.File(tmp, "w") as new:
-                        new.attrs["format"] = FORMAT
-                        new.attrs["schema_version"] = SCHEMA_VERSION
-                        new.attrs["created"] = old.attrs["created"] if old is not None else utc_now()
-                        new.attrs["updated"] = utc_now()
-                        groups = new.create_group(GROUP)
-                        for name in (old.get(GROUP, {}) if old is not None else {}):
-                            if name not in keys:
-                                old.copy(old[GROUP][name], groups, name=name)
-                        for key in keys:
-                            old_group = old[GROUP][key] if old is not None and key in old.get(GROUP, {}) else None
-                            self._merge_group(groups, key, old_group)
-                finally:
-                    if old is not None:
-                        old.close()
+            self._check_space(keys)
+            try:
+                self._merge(keys)
+            except OSError as exc:
+                raise CacheError(
+                    f"could not write cache '{self.path}' ({_reason(exc, self.path)}); its previous content is intact and "
+                    f"the finished batches stay in '{self.journal}': free space and rerun the same command to complete it."
+                ) from None
         for folder in list(self.journal.iterdir()):
             for entry in folder.iterdir():
                 entry.unlink()
             folder.rmdir()
         self.journal.rmdir()
 
-    def _merge_group(self, groups: h5py.Group, key: str, old: h5py.Group | None) -> None:
-        provenance = json.loads((self.journal / key / "provenance.json").read_text())
-        batches: list[Path | None] = sorted((self.journal / key).glob("*.npz"))
-        # Final rows by path, each with the source of its embedding: ("old", row) for a kept row,
-        # ("new", batch, row) for an embedded row, ("sha", sha256) for a reuse.
-        rows: dict[str, tuple[Row, tuple]] = {}
-        failures: dict[str, Failure] = {}
-        by_sha: dict[str, tuple] = {}
-        class_names: list[str] = []
-        old_order: list[str] = []
-        if old is not None:
-            class_names = [str(name) for name in old.attrs.get("class_names", [])]
-            for i, row in enumerate(read_rows(old)):
-                rows[row.path] = (row, ("old", i))
-                by_sha.setdefault(row.sha256, ("old", i))
-                old_order.append(row.path)
-            failures = {failure.path: failure for failure in read_failures(old)}
-        for b, batch_path in enumerate(batches):
+    def _check_space(self, keys: list[str]) -> None:
+        """Refuse to merge when the disk cannot hold the new segments and cache file (HDF5 may crash on a full disk)."""
+        journal = sum(p.stat().st_size for key in keys for p in (self.journal / key).glob("*.npz"))
+        old = self.path.stat().st_size if self.path.exists() else 0
+        needed = int(1.25 * (journal + old)) + (1 << 20)
+        free = shutil.disk_usage(self.path.parent).free
+        if free < needed:
+            raise CacheError(
+                f"could not write cache '{self.path}' (no space left on the disk holding it: {free >> 20} MB free, the "
+                f"merge needs about {needed >> 20} MB); its previous content is intact and the finished batches stay in "
+                f"'{self.journal}': free space and rerun the same command to complete it."
+            )
+
+    def _merge(self, keys: list[str]) -> None:
+        with atomic_path(self.path, durable=True) as tmp:
+            old = h5py.File(self.path, "r") if self.path.exists() else None
             try:
-                batch = self._read_batch(batch_path)
-            except (OSError, ValueError, KeyError) as exc:
-                logger.warning("skipping unreadable journal batch %s (%s); its images will be re-embedded", batch_path, exc)
-                batches[b] = None
-                continue
-            for r, row in enumerate(batch.rows):
-                rows[row.path] = (row, ("new", b, r))
-                by_sha[row.sha256] = ("new", b, r)
-                failures.pop(row.path, None)
-            for row in batch.aliases:
-                rows[row.path] = (row, ("sha", row.sha256))
-                failures.pop(row.path, None)
-            for failure in batch.failures:
-                rows.pop(failure.path, None)
-                failures[failure.path] = failure
-        for path, (row, source) in list(rows.items()):
-            if source[0] == "sha":
-                if row.sha256 not in by_sha:
-                    rows.pop(path)
-                    failures[path] = Failure(path, row.sha256, "same bytes as an image that could not be embedded",
-                                             row.file_size, row.mtime_ns)
-                else:
-                    rows[path] = (row, by_sha[row.sha256])
-        kept = [path for path in old_order if path in rows]
-        order = kept + sorted(set(rows) - set(kept))
-        for label in sorted({rows[path][0].label for path in order} - set(class_names) - {""}):
-            class_names.append(label)
-        class_index = {name: i for i, name in enumerate(class_names)}
+                with h5py.File(tmp, "w") as new:
+                    new.attrs["format"] = FORMAT
+                    new.attrs["schema_version"] = SCHEMA_VERSION
+                    new.attrs["created"] = old.attrs["created"] if old is not None else utc_now()
+                    new.attrs["updated"] = utc_now()
+                    groups = new.create_group(GROUP)
+                    for name in (old.get(GROUP, {}) if old is not None else {}):
+                        if name not in keys:
+                            carry_group(self.path, groups, name, old[GROUP][name])
+                    for key in keys:
+                        old_group = old[GROUP][key] if old is not None and key in old.get(GROUP, {}) else None
+                        folder = self.journal / key
+                        merge_group(self.path, groups, key, old_group, json.loads((folder / "provenance.json").read_text()),
+                                    sorted(folder.glob("*.npz")), self._read_batch)
+            finally:
+                if old is not None:
+                    old.close()
 
-        group = groups.create_group(key)
-        for name, value in provenance.items():
-            group.attrs[name] = value
-        group.attrs["created"] = old.attrs["created"] if old is not None else utc_now()
-        group.attrs["updated"] = utc_now()
-        group.attrs["class_names"] = np.array(class_names, dtype=STR)
-        final = [rows[path][0] for path in order]
-        n, dim = len(order), int(provenance["dim"])
-        group.create_dataset("path", data=np.array(order, dtype=object), dtype=STR)
-        group.create_dataset("sha256", data=np.array([row.sha256 for row in final], dtype="S64"))
-        group.create_dataset("label", data=np.array([class_index.get(row.label, -1) for row in final], dtype=np.int32))
-        group.create_dataset("file_size", data=np.array([row.file_size for row in final], dtype=np.int64))
-        group.create_dataset("mtime_ns", data=np.array([row.mtime_ns for row in final], dtype=np.int64))
-        embeddings = group.create_dataset(
-            "embeddings", shape=(n, dim), maxshape=(None, dim), dtype=np.float32,
-            chunks=(max(1, min(CHUNK_ROWS, n)), dim),
-        )
-        sources = [rows[path][1] for path in order]
-        if old is not None:
-            _copy_rows(embeddings, old["embeddings"], [(i, s[1]) for i, s in enumerate(sources) if s[0] == "old"])
-        for b, batch_path in enumerate(batches):
-            pairs = [(i, s[2]) for i, s in enumerate(sources) if s[0] == "new" and s[1] == b]
-            if pairs:
-                with np.load(batch_path, allow_pickle=False) as arrays:
-                    _copy_rows(embeddings, arrays["embeddings"], pairs)
-        write_failures(group, list(failures.values()))
+    def _collect_segments(self) -> None:
+        """Delete segment files the cache file does not reference (left by a killed merge, or compacted)."""
+        folder = segments_folder(self.path)
+        if not folder.is_dir():
+            return
+        referenced: set[str] = set()
+        if self.path.exists():
+            with h5py.File(self.path, "r") as handle:
+                for group in handle.get(GROUP, {}).values():
+                    if "runs" in group:
+                        referenced |= referenced_files(read_runs(group))
+        for segment in folder.glob("*/*"):
+            if segment.relative_to(self.path.parent).as_posix() not in referenced:
+                segment.unlink()
+        for empty in folder.iterdir():
+            if empty.is_dir() and not any(empty.iterdir()):
+                empty.rmdir()
 
 
-def _copy_rows(target: h5py.Dataset, source: Any, pairs: list[tuple[int, int]]) -> None:
-    """target[dst] = source[src] for (dst, src) pairs sorted by dst, as contiguous slice copies."""
-    start = 0
-    while start < len(pairs):
-        end = start + 1
-        while end < len(pairs) and pairs[end][0] == pairs[end - 1][0] + 1 and pairs[end][1] == pairs[end - 1][1] + 1:
-            end += 1
-        (dst, src), length = pairs[start], end - start
-        target[dst : dst + length] = source[src : src + length]
-        start = end
+def _reason(exc: OSError, path: Path) -> str:
+    """What went wrong writing next to `path`, in words: disk full says so."""
+    if exc.errno == errno.ENOSPC or shutil.disk_usage(path.parent).free < 1 << 20:
+        return f"no space left on the disk holding it: {shutil.disk_usage(path.parent).free >> 20} MB free"
+    return str(exc)

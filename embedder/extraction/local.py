@@ -66,7 +66,7 @@ def extract(
             key, load = reduced.key, lambda: reduced
             extra = {"backbone_key": key, "precision": precision, "runtime": reduced.runtime,
                      "calibration_digest": reduced.calibration, "calibration_files": json.dumps(files)}
-        index = cache.index(key)
+        index = cache.index(key, [item.rel for item in listed.items])
         todo, cached, failed = plan_work(listed.items, index, rehash=rehash)
         summary = ExtractSummary(out=Path(out), backbone_key=key, runtime="none", total=len(listed.items),
                                  cached=cached, failed=failed)

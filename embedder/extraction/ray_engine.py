@@ -85,12 +85,13 @@ def extract_ray(
     folder = Path(shards) if shards is not None else out.with_name(out.name + ".shards")
     folder = folder / key
     provenance = {**backbone.provenance(), "source": str(source) if is_uri(source) else str(listed.root.resolve())}
+    paths = [item.rel for item in listed.items]
     with CacheWriter(out) as cache:
-        index = cache.index(key)
+        index = cache.index(key, paths)
         resumed = absorb_shards(cache, key, folder, index, provenance)
         if resumed:
             logger.info("merged %d finished shard(s) of an earlier run into %s", resumed, out)
-            index = cache.index(key)
+            index = cache.index(key, paths)
         todo, cached, failed = plan_work(listed.items, index, rehash=rehash)
         summary = ExtractSummary(out=out, backbone_key=key, runtime="none", total=len(listed.items),
                                  cached=cached, failed=failed)
@@ -135,7 +136,7 @@ def _run_actors(
     weights = None
     if backbone.weights_path is not None:
         weights = ray.put(backbone.weights_path.read_bytes())
-    known = ray.put((frozenset(index.hashes), dict(index.failed_hashes)))
+    known = ray.put((index.hashes, dict(index.failed_hashes)))
     run = uuid.uuid4().hex[:8]
     if block_size is None:
         block_size = max(1, min(MAX_BLOCK, -(-len(todo) // (4 * actors))))

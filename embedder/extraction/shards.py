@@ -62,18 +62,19 @@ def absorb_shards(cache: CacheWriter, key: str, folder: Path, index: CacheIndex,
     if not shards:
         return 0
     cache.begin(key, provenance)
-    known = set(index.hashes)
+    added: set[str] = set()  # hashes embedded by earlier shards of this merge
     for path in shards:
         try:
             shard = read_shard(path, key)
         except OSError as exc:  # cannot happen for a renamed shard, except on a broken disk
             logger.warning("skipping unreadable shard %s (%s); its images will be embedded again", path, exc)
             continue
-        keep = [i for i, row in enumerate(shard.rows) if row.sha256 not in known]
+        known = [row.sha256 in added or row.sha256 in index.hashes for row in shard.rows]
+        keep = [i for i, cached in enumerate(known) if not cached]
         batch = Batch(embeddings=shard.embeddings[keep], rows=[shard.rows[i] for i in keep],
-                      aliases=[row for row in shard.rows if row.sha256 in known] + shard.aliases,
+                      aliases=[row for row, cached in zip(shard.rows, known) if cached] + shard.aliases,
                       failures=shard.failures)
-        known.update(row.sha256 for row in shard.rows)
+        added.update(row.sha256 for row in shard.rows)
         if summary is not None:
             summary.count(batch, index)
         cache.write_batch(key, batch)

@@ -1,18 +1,23 @@
-"""`embedder` with each row copy of the merge slowed down, so a test can kill -9 it mid-merge."""
+"""`embedder` with the merge's segment and cache-file writes slowed down, so a test can kill -9 it mid-merge."""
 
 import sys
 import time
 
-import embedder.cache.writer
+import embedder.cache.merge
 from embedder.cli import app
 
-copy_rows = embedder.cache.writer._copy_rows
+fill, write_group = embedder.cache.merge._fill, embedder.cache.merge.write_group
 
 
-def slow_copy_rows(*args: object) -> None:
-    time.sleep(0.02)
-    copy_rows(*args)
+def slow_fill(*args: object) -> None:
+    time.sleep(0.1)
+    fill(*args)
 
 
-embedder.cache.writer._copy_rows = slow_copy_rows
+def slow_write_group(*args: object) -> None:
+    time.sleep(0.1)
+    write_group(*args)
+
+
+embedder.cache.merge._fill, embedder.cache.merge.write_group = slow_fill, slow_write_group
 sys.exit(app())

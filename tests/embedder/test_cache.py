@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -30,7 +29,10 @@ def test_layout_is_readable_with_plain_h5py(cache_file: Path) -> None:
         group = handle["backbones"][TINY.key]
         embeddings = group["embeddings"]
         assert embeddings.dtype == np.float32 and embeddings.shape == (12, 1280)
-        assert embeddings.chunks is not None and embeddings.maxshape == (None, 1280)
+        assert embeddings.is_virtual  # rows live in segment files next to the cache, each checksummed
+        [(_, segment, name, _)] = embeddings.virtual_sources()
+        with h5py.File(cache_file.parent / segment) as stored:
+            assert name == "embeddings" and stored[name].fletcher32 and stored["sha256"].fletcher32
         assert group["sha256"].dtype == np.dtype("S64") and group["label"].dtype == np.int32
         assert len(group["path"]) == len(group["file_size"]) == len(group["mtime_ns"]) == 12
         assert list(group.attrs["class_names"]) == ["blue", "green", "red"]
@@ -106,7 +108,7 @@ def test_failed_merge_keeps_the_file_and_the_journal(cache_file: Path, dataset: 
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CacheError, match="no space left on the disk .* previous content is intact .* rerun"):
         extract(dataset, cache_file, TINY, progress=False)
     with open_cache(cache_file) as cache:
         assert len(cache.backbone()) == 12  # the old file, intact
@@ -137,3 +139,41 @@ def test_replay_is_idempotent_and_skips_unreadable_batches(cache_file: Path, cap
 def test_open_missing_cache(tmp_path: Path) -> None:
     with pytest.raises(CacheError, match=r"does not exist; create it with `embedder extract SOURCE --out"):
         open_cache(tmp_path / "none.h5")
+
+
+def segment_files(cache: Path, key: str) -> dict[str, tuple[int, int]]:
+    """The segment files of a backbone, with their inode and modification time."""
+    with h5py.File(cache) as handle:
+        files = {file for _, file, _, _ in handle["backbones"][key]["embeddings"].virtual_sources()}
+    return {file: ((cache.parent / file).stat().st_ino, (cache.parent / file).stat().st_mtime_ns) for file in files}
+
+
+def test_growing_writes_only_what_is_added(cache_file: Path, dataset: Path) -> None:
+    with open_cache(cache_file) as cache:
+        before = cache.backbone().load()
+    first = segment_files(cache_file, TINY.key)
+    extract(dataset, cache_file, Backbone(size=96, weights=None, pooling="max"), progress=False)  # another backbone
+    assert segment_files(cache_file, TINY.key) == first  # never rewritten
+    make_dataset(dataset, per_class=1, start=50)  # 3 new images of the same backbone
+    assert extract(dataset, cache_file, TINY, progress=False).embedded == 3
+    grown = segment_files(cache_file, TINY.key)
+    assert set(first) < set(grown) and all(grown[f] == first[f] for f in first)  # one new segment, the old kept
+    with open_cache(cache_file) as cache:
+        rows = cache[TINY.key]
+        np.testing.assert_array_equal(rows.load()[:12], before)
+        assert len(rows) == 15 and len(set(rows.paths)) == 15
+
+
+def test_a_changed_file_replaces_its_row_in_place(cache_file: Path, dataset: Path) -> None:
+    with open_cache(cache_file) as cache:
+        paths, before = list(cache.backbone().paths), cache.backbone().load()
+    changed = dataset / paths[4]
+    make_dataset(dataset, per_class=1, start=90)
+    (dataset / "blue" / "blue_090.jpg").replace(changed)  # other bytes under the same path
+    summary = extract(dataset, cache_file, TINY, progress=False)
+    assert summary.embedded == 3  # the changed file and the two new images
+    with open_cache(cache_file) as cache:
+        rows = cache.backbone()
+        assert list(rows.paths)[:12] == paths and len(rows) == 14  # same position, no duplicate
+        after = rows.load()
+        assert not np.allclose(after[4], before[4]) and np.array_equal(np.delete(after[:12], 4, 0), np.delete(before, 4, 0))

@@ -89,10 +89,31 @@ def test_kill_minus_nine_at_random_moments_loses_nothing_finished(tmp_path: Path
     assert not journal.exists()
 
 
-def test_kill_minus_nine_during_the_merge_keeps_the_previous_file(tmp_path: Path) -> None:
+def prefill(out: Path, rows: int) -> None:
+    """`rows` earlier rows under the backbone key of `command` (random embeddings): a large cache to grow."""
+    from embedder import Backbone
+    from embedder.cache import Batch, CacheWriter, Row
+
+    backbone = Backbone(size=96, weights=None)
+    rng = np.random.default_rng(0)
+    with CacheWriter(out) as writer:
+        writer.begin(backbone.key, backbone.provenance())
+        for start in range(0, rows, 4096):
+            count = min(4096, rows - start)
+            writer.write_batch(backbone.key, Batch(
+                embeddings=rng.random((count, backbone.dim), dtype=np.float32),
+                rows=[Row(f"earlier/{i:06d}.jpg", rng.bytes(32).hex(), "earlier", 1, 1) for i in range(start, start + count)]))
+
+
+@pytest.mark.parametrize("earlier", [0, 30_000], ids=["small cache", "large cache"])
+def test_kill_minus_nine_during_the_merge_keeps_the_previous_file(tmp_path: Path, earlier: int) -> None:
+    from embedder.cache import verify
+
     source = tmp_path / "photos"
     make_dataset(source, per_class=20)
     out = tmp_path / "cache.h5"
+    if earlier:
+        prefill(out, earlier)
     subprocess.run(command(source, out), check=True, capture_output=True)
     before = read_rows(out)
     make_dataset(source, per_class=40, start=20)  # 120 more images: 15 batches to merge
@@ -100,22 +121,26 @@ def test_kill_minus_nine_during_the_merge_keeps_the_previous_file(tmp_path: Path
     rng = random.Random(1)
     for _ in range(3):
         process = subprocess.Popen(command(source, out, slow), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while not list(tmp_path.glob("cache.h5.tmp-*")) and process.poll() is None:
+        while not [p for p in tmp_path.rglob("*.tmp-*") if "cache.h5" in str(p)] and process.poll() is None:
             time.sleep(0.001)
-        time.sleep(rng.uniform(0.0, 0.25))  # the slowed merge takes about 0.3 s
+        time.sleep(rng.uniform(0.0, 0.25))  # the slowed merge (a segment, then the cache file) takes about 0.3 s
         assert process.poll() is None, "the merge finished before the kill"
         process.send_signal(signal.SIGKILL)
         process.wait()
         paths, shas, labels, embeddings = read_rows(out)
         assert (paths, shas, labels) == before[:3]  # the previous file, untouched
         np.testing.assert_array_equal(embeddings, before[3])
+        assert verify(out) == []
     subprocess.run(command(source, out), check=True, capture_output=True)
     clean = tmp_path / "clean.h5"
     subprocess.run(command(source, clean), check=True, capture_output=True)
     expected, got = read_rows(clean), read_rows(out)
+    assert len(got[0]) == earlier + 180 and got[0][:earlier] == before[0][:earlier]
+    got = tuple(column[earlier:] for column in got)
     assert set(got[0]) == set(expected[0]) and len(got[0]) == len(expected[0]) == 180
     index = {path: i for i, path in enumerate(expected[0])}
     for path, sha, embedding in zip(got[0], got[1], got[3]):
         assert sha == expected[1][index[path]]
         np.testing.assert_allclose(embedding, expected[3][index[path]], atol=1e-5)
-    assert not list(tmp_path.glob("cache.h5.tmp-*"))
+    assert verify(out) == []
+    assert not [p for p in tmp_path.rglob("*.tmp-*") if "cache.h5" in str(p)]

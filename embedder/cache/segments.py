@@ -1,0 +1,133 @@
+"""Segment files: each commit's new rows in their own immutable file, joined by the cache file's virtual datasets.
+
+A backbone group of the cache file holds no row data itself: its datasets (`embeddings`, `sha256`,
+`path`, `label`, `file_size`, `mtime_ns`) are HDF5 virtual datasets whose rows are *runs* (row
+ranges) of segment files in `CACHE.segments/<key>/`. Growing a cache writes one segment with the
+new rows and a new, small cache file with one more run, so it costs what is added, not what is
+there. A replaced row is left out of its run; when the runs get many, the small segments are
+compacted into one. Every numeric dataset of a segment carries HDF5's fletcher32 checksum.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from embedder.atomic import atomic_path
+from embedder.cache.layout import CHUNK_ROWS, STR
+
+COLUMNS = ("embeddings", "sha256", "path", "label", "file_size", "mtime_ns")
+CHECKSUMMED = ("embeddings", "sha256", "label", "file_size", "mtime_ns")  # HDF5 filters cannot apply to vlen str
+DTYPES = {"sha256": np.dtype("S64"), "path": STR, "label": np.dtype(np.int32), "file_size": np.dtype(np.int64),
+          "mtime_ns": np.dtype(np.int64), "embeddings": np.dtype(np.float32)}
+FILL = {"embeddings": np.nan, "sha256": b"", "label": -2, "file_size": -1, "mtime_ns": -1}  # what a missing segment reads as
+
+
+@dataclass(frozen=True)
+class Run:
+    """Rows [start, start + length) of a segment file of `rows` rows; `file` is relative to the cache's folder."""
+
+    file: str
+    start: int
+    length: int
+    rows: int
+
+
+def segments_folder(cache: Path) -> Path:
+    """Where the segment files of cache file `cache` live (next to it: move both together)."""
+    return cache.with_name(cache.name + ".segments")
+
+
+def new_segment(cache: Path, key: str) -> tuple[Path, str]:
+    """A fresh segment path for backbone `key`, and its name relative to the cache file's folder."""
+    relative = f"{segments_folder(cache).name}/{key}/{uuid.uuid4().hex}.h5"
+    return cache.parent / relative, relative
+
+
+def write_segment(path: Path, rows: int, dim: int, fill: Callable[[dict[str, h5py.Dataset]], None]) -> None:
+    """Create a segment of `rows` rows and let `fill` write its datasets; atomic and durable (it is referenced
+    right after)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, durable=True) as tmp, h5py.File(tmp, "w") as handle:
+        datasets = {}
+        for name in COLUMNS:
+            shape = (rows, dim) if name == "embeddings" else (rows,)
+            chunks = (max(1, min(CHUNK_ROWS, rows)), *shape[1:])
+            datasets[name] = handle.create_dataset(name, shape=shape, dtype=DTYPES[name], chunks=chunks,
+                                                   fletcher32=name in CHECKSUMMED)
+        fill(datasets)
+
+
+def link(group: h5py.Group, runs: list[Run], dim: int) -> None:
+    """Create the group's virtual datasets: the runs' rows, in order. A missing segment reads as NaN / -1."""
+    total = sum(run.length for run in runs)
+    for name in COLUMNS:
+        shape = (total, dim) if name == "embeddings" else (total,)
+        layout = h5py.VirtualLayout(shape=shape, dtype=DTYPES[name])
+        at = 0
+        for run in runs:
+            source = h5py.VirtualSource(run.file, name, shape=(run.rows, *shape[1:]), dtype=DTYPES[name])
+            layout[at : at + run.length] = source[run.start : run.start + run.length]
+            at += run.length
+        group.create_virtual_dataset(name, layout, fillvalue=FILL.get(name))
+    table = group.create_group("runs")
+    table.create_dataset("file", data=np.array([run.file for run in runs], dtype=object), dtype=STR)
+    for field in ("start", "length", "rows"):
+        table.create_dataset(field, data=np.array([getattr(run, field) for run in runs], dtype=np.int64))
+
+
+def read_runs(group: h5py.Group) -> list[Run]:
+    """The runs of a segmented backbone group, in row order."""
+    table = group["runs"]
+    return [Run(str(file), int(start), int(length), int(rows)) for file, start, length, rows in zip(
+        table["file"].asstr()[...], table["start"][...], table["length"][...], table["rows"][...])]
+
+
+def expand(runs: list[Run]) -> tuple[list[Run], np.ndarray, np.ndarray]:
+    """The runs row by row: the segment files (as runs of length 0), each row's file number and segment row."""
+    files: dict[str, Run] = {}
+    for run in runs:
+        files.setdefault(run.file, Run(run.file, 0, 0, run.rows))
+    number = {name: i for i, name in enumerate(files)}
+    lengths = [run.length for run in runs]
+    file_of = np.repeat(np.array([number[run.file] for run in runs], dtype=np.int32), lengths)
+    source_row = (np.concatenate([np.arange(run.start, run.start + run.length) for run in runs]) if runs
+                  else np.empty(0, np.int64)).astype(np.int64)
+    return list(files.values()), file_of, source_row
+
+
+def contract(files: list[Run], file_of: np.ndarray, source_row: np.ndarray) -> list[Run]:
+    """Row-by-row sources back into runs: a new run wherever the file changes or the segment rows jump."""
+    if len(file_of) == 0:
+        return []
+    breaks = np.flatnonzero((np.diff(file_of) != 0) | (np.diff(source_row) != 1)) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(file_of)]])
+    return [Run(files[file_of[s]].file, int(source_row[s]), int(e - s), files[file_of[s]].rows)
+            for s, e in zip(starts.tolist(), ends.tolist())]
+
+
+def compaction_point(runs: list[Run], max_runs: int) -> int:
+    """Index of the first run to rewrite into one segment, or len(runs) when the runs are few enough.
+
+    The runs after the last run of the largest segment are the small, recent ones: merging them costs
+    what they hold. Only when the largest segment itself is cut into too many runs is everything merged.
+    """
+    if len(runs) <= max_runs:
+        return len(runs)
+    live: dict[str, int] = {}
+    for run in runs:
+        live[run.file] = live.get(run.file, 0) + run.length
+    largest = max(live, key=live.__getitem__)
+    last = max(i for i, run in enumerate(runs) if run.file == largest)
+    return last + 1 if last + 1 <= max_runs // 2 else 0
+
+
+def referenced_files(runs: list[Run]) -> set[str]:
+    """The segment files the runs read."""
+    return {run.file for run in runs}
