@@ -135,7 +135,7 @@ def _walk(root: Path) -> tuple[list[str], list[str], list[str]]:
                 if not name.startswith("."):
                     rel = (rel_folder / name).as_posix()
                     (images if is_image_name(name) else others).append(rel)
-    return sorted(images), sorted(others), skipped
+    return sorted(images), sorted(others), sorted(skipped)
 
 
 def _identity(path: Path) -> tuple[int, int]:
