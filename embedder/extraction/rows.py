@@ -60,7 +60,9 @@ def plan_work(items: list[SourceItem], index: CacheIndex, *, rehash: bool, retry
         row, failure = index.rows.get(item.rel), index.failures.get(item.rel)
         known = row or failure
         if known is not None and _unchanged(item, known):
-            why = (retry.why(failure) or retryable.get(failure.sha256)) if row is None and failure else None
+            why = None
+            if row is None and failure is not None:
+                why = retry.why(failure) or retryable.get(failure.sha256)
             if why is not None:
                 plan.retried[item.rel] = why
             elif not rehash:
@@ -169,7 +171,9 @@ class ExtractSummary:
             why = "; ".join(f"{count} because {reason}" for reason, count in Counter(self.retried.values()).most_common())
             lines.append(f"retried   {len(self.retried)} recorded failure(s) ({why}): "
                          f"{len(self.retried) - again} now in the cache, {again} failed again")
-        lines += [f"skipped   {note}" for note in self.skipped]
+        lines += [f"skipped   {note}" for note in self.skipped[:20]]
+        if len(self.skipped) > 20:
+            lines.append(f"          ... and {len(self.skipped) - 20} more folders not listed")
         lines += [f"failed    {failure.path}: {failure.reason}" for failure in self.failed[:20]]
         if len(self.failed) > 20:
             lines.append(f"          ... and {len(self.failed) - 20} more (embedder info {self.out})")
