@@ -93,8 +93,8 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(
-            f"image is {width}x{height} = {width * height / 1e6:.0f} Mpx, over the limit of "
-            f"{max_pixels / 1e6:.0f} Mpx (decompression-bomb guard); pass a larger --max-pixels "
+            f"image is {width}x{height} = {width * height / 1e6:.3g} Mpx, over the limit of "
+            f"{max_pixels / 1e6:.3g} Mpx (decompression-bomb guard); pass a larger --max-pixels "
             "only if you trust this file",
             limits={"max_pixels": max_pixels},
         )
