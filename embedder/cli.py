@@ -54,6 +54,7 @@ def extract(
     labels: Annotated[str, typer.Option(help="'auto', 'folders' (class sub-folders) or 'none'.")] = "auto",
     max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = DEFAULT_MAX_PIXELS,
     rehash: Annotated[bool, typer.Option(help="Hash every file even if its size and mtime are unchanged.")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Re-attempt every recorded failure (by default only those a larger --max-pixels may now admit).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     engine: Annotated[Engine, typer.Option(help="'local' (this process) or 'ray' (a Ray cluster; pip extra [ray]).")] = Engine.local,
     address: Annotated[Optional[str], typer.Option(help="ray: 'auto', 'ray://HOST:PORT' or HOST:PORT (default: a local Ray).")] = None,
@@ -74,14 +75,14 @@ def extract(
             summary = extract_ray(
                 source, out, backbone, address=address, actors=actors, cpus_per_actor=cpus_per_actor,
                 gpus_per_actor=gpus_per_actor, runtime=runtime, batch_size=batch_size, block_size=block_size,
-                labels=labels, max_pixels=max_pixels, rehash=rehash, shards=shards, progress=None if progress else False,
+                labels=labels, max_pixels=max_pixels, rehash=rehash, retry_failed=retry_failed, shards=shards, progress=None if progress else False,
             )
         else:
             if "://" in source:
                 raise ValueError(f"'{source}' is a URI: the local engine reads local paths; use --engine ray for URIs.")
             summary = run_extract(
                 source, out, backbone, runtime=runtime, batch_size=batch_size, workers=workers, labels=labels,
-                max_pixels=max_pixels, rehash=rehash, precision=precision, calibration=calibration,
+                max_pixels=max_pixels, rehash=rehash, retry_failed=retry_failed, precision=precision, calibration=calibration,
                 progress=None if progress else False,
             )
     except (EmbedderError, ValueError) as exc:

@@ -10,12 +10,17 @@ class SourceError(EmbedderError):
 
 
 class ImageError(EmbedderError):
-    """One image cannot be read or decoded; extraction records it and goes on."""
+    """One image cannot be read or decoded; extraction records it and goes on.
 
-    def __init__(self, reason: str, path: str = "") -> None:
+    `limits` holds the limits the refusal depends on (e.g. {"max_pixels": 89478485}): a run with a
+    larger limit may succeed. Empty when no limit is involved (corrupt bytes, not an image, ...).
+    """
+
+    def __init__(self, reason: str, path: str = "", *, limits: dict[str, int] | None = None) -> None:
         super().__init__(f"{path}: {reason}" if path else reason)
         self.reason = reason
         self.path = path
+        self.limits = dict(limits or {})
 
 
 class WeightsError(EmbedderError):

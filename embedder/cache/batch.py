@@ -6,7 +6,8 @@ are a `Batch`, stored column by column under the same names as the cache's datas
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -24,13 +25,24 @@ class Row(NamedTuple):
 
 
 class Failure(NamedTuple):
-    """An input that could not be embedded, and why."""
+    """An input that could not be embedded, why, and under which limits (a larger limit may admit it)."""
 
     path: str
     sha256: str  # "" when the file could not even be read
     reason: str
     file_size: int
     mtime_ns: int
+    limits: str = ""  # JSON object of the limits the refusal depends on, e.g. {"max_pixels": 1000000}; "" for none
+
+    @property
+    def limit_values(self) -> dict[str, int]:
+        """The limits this failure depends on, by name ({} when it does not depend on one)."""
+        return json.loads(self.limits) if self.limits else {}
+
+
+def limits_text(limits: Mapping[str, int]) -> str:
+    """The `Failure.limits` text of a mapping of limits ("" when there are none)."""
+    return json.dumps(dict(sorted(limits.items()))) if limits else ""
 
 
 NUMERIC = ("file_size", "mtime_ns")
@@ -58,10 +70,23 @@ class Batch:
 
     @classmethod
     def from_columns(cls, embeddings: np.ndarray, column: Callable[[str, str], np.ndarray]) -> Batch:
-        """Rebuild a batch from `column(table, name)` (a list of ints or strs), the reader of what `columns` wrote."""
+        """Rebuild a batch from `column(table, name)` (a list of ints or strs), the reader of what `columns` wrote.
+
+        `column` raises KeyError for a column it lacks; a column with a default (added after the
+        batch was written, such as `Failure.limits`) then takes that default.
+        """
 
         def records(table: str, kind: type) -> list:
-            values = [column(table, name) for name in kind._fields]
+            defaults = kind._field_defaults
+            columns = {}
+            for name in kind._fields:
+                try:
+                    columns[name] = column(table, name)
+                except KeyError:
+                    if name not in defaults:
+                        raise
+            count = len(columns[kind._fields[0]])
+            values = [columns[name] if name in columns else [defaults[name]] * count for name in kind._fields]
             return [kind(*record) for record in zip(*values)]
 
         return cls(embeddings=embeddings, rows=records("rows", Row), aliases=records("aliases", Row),

@@ -11,7 +11,9 @@
         label        int32 (N,)       index into class_names, -1 when unlabeled
         file_size    int64 (N,)       bytes, with mtime_ns: lets a rerun skip unchanged files
         mtime_ns     int64 (N,)
-        failures/    path, sha256, reason, file_size, mtime_ns: inputs that could not be embedded
+        failures/    path, sha256, reason, file_size, mtime_ns: inputs that could not be embedded, and
+                     limits (utf-8 str, JSON such as {"max_pixels": 1000000}, "" when the failure
+                     depends on no limit; absent in files written before it, read as "")
         runs/        file, start, length, rows: where each range of rows is stored (see segments.py)
         index/       path_hash, path_row, sha, sha_row: sorted lookup tables (see lookup.py)
 
@@ -72,13 +74,18 @@ def check_cache_file(path: Path) -> None:
 
 
 def read_failures(group: h5py.Group) -> list[Failure]:
-    """The failures table of a backbone group, one record per input that could not be embedded."""
+    """The failures table of a backbone group, one record per input that could not be embedded.
+
+    A table written before the `limits` column existed reads with no limits for every failure.
+    """
     table = group["failures"]
+    count = len(table["path"])
+    limits = table["limits"].asstr()[...] if "limits" in table else [""] * count
     return [
-        Failure(path, sha, reason, int(size), int(mtime))
-        for path, sha, reason, size, mtime in zip(
+        Failure(path, sha, reason, int(size), int(mtime), str(limit))
+        for path, sha, reason, size, mtime, limit in zip(
             table["path"].asstr()[...], table["sha256"].asstr()[...], table["reason"].asstr()[...],
-            table["file_size"][...], table["mtime_ns"][...],
+            table["file_size"][...], table["mtime_ns"][...], limits,
         )
     ]
 
@@ -92,6 +99,7 @@ def write_failures(group: h5py.Group, failures: list[Failure]) -> None:
     table.create_dataset("reason", data=np.array([f.reason for f in failures], dtype=object), dtype=STR)
     table.create_dataset("file_size", data=np.array([f.file_size for f in failures], dtype=np.int64))
     table.create_dataset("mtime_ns", data=np.array([f.mtime_ns for f in failures], dtype=np.int64))
+    table.create_dataset("limits", data=np.array([f.limits for f in failures], dtype=object), dtype=STR)
 
 
 def attr_value(value: Any) -> Any:

@@ -166,7 +166,8 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
                 "dim": rows.dim,
                 "classes": {name: counts.get(name, 0) for name in rows.class_names},
                 "unlabeled": counts.get("", 0),
-                "failures": [{"path": f.path, "reason": f.reason, "sha256": f.sha256} for f in rows.failures],
+                "failures": [{"path": f.path, "reason": f.reason, "sha256": f.sha256, "limits": f.limit_values}
+                             for f in rows.failures],
                 "provenance": rows.provenance,
             })
         return {"path": str(path), "bytes": path.stat().st_size, **cache.attrs, "backbones": backbones}

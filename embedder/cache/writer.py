@@ -45,7 +45,6 @@ class CacheIndex:
     rows: dict[str, Row] = field(default_factory=dict)  # by path, for the paths asked about
     failures: dict[str, Failure] = field(default_factory=dict)  # by path, every recorded failure
     hashes: KnownHashes = field(default_factory=lambda: KnownHashes(np.empty(0, DIGEST)))  # every embedded hash
-    failed_hashes: dict[str, str] = field(default_factory=dict)  # sha256 -> reason
 
 
 class CacheWriter:
@@ -130,8 +129,7 @@ class CacheWriter:
             found = find_rows(group, state.lookup, wanted) if wanted else {}
             rows = dict(zip(found, read_rows(group, list(found.values()), state.class_names)))
             failures = state.failures
-        return CacheIndex(rows=rows, failures=failures, hashes=KnownHashes(state.lookup.sha),
-                          failed_hashes={f.sha256: f.reason for f in failures.values() if f.sha256})
+        return CacheIndex(rows=rows, failures=failures, hashes=KnownHashes(state.lookup.sha))
 
     # ---- journal
 

@@ -15,8 +15,8 @@ import numpy as np
 from tqdm import tqdm
 
 from embedder.backbone import Backbone
-from embedder.cache import Batch, CacheIndex, CacheWriter, open_cache
-from embedder.extraction.rows import ExtractSummary, Sorter, plan_work
+from embedder.cache import Batch, CacheIndex, CacheWriter, Failure, open_cache
+from embedder.extraction.rows import ExtractSummary, RetryPolicy, Sorter, plan_work
 from embedder.inputs import DEFAULT_MAX_PIXELS, LoadedFile, SourceItem, default_workers, list_source, load_and_encode
 from embedder.inputs import load_file
 from embedder.runtimes import Encoder, load_encoder, reduced_key
@@ -37,6 +37,7 @@ def extract(
     labels: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     rehash: bool = False,
+    retry_failed: bool = False,
     precision: str = "fp32",
     calibration: str | os.PathLike | None = None,
     progress: bool | None = None,
@@ -46,7 +47,9 @@ def extract(
     A file whose path, size and modification time match its cached row is not read again
     (`rehash=True` hashes every file anyway); a file whose bytes are already cached under
     another path reuses that embedding. Images that cannot be decoded are recorded with
-    their reason and the run goes on.
+    their reason and the limits they depend on, and the run goes on; a later run re-attempts a
+    recorded failure when it may now succeed (a larger `max_pixels` than it was refused under),
+    or every recorded failure with `retry_failed=True`.
 
     `precision` "bf16" or "int8" trades exactness for speed; such embeddings get their own cache
     key. int8 is calibrated on `calibration` (a folder or list of images), by default on the
@@ -67,15 +70,16 @@ def extract(
             extra = {"backbone_key": key, "precision": precision, "runtime": reduced.runtime,
                      "calibration_digest": reduced.calibration, "calibration_files": json.dumps(files)}
         index = cache.index(key, [item.rel for item in listed.items])
-        todo, cached, failed = plan_work(listed.items, index, rehash=rehash)
+        plan = plan_work(listed.items, index, rehash=rehash, retry=RetryPolicy({"max_pixels": max_pixels}, retry_failed))
         summary = ExtractSummary(out=Path(out), backbone_key=key, runtime="none", total=len(listed.items),
-                                 cached=cached, failed=failed)
-        logger.info("%s: %d images to read, %d cached", out, len(todo), summary.cached)
-        if todo:
+                                 cached=plan.cached, failed=plan.failed, retried=plan.retried, skipped=listed.skipped)
+        logger.info("%s: %d images to read (%d recorded failures re-attempted), %d cached", out, len(plan.todo),
+                    len(plan.retried), summary.cached)
+        if plan.todo:
             provenance = {**backbone.provenance(), **extra, "source": str(listed.root.resolve())}
             cache.begin(key, provenance)
             _embed_into(
-                cache, key, todo, _in_background(load), backbone, index, summary,
+                cache, key, plan.todo, _in_background(load), backbone, index, plan.failed_hashes, summary,
                 batch_size=batch_size, workers=workers or default_workers(), max_pixels=max_pixels, progress=progress,
             )
     summary.seconds = time.perf_counter() - started
@@ -131,6 +135,7 @@ def _embed_into(
     encoder: Callable[[], Encoder],
     backbone: Backbone,
     index: CacheIndex,
+    failed: dict[str, Failure],
     summary: ExtractSummary,
     *,
     batch_size: int,
@@ -138,8 +143,11 @@ def _embed_into(
     max_pixels: int,
     progress: bool | None,
 ) -> None:
-    """Stream `todo` through the decode-and-encode workers, journaling one batch at a time."""
-    sorter = Sorter(index.hashes, index.failed_hashes)
+    """Stream `todo` through the decode-and-encode workers, journaling one batch at a time.
+
+    `failed` maps the content hashes that stay failed to their failure (see `Plan.failed_hashes`).
+    """
+    sorter = Sorter(index.hashes, failed)
 
     def load(item: SourceItem) -> LoadedFile:
         return load_file(item.path, size=backbone.size, resize=backbone.resize, max_pixels=max_pixels, skip=sorter.skip)

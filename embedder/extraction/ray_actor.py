@@ -36,7 +36,7 @@ class BlockEmbedder:
             raise EmbedderError(f"worker {socket.gethostname()} built backbone {self.backbone.key}, the driver "
                                 f"{key}: install the same library versions on every node.")
         self.encoder = load_encoder(self.backbone, runtime, threads=threads)
-        self.known, self.failed = ray.get(known)  # hashes already embedded; failed hash -> reason
+        self.known, self.failed = ray.get(known)  # hashes already embedded; failed hash -> its Failure
         self.folder, self.run = Path(shard_folder), run
         self.batch_size, self.threads, self.max_pixels = batch_size, threads, max_pixels
 

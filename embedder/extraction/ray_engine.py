@@ -25,11 +25,11 @@ from typing import Any
 from tqdm import tqdm
 
 from embedder.backbone import Backbone
-from embedder.cache import CacheIndex, CacheWriter
+from embedder.cache import CacheIndex, CacheWriter, Failure
 from embedder.errors import EmbedderError
 from embedder.extraction.ray_actor import BlockEmbedder
 from embedder.extraction.ray_cluster import connect, require_ray
-from embedder.extraction.rows import ExtractSummary, plan_work
+from embedder.extraction.rows import ExtractSummary, RetryPolicy, plan_work
 from embedder.extraction.shards import absorb_shards
 from embedder.inputs import DEFAULT_MAX_PIXELS, is_uri, list_source, list_uri
 
@@ -61,6 +61,7 @@ def extract_ray(
     labels: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     rehash: bool = False,
+    retry_failed: bool = False,
     shards: str | os.PathLike | None = None,
     progress: bool | None = None,
 ) -> ExtractSummary:
@@ -70,7 +71,8 @@ def extract_ray(
     GPUs, none otherwise. `block_size` images make one block, i.e. one shard (default: at most 256, and at least 4 blocks
     per actor so that no actor idles at the end). `shards` is the folder where actors write
     finished blocks (default: CACHE.shards beside the cache); on a multi-node cluster it must be a
-    folder that every node and the driver see.
+    folder that every node and the driver see. Recorded failures are re-attempted as `extract` does
+    (a larger `max_pixels` than they were refused under, or every one with `retry_failed`).
     """
     if batch_size < 1 or (block_size is not None and block_size < 1):
         raise ValueError(f"batch_size and block_size must be at least 1. Received: {batch_size}, {block_size}")
@@ -92,16 +94,18 @@ def extract_ray(
         if resumed:
             logger.info("merged %d finished shard(s) of an earlier run into %s", resumed, out)
             index = cache.index(key, paths)
-        todo, cached, failed = plan_work(listed.items, index, rehash=rehash)
+        plan = plan_work(listed.items, index, rehash=rehash, retry=RetryPolicy({"max_pixels": max_pixels}, retry_failed))
         summary = ExtractSummary(out=out, backbone_key=key, runtime="none", total=len(listed.items),
-                                 cached=cached, failed=failed)
-        if todo:
+                                 cached=plan.cached, failed=plan.failed, retried=plan.retried, skipped=listed.skipped)
+        logger.info("%s: %d images to read (%d recorded failures re-attempted), %d cached", out, len(plan.todo),
+                    len(plan.retried), summary.cached)
+        if plan.todo:
             folder.mkdir(parents=True, exist_ok=True)
             try:
                 summary.runtime = _run_actors(
-                    todo, backbone, key, folder, index, address=address, actors=actors, cpus_per_actor=cpus_per_actor,
-                    gpus_per_actor=gpus_per_actor, runtime=runtime, batch_size=batch_size, block_size=block_size,
-                    max_pixels=max_pixels, progress=progress)
+                    plan.todo, backbone, key, folder, index, plan.failed_hashes, address=address, actors=actors,
+                    cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, runtime=runtime,
+                    batch_size=batch_size, block_size=block_size, max_pixels=max_pixels, progress=progress)
             finally:  # also on Ctrl-C or a failed job: finished blocks are kept
                 absorb_shards(cache, key, folder, index, provenance, summary)
     summary.seconds = time.perf_counter() - started
@@ -110,12 +114,16 @@ def extract_ray(
 
 
 def _run_actors(
-    todo: list[Any], backbone: Backbone, key: str, folder: Path, index: CacheIndex, *, address: str | None,
+    todo: list[Any], backbone: Backbone, key: str, folder: Path, index: CacheIndex, failed: dict[str, Failure], *,
+    address: str | None,
     actors: int | None, cpus_per_actor: float, gpus_per_actor: float | None, runtime: str, batch_size: int,
     block_size: int | None,
     max_pixels: int, progress: bool | None,
 ) -> str:
-    """Embed `todo` on the cluster into shards in `folder`; returns the runtime description."""
+    """Embed `todo` on the cluster into shards in `folder`; returns the runtime description.
+
+    `failed` maps the content hashes that stay failed to their failure (see `Plan.failed_hashes`).
+    """
     ray = connect(address)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
@@ -136,7 +144,7 @@ def _run_actors(
     weights = None
     if backbone.weights_path is not None:
         weights = ray.put(backbone.weights_path.read_bytes())
-    known = ray.put((index.hashes, dict(index.failed_hashes)))
+    known = ray.put((index.hashes, failed))
     run = uuid.uuid4().hex[:8]
     if block_size is None:
         block_size = max(1, min(MAX_BLOCK, -(-len(todo) // (4 * actors))))

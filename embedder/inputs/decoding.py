@@ -48,7 +48,9 @@ def decode_image(data: bytes, *, size: int, resize: str = "crop", max_pixels: in
             image.load()
             pixels = np.asarray(to_rgb(image))
         pixels = oriented(pixels, image.getexif().get(ORIENTATION, 1))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise _over_limit(exc, max_pixels) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"truncated or corrupt image data ({exc})") from exc
     return fit_square(pixels, size=size, resize=resize)
 
@@ -85,17 +87,23 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     except UnidentifiedImageError as exc:
         raise ImageError("not an image: the content is not a format Pillow can decode") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{exc}; pass a larger --max-pixels only if you trust this file") from exc
+        raise _over_limit(exc, max_pixels) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"corrupt image header ({exc})") from exc
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(
-            f"image is {width}x{height} = {width * height / 1e6:.0f} Mpx, over the limit of "
-            f"{max_pixels / 1e6:.0f} Mpx (decompression-bomb guard); pass a larger --max-pixels "
+            f"image is {width}x{height} = {width * height / 1e6:.3g} Mpx, over the limit of "
+            f"{max_pixels / 1e6:.3g} Mpx (decompression-bomb guard); pass a larger --max-pixels "
             "only if you trust this file",
+            limits={"max_pixels": max_pixels},
         )
     return image
+
+
+def _over_limit(exc: Image.DecompressionBombError, max_pixels: int) -> ImageError:
+    """Pillow's own bomb refusal (its threshold is never below `max_pixels`), as a refusal under `max_pixels`."""
+    return ImageError(f"{exc}; pass a larger --max-pixels only if you trust this file", limits={"max_pixels": max_pixels})
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -11,7 +11,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,7 +26,7 @@ R = TypeVar("R")
 
 @dataclass
 class LoadedFile:
-    """A file after reading: its hash and stat, and either pixels, an error, or neither (skipped)."""
+    """A file after reading: its hash and stat, and either pixels, an error (with the limits it depends on), or neither."""
 
     path: Path
     sha256: str = ""
@@ -34,6 +34,7 @@ class LoadedFile:
     mtime_ns: int = 0
     pixels: np.ndarray | None = None
     error: str | None = None
+    limits: dict[str, int] = field(default_factory=dict)
 
 
 def default_workers() -> int:
@@ -92,7 +93,7 @@ def decode_loaded(
     try:
         loaded.pixels = decode_image(data, size=size, resize=resize, max_pixels=max_pixels)
     except ImageError as exc:
-        loaded.error = exc.reason
+        loaded.error, loaded.limits = exc.reason, exc.limits
     return loaded
 
 

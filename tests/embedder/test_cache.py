@@ -36,7 +36,7 @@ def test_layout_is_readable_with_plain_h5py(cache_file: Path) -> None:
         assert group["sha256"].dtype == np.dtype("S64") and group["label"].dtype == np.int32
         assert len(group["path"]) == len(group["file_size"]) == len(group["mtime_ns"]) == 12
         assert list(group.attrs["class_names"]) == ["blue", "green", "red"]
-        assert set(group["failures"]) == {"path", "sha256", "reason", "file_size", "mtime_ns"}
+        assert set(group["failures"]) == {"path", "sha256", "reason", "file_size", "mtime_ns", "limits"}
 
 
 def test_reader_is_lazy_and_complete(cache_file: Path) -> None:

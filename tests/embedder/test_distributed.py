@@ -196,6 +196,34 @@ def test_killed_driver_is_resumed_by_rerunning_the_command(
     assert_same_cache(out, local_flowers)
 
 
+def test_ray_retries_recorded_failures_as_local_extraction_does(cluster: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from conftest import photo
+
+    source, tiny = tmp_path / "photos", Backbone(size=96, weights=None)
+    source.mkdir()
+    photo((200, 0, 0), seed=1).save(source / "small.jpg")
+    Image.new("L", (2000, 2000), 100).save(source / "big.png")
+    shutil.copy(source / "big.png", source / "big-copy.png")
+    Image.new("L", (3000, 3000), 50).save(source / "huge.png")
+    (source / "broken.jpg").write_bytes(b"not a picture")
+    summaries = {}
+    for name, run in (("local", extract), ("ray", lambda *args, **kwargs: extract_ray(*args, address=cluster, **kwargs))):
+        out = tmp_path / f"{name}.h5"
+        runs = [run(source, out, tiny, runtime="onnx", max_pixels=limit, progress=False, **flags)
+                for limit, flags in ((1_000_000, {}), (1_000_000, {}), (5_000_000, {}), (5_000_000, {"retry_failed": True}))]
+        with open_cache(out) as cache:
+            rows = cache.backbone()
+            final = (sorted(rows.paths), sorted((f.path, f.sha256, f.reason, f.limits) for f in rows.failures))
+        summaries[name] = ([(s.embedded, s.reused, s.cached, s.retried, sorted(s.failed)) for s in runs], final)
+    assert summaries["ray"] == summaries["local"]
+    counts, (paths, failures) = summaries["local"]
+    assert [(embedded, len(retried)) for embedded, _, _, retried, _ in counts] == [(1, 0), (0, 0), (1, 3), (0, 2)]
+    assert paths == ["big-copy.png", "big.png", "small.jpg"]
+    assert [(path, limits) for path, _, _, limits in failures] == [("broken.jpg", ""), ("huge.png", '{"max_pixels": 5000000}')]
+
+
 def test_ray_sweep_reports_what_a_local_sweep_reports(cluster: str, tmp_path: Path) -> None:
     from joblib.parallel import get_active_backend
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from embedder import ImageError, InputRangeError
-from embedder.inputs.decoding import as_uint8_batch, decode_image, fit_square
+from embedder.inputs.decoding import DEFAULT_MAX_PIXELS, as_uint8_batch, decode_image, fit_square
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -115,15 +115,30 @@ def test_crop_keeps_the_centre_and_squash_keeps_everything() -> None:
     ids=["zero-bytes", "not-an-image", "truncated-jpeg"],
 )
 def test_bad_bytes_raise_image_error(data: bytes, reason: str) -> None:
-    with pytest.raises(ImageError, match=reason):
+    with pytest.raises(ImageError, match=reason) as raised:
         decode_image(data, size=16)
+    assert raised.value.limits == {}  # no limit would admit these bytes
 
 
 def test_decompression_bomb_is_refused_before_decoding() -> None:
     data = encode(Image.new("L", (3000, 3000)), "PNG")  # tiny file, 9 Mpx
-    with pytest.raises(ImageError, match=r"3000x3000 = 9 Mpx, over the limit of 1 Mpx"):
+    with pytest.raises(ImageError, match=r"3000x3000 = 9 Mpx, over the limit of 1 Mpx") as raised:
         decode_image(data, size=16, max_pixels=1_000_000)
+    assert raised.value.limits == {"max_pixels": 1_000_000}
     assert decode_image(data, size=16, max_pixels=10_000_000).shape == (16, 16, 3)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that is only its header: enough for Pillow to read the size, nothing to decode."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def test_pillows_own_bomb_refusal_records_the_limit_too() -> None:
+    with pytest.raises(ImageError, match="--max-pixels") as raised:
+        decode_image(png_header(20_000, 20_000), size=16, max_pixels=DEFAULT_MAX_PIXELS)  # 400 Mpx > 2x Pillow's limit
+    assert raised.value.limits == {"max_pixels": DEFAULT_MAX_PIXELS}
 
 
 def test_uint8_batches_are_resized_to_the_backbone_size() -> None:
