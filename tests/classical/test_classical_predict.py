@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from classical import ModelFileError, load_model, predict, sweep
 from classical.cli import app
+from classical.modelfile import save_model
 from conftest import make_dataset, photo
 from embedder import Backbone, extract
 
@@ -44,7 +45,7 @@ def test_predict_new_images_with_the_models_backbone(run: Path) -> None:
 
 
 def test_model_refuses_embeddings_of_another_backbone(run: Path) -> None:
-    saved = load_model(run / "run" / "lr.joblib")
+    saved = load_model(run / "run" / "lr.model")
     other = Backbone(size=96, weights=None, pooling="max").key
     with pytest.raises(ModelFileError, match=rf"fitted on embeddings of {saved.backbone_key}; these embeddings come from {other}"):
         saved.predict_proba(np.zeros((1, 1280), np.float32), backbone_key=other)
@@ -53,25 +54,28 @@ def test_model_refuses_embeddings_of_another_backbone(run: Path) -> None:
 
 
 def test_model_whose_backbone_no_longer_resolves_names_both_keys(run: Path, tmp_path: Path) -> None:
-    record = joblib.load(run / "run" / "lr.joblib")
-    record["metadata"]["backbone"]["pooling"] = "max"  # as if the backbone changed under the model
-    joblib.dump(record, tmp_path / "moved.joblib")
+    saved = load_model(run / "run" / "lr.model")
+    saved.metadata["backbone"]["pooling"] = "max"  # as if the backbone changed under the model
+    save_model(tmp_path / "moved.model", saved.model, saved.metadata)
     with pytest.raises(ModelFileError, match=r"fitted on embeddings of mobilenet_v2-1.0-96-random-.*-avg-.* resolves to .*-max-"):
-        predict(tmp_path / "moved.joblib", [run / "new" / "a_red.jpg"])
+        predict(tmp_path / "moved.model", [run / "new" / "a_red.jpg"])
 
 
 @pytest.mark.parametrize(
-    ("content", "message"),
-    [(None, "does not exist"), (b"not a pickle", "is not a readable model file"), ({"a": 1}, "is not a bottleneck-lab model file")],
+    ("content", "trust", "message"),
+    [(None, False, "does not exist"), (b"not a pickle", False, "is not a bottleneck-lab model file \\(neither"),
+     ({"a": 1}, False, "is a pickle .* --trust-pickle"),
+     ({"a": 1}, True, "is not a bottleneck-lab model file of an earlier release")],
+    ids=["missing", "not-a-model", "pickle-untrusted", "pickle-not-ours"],
 )
-def test_bad_model_files(tmp_path: Path, content: object, message: str) -> None:
+def test_bad_model_files(tmp_path: Path, content: object, trust: bool, message: str) -> None:
     path = tmp_path / "m.joblib"
     if isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
         joblib.dump(content, path)
     with pytest.raises(ModelFileError, match=message):
-        load_model(path)
+        load_model(path, trust_pickle=trust)
 
 
 def test_cli_predict_formats(run: Path) -> None:
