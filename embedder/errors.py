@@ -18,6 +18,10 @@ class ImageError(EmbedderError):
         self.path = path
 
 
+class ImageTooLargeError(ImageError):
+    """An image over the pixel limit (Pillow's decompression-bomb guard or `max_pixels`): refused before decoding."""
+
+
 class WeightsError(EmbedderError):
     """The requested weights cannot be found, downloaded or loaded into the backbone."""
 

@@ -26,7 +26,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-from embedder.errors import ImageError, InputRangeError
+from embedder.errors import ImageError, ImageTooLargeError, InputRangeError
 from embedder.inputs.resample import resample
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
@@ -48,7 +48,9 @@ def decode_image(data: bytes, *, size: int, resize: str = "crop", max_pixels: in
             image.load()
             pixels = np.asarray(to_rgb(image))
         pixels = oriented(pixels, image.getexif().get(ORIENTATION, 1))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{exc}; pass a larger --max-pixels only if you trust this file") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"truncated or corrupt image data ({exc})") from exc
     return fit_square(pixels, size=size, resize=resize)
 
@@ -85,12 +87,12 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     except UnidentifiedImageError as exc:
         raise ImageError("not an image: the content is not a format Pillow can decode") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{exc}; pass a larger --max-pixels only if you trust this file") from exc
+        raise ImageTooLargeError(f"{exc}; pass a larger --max-pixels only if you trust this file") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"corrupt image header ({exc})") from exc
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageError(
+        raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height / 1e6:.0f} Mpx, over the limit of "
             f"{max_pixels / 1e6:.0f} Mpx (decompression-bomb guard); pass a larger --max-pixels "
             "only if you trust this file",

@@ -101,3 +101,14 @@ def test_model_on_int8_embeddings_predicts_through_the_same_int8_runtime(run: Pa
     assert saved.backbone_key == summary.backbone_key and saved.metadata["backbone"]["precision"] == "int8"
     results = predict(saved, [run / "new" / "a_red.jpg"])
     assert results[0]["label"] == "red"
+
+
+def test_cli_reads_a_pickle_of_an_earlier_release_only_with_trust_pickle(run: Path, tmp_path: Path) -> None:
+    saved = load_model(run / "run" / "lr.model")
+    joblib.dump({"format": 1, "model": saved.model, "metadata": saved.metadata}, tmp_path / "lr.joblib")  # as 0.1 wrote
+    image = str(run / "new" / "a_red.jpg")
+    refused = CliRunner().invoke(app, ["predict", str(tmp_path / "lr"), image])
+    assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1
+    assert f"'{tmp_path / 'lr.joblib'}' is a pickle" in refused.output and "--trust-pickle" in refused.output
+    trusted = CliRunner().invoke(app, ["predict", str(tmp_path / "lr"), image, "--trust-pickle"])
+    assert trusted.exit_code == 0 and trusted.output.startswith(f"{image}: red ")
