@@ -147,6 +147,8 @@ def _decode_skops(path: Path, data: bytes) -> Any:
 def _decode_keras(path: Path, data: bytes) -> Any:
     import keras
 
+    import classical.neural.network  # noqa: F401 - registers the network's own layer (InferenceMode) with Keras
+
     with tempfile.TemporaryDirectory(prefix="model-") as folder:
         network = Path(folder) / KERAS_PAYLOAD
         network.write_bytes(data)

@@ -175,3 +175,25 @@ def test_a_network_with_code_in_it_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match=rf"'{tmp_path / 'lambda.model'}' holds a Keras network that cannot be "
                                              "loaded safely"):
         load_model(tmp_path / "lambda.model")
+
+
+def test_a_fine_tuned_network_loads_in_a_fresh_process(tmp_path: Path) -> None:
+    """The network's own layer (InferenceMode) is registered by loading, not by having fine-tuned first."""
+    import subprocess
+    import sys
+
+    import keras
+
+    from classical.neural.network import InferenceMode
+
+    inputs = keras.Input((96, 96, 3))
+    inner = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.GlobalAveragePooling2D()])
+    network = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(InferenceMode(inner)(inputs)))
+    save_model(tmp_path / "finetune-a.model", network, {**METADATA, "input": "pixels"})
+    code = ("import numpy as np; from classical import load_model; "
+            f"m = load_model({str(tmp_path / 'finetune-a.model')!r}); "
+            "print(m.predict_proba(np.zeros((1, 96, 96, 3), np.uint8), backbone_key='mobilenet_v2-test').shape)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "(1, 3)"
