@@ -92,7 +92,7 @@ def create_app(settings: ServiceSettings, service: Service | None = None) -> Fas
 
     @app.exception_handler(ClientDisconnect)
     async def client_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
-        logger.info("%s %s: the client disconnected before sending the whole body", request.method, request.url.path)
+        logger.warning("%s %s: the client disconnected before sending the whole body", request.method, request.url.path)
         return JSONResponse({"error": {"code": "client_disconnected", "message": "the body was cut off"}}, status_code=400)
 
     @app.exception_handler(RequestValidationError)

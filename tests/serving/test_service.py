@@ -173,7 +173,7 @@ def test_a_client_leaving_mid_body_is_one_log_line(client: TestClient, caplog: p
     with caplog.at_level(logging.INFO):
         asyncio.run(client.app(scope, receive, send))  # raised before: uvicorn logged it as an ERROR with a traceback
     records = [r for r in caplog.records if "disconnected" in r.getMessage()]
-    assert len(records) == 1 and records[0].levelno == logging.INFO and records[0].exc_info is None
+    assert len(records) == 1 and records[0].levelno == logging.WARNING and records[0].exc_info is None
     assert records[0].getMessage() == "POST /v1/embeddings: the client disconnected before sending the whole body"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
