@@ -71,7 +71,7 @@ class SavedModel:
 
     @property
     def backbone(self) -> Backbone:
-        """The backbone whose embeddings the model was fitted on (or whose input a network takes), rebuilt from its provenance."""
+        """The backbone of the model's embeddings (or of a network's input), rebuilt from its recorded provenance."""
         return Backbone.from_provenance(self.metadata["backbone"])
 
     def check_backbone(self, backbone_key: str) -> None:

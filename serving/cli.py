@@ -31,8 +31,10 @@ def main(verbose: Verbose = False) -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps the service local.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    models: Annotated[Optional[list[Path]], typer.Option("--models", help="Folder whose model files (*.model, *.onnx exports) to serve (repeatable).")] = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Also serve *.joblib model files of earlier releases (pickles: they can run code; only files you trust).")] = False,
+    models: Annotated[Optional[list[Path]], typer.Option(
+        "--models", help="Folder whose model files (*.model, *.onnx exports) to serve (repeatable).")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Also serve *.joblib model files of earlier "
+                                               "releases (pickles: they can run code; only files you trust).")] = False,
     cache: Annotated[Optional[Path], typer.Option(help="Answer images already in this cache from it.")] = None,
     token: Annotated[Optional[str], typer.Option(envvar="EMBEDDER_TOKEN", help="Require 'Authorization: Bearer TOKEN'.")] = None,
     alpha: Alpha = 1.0,

@@ -174,7 +174,8 @@ def load_models(folders: list[Path], *, trust_pickle: bool = False, threads: int
         if not folder.is_dir():
             raise ModelFileError(f"model folder '{folder}' does not exist; pass run directories of `classical sweep`.")
         for path in sorted(path for path in folder.iterdir() if path.suffix in MODEL_SUFFIXES):
-            model = ExportedModel(path, threads=threads) if path.suffix == ".onnx" else load_model(path, trust_pickle=trust_pickle)
+            model = (ExportedModel(path, threads=threads) if path.suffix == ".onnx"
+                     else load_model(path, trust_pickle=trust_pickle))
             name = path.stem if path.stem not in models else f"{folder.name}/{path.stem}"
             models[name] = model
     return models

@@ -48,7 +48,7 @@ def calibrated(classifier: object) -> Pipeline:  # as classical.selection calibr
 
 
 KINDS: dict[str, Callable[[], object]] = {
-    "lr": lambda: Pipeline([("scale", StandardScaler()), ("reduce", "passthrough"), ("clf", LogisticRegression())]).fit(X, Y),
+    "lr": lambda: Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression())]).fit(X, Y),
     "svm-linear": lambda: calibrated(LinearSVC()).fit(X, Y),
     "svm-rbf": lambda: calibrated(SVC()).fit(X, Y),
     "rf": lambda: Pipeline([("clf", RandomForestClassifier(n_estimators=5, random_state=0))]).fit(X, Y),
