@@ -181,14 +181,16 @@ def report(run: Annotated[Path, typer.Argument(help="Run directory of a sweep.")
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="A saved model: runs/NAME/MODEL or runs/NAME/MODEL.joblib.")],
+    model: Annotated[Path, typer.Argument(help="A saved model: runs/NAME/MODEL or runs/NAME/MODEL.model.")],
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
     format: Annotated[Format, typer.Option("--format", help="'text', 'json' (one object per line) or 'csv'.")] = Format.text,
     runtime: Annotated[str, typer.Option(help="'auto', 'onnx' or 'keras'.")] = "auto",
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Also read a model file of an earlier release "
+                                               "(a pickle: it can run code; only for files you trust).")] = False,
 ) -> None:
     """Classify new images with a saved model, embedding them with the model's own backbone."""
     try:
-        results = run_predict(model, inputs, runtime=runtime)
+        results = run_predict(model, inputs, runtime=runtime, trust_pickle=trust_pickle)
     except (EmbedderError, ValueError) as exc:
         fail(exc)
     if format is Format.json:

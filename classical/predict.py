@@ -40,17 +40,23 @@ def predict(
     *,
     runtime: str = "auto",
     batch_size: int = 32,
+    trust_pickle: bool = False,
 ) -> list[dict[str, Any]]:
     """Class and probabilities for images and folders of images, in input order.
 
     Each result is {"path", "label", "prob", "probs": {class: p}}, or {"path", "error"} for an
-    image that cannot be read.
+    image that cannot be read. `trust_pickle` reads a model file of an earlier release (a pickle).
     """
-    saved = model if isinstance(model, SavedModel) else load_model(model)
-    backbone, encoder = model_encoder(saved, runtime)
-    rows = list(encode_files(expand_inputs(inputs), encoder, size=backbone.size, resize=backbone.resize, batch_size=batch_size))
+    saved = model if isinstance(model, SavedModel) else load_model(model, trust_pickle=trust_pickle)
+    if saved.takes_pixels:  # a fine-tuned network: the images at its input size, no separate backbone
+        backbone, key = saved.backbone, saved.backbone_key
+        encode = np.asarray  # the decoded pixels themselves go to the network
+    else:
+        backbone, encode = model_encoder(saved, runtime)
+        key = encode.key
+    rows = list(encode_files(expand_inputs(inputs), encode, size=backbone.size, resize=backbone.resize, batch_size=batch_size))
     embedded = [row for row in rows if row.error is None]
-    probs = saved.predict_proba(np.stack([row.output for row in embedded]), backbone_key=encoder.key) if embedded else []
+    probs = saved.predict_proba(np.stack([row.output for row in embedded]), backbone_key=key) if embedded else []
     row_probs = iter(probs)
     names = saved.class_names
     results = []

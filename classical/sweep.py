@@ -27,7 +27,7 @@ from classical.audit import audit as run_audit
 from classical.costs import measure_embedding, not_measured
 from classical.data import LabeledEmbeddings, load_labeled
 from classical.errors import DataError
-from classical.modelfile import EMBEDDING_FIELDS, save_model
+from classical.modelfile import EMBEDDING_FIELDS, MODEL_SUFFIX, save_model
 from classical.report import (
     add_rows,
     format_table,
@@ -163,7 +163,7 @@ def fit_and_score(
     fit_seconds = time.perf_counter() - started
     X_test, y_test = data.X[parts["test"]], data.y[parts["test"]]
     metrics = score(y_test, model.predict_proba(X_test), data.class_names)
-    path = run / f"{spec.name}.joblib"
+    path = run / f"{spec.name}{MODEL_SUFFIX}"
     metadata = {
         "name": spec.name, "kind": spec.kind, "backbone_key": data.backbone_key,
         "backbone": {field: data.provenance[field] for field in EMBEDDING_FIELDS if field in data.provenance},

@@ -23,6 +23,10 @@ class ImageError(EmbedderError):
         self.limits = dict(limits or {})
 
 
+class ImageTooLargeError(ImageError):
+    """An image over the pixel limit (Pillow's decompression-bomb guard or `max_pixels`): refused before decoding."""
+
+
 class WeightsError(EmbedderError):
     """The requested weights cannot be found, downloaded or loaded into the backbone."""
 

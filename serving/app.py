@@ -3,10 +3,12 @@
     create_app(ServiceSettings(backbone=Backbone(...), model_dirs=[Path("runs/flowers")]))
 
 Safe by default: meant to bind 127.0.0.1; an optional bearer token (compared in constant
-time); no CORS; limits on body size, images per request, pixels per image and queued images,
+time) on everything but /healthz and /readyz, the OpenAPI schema included; no docs page (it would
+load Swagger UI from a CDN); no CORS; limits on body size, images per request, pixels per image and queued images,
 each refused with a clear 4xx/503 JSON error `{"error": {"code", "message"}}`. Requests carry
 image bytes only: no server path is ever read on a client's behalf and nothing a client sends
-is unpickled; model files are loaded at start-up, only from the directories given.
+is unpickled; model files are loaded at start-up, only from the directories given, and never run
+code (pickles of earlier releases only with `trust_pickle`).
 Needs the `service` extra: pip install "bottleneck-lab[service]".
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,6 +29,7 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(f"the embedding service needs the 'service' extra: pip install \"bottleneck-lab[service]\" ({exc})") from exc
 
@@ -47,18 +51,22 @@ from serving.schemas import (
 )
 from serving.service import Service, ServiceSettings, batched
 
+logger = logging.getLogger(__name__)
 
-def create_app(settings: ServiceSettings) -> FastAPI:
-    """The FastAPI application; the backbone and models load at start-up (lifespan)."""
-    service = Service(settings)
+
+def create_app(settings: ServiceSettings, service: Service | None = None) -> FastAPI:
+    """The FastAPI application; the backbone and models load at start-up (lifespan), unless `service` is started."""
+    service = service or Service(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.get_running_loop().run_in_executor(None, service.start)
+        if not service.ready:
+            await asyncio.get_running_loop().run_in_executor(None, service.start)
         yield
         service.stop()
 
     app = FastAPI(title="bottleneck-lab embedding service", version="1", lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None,  # the schema is served below, behind the token
                   description="MobileNetV2 embeddings, predictions of saved models and ImageNet top-k, with "
                               "dynamic batching of concurrent requests.")
     app.state.service = service
@@ -82,6 +90,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        logger.warning("%s %s: the client disconnected before sending the whole body", request.method, request.url.path)
+        return JSONResponse({"error": {"code": "client_disconnected", "message": "the body was cut off"}}, status_code=400)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": {"code": "invalid_request", "message": str(exc.errors())}}, status_code=422)
@@ -96,6 +109,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise ServiceError(503, "not_ready", "the backbone and models are still loading")
         return {"status": "ready", "backbone": service.key, "runtime": service.runtime, "models": len(service.models),
                 "batches": service.batcher.batches, "images": service.batcher.images}
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorized)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     @app.get("/v1/models", response_model=ModelsResponse, dependencies=[Depends(authorized)], responses=ERRORS)
     async def models() -> ModelsResponse:
@@ -120,19 +137,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.post("/v1/predict/{model}", response_model=PredictResponse, dependencies=[Depends(authorized)],
               openapi_extra=IMAGES_BODY, responses=ERRORS, summary="Class probabilities from a loaded model.")
     async def predict(model: str, request: Request) -> PredictResponse:
-        saved = service.models.get(model)
-        if saved is None:
+        if model not in service.models:
             raise ServiceError(404, "unknown_model", f"no model '{model}'; loaded: {', '.join(service.models) or 'none'}")
         parts = await read_images(request, settings.max_images)
-        rows = await service.embed(parts)
-        X = np.stack([vector for _, vector, _ in rows]).astype(np.float32)
-        probs = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: saved.predict_proba(X, backbone_key=service.key))
-        names = saved.class_names
+        shas, probs = await service.predict(model, parts)
+        names = service.models[model].class_names
         return PredictResponse(model=model, backbone=service.key, results=[
             PredictionResult(index=i, name=name, sha256=sha, label=names[int(p.argmax())], prob=float(p.max()),
                              probs={c: float(v) for c, v in zip(names, p)})
-            for i, ((name, _), (sha, _, _), p) in enumerate(zip(parts, rows, probs))])
+            for i, ((name, _), sha, p) in enumerate(zip(parts, shas, probs))])
 
     @app.post("/v1/imagenet/top", response_model=TopResponse, dependencies=[Depends(authorized)],
               openapi_extra=IMAGES_BODY, responses=ERRORS, summary="Off-the-shelf ImageNet top-k.")

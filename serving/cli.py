@@ -14,7 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from embedder import DEFAULT_MAX_PIXELS, Alpha, Backbone, Pooling, Resize, Size, Verbose, Weights, fail, setup_logging
+from embedder import DEFAULT_MAX_PIXELS, Alpha, Backbone, EmbedderError, Pooling, Resize, Size, Verbose, Weights, fail
+from embedder import setup_logging
 from embedder.cli import app as embedder_commands
 
 app = typer.Typer(help="The bottleneck-lab HTTP service: embeddings, model predictions, ImageNet top-k.",
@@ -30,7 +31,10 @@ def main(verbose: Verbose = False) -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps the service local.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    models: Annotated[Optional[list[Path]], typer.Option("--models", help="Run directory whose *.joblib models to serve (repeatable).")] = None,
+    models: Annotated[Optional[list[Path]], typer.Option(
+        "--models", help="Folder whose model files (*.model, *.onnx exports) to serve (repeatable).")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Also serve *.joblib model files of earlier "
+                                               "releases (pickles: they can run code; only files you trust).")] = False,
     cache: Annotated[Optional[Path], typer.Option(help="Answer images already in this cache from it.")] = None,
     token: Annotated[Optional[str], typer.Option(envvar="EMBEDDER_TOKEN", help="Require 'Authorization: Bearer TOKEN'.")] = None,
     alpha: Alpha = 1.0,
@@ -56,7 +60,7 @@ def serve(
         import uvicorn
 
         from serving.app import create_app
-        from serving.service import ServiceSettings
+        from serving.service import Service, ServiceSettings
     except ImportError as exc:
         fail(exc)
     try:
@@ -65,7 +69,7 @@ def serve(
             runtime=runtime, precision=precision, threads=threads, model_dirs=list(models or []), cache=cache, token=token,
             max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, max_body_bytes=int(max_body_mb * 2**20),
             max_images=max_images, max_pixels=max_pixels, imagenet=imagenet,
-            imagenet_weights=imagenet_weights, imagenet_labels=imagenet_labels,
+            imagenet_weights=imagenet_weights, imagenet_labels=imagenet_labels, trust_pickle=trust_pickle,
         )
     except ValueError as exc:
         fail(exc)
@@ -73,7 +77,13 @@ def serve(
         logging.getLogger(__name__).warning("binding %s: reachable from other machines%s", host,
                                             "" if token else " without a token (--token)")
     limit_malloc_arenas()
-    uvicorn.run(create_app(settings), host=host, port=port, timeout_graceful_shutdown=30, log_level="info")
+    service = Service(settings)
+    try:
+        service.start()  # before the server: a bad model file or cache is one line, not a traceback from uvicorn
+    except (EmbedderError, ValueError) as exc:
+        service.stop()
+        fail(exc)
+    uvicorn.run(create_app(settings, service), host=host, port=port, timeout_graceful_shutdown=30, log_level="info")
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:

@@ -8,7 +8,9 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
+from embedder import ImageError, ImageTooLargeError
 from serving.schemas import ImagesRequest
 
 
@@ -53,21 +55,21 @@ async def _send_error(send: Any, status: int, code: str, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def image_error(index: int, name: str | None, reason: str) -> ServiceError:
-    """415 for content that is no image, 413 for decompression bombs, 422 for broken images."""
+def image_error(index: int, name: str | None, error: ImageError) -> ServiceError:
+    """415 for content that is no image, 413 for images over the pixel limit (bombs), 422 for broken images."""
     part = f"part {index}" + (f" ('{name}')" if name else "")
-    if reason.startswith("not an image"):
-        return ServiceError(415, "unsupported_image", f"{part}: {reason}")
-    if "decompression-bomb" in reason or "DecompressionBomb" in reason:
-        return ServiceError(413, "image_too_large", f"{part}: {reason}")
-    return ServiceError(422, "corrupt_image", f"{part}: {reason}")
+    if isinstance(error, ImageTooLargeError):
+        return ServiceError(413, "image_too_large", f"{part}: {error.reason}")
+    if error.reason.startswith("not an image"):
+        return ServiceError(415, "unsupported_image", f"{part}: {error.reason}")
+    return ServiceError(422, "corrupt_image", f"{part}: {error.reason}")
 
 
 async def read_images(request: Request, limit: int) -> list[tuple[str | None, bytes]]:
     """The request's images: multipart parts named 'images', or JSON {"images": [{"name", "data"}]}."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=limit + 1, max_fields=limit + 1)
+        form = await _multipart(request, limit)
         uploads = form.getlist("images")
         parts = [(getattr(u, "filename", None), await u.read()) for u in uploads if hasattr(u, "read")]
     elif content_type.startswith("application/json"):
@@ -89,3 +91,14 @@ async def read_images(request: Request, limit: int) -> list[tuple[str | None, by
     if len(parts) > limit:
         raise ServiceError(413, "too_many_images", f"the request holds {len(parts)} images; the limit is {limit} (--max-images)")
     return parts
+
+
+async def _multipart(request: Request, limit: int) -> Any:
+    """The multipart form, its parser's own part limits answered as the documented 413."""
+    try:
+        return await request.form(max_files=limit + 1, max_fields=limit + 1)
+    except HTTPException as exc:  # Starlette's parser refuses extra parts with a 400 of its own
+        if exc.status_code == 400 and str(exc.detail).startswith(("Too many files", "Too many fields")):
+            raise ServiceError(413, "too_many_images", f"the request holds more than {limit + 1} parts; the limit "
+                               f"is {limit} images (--max-images)") from exc
+        raise

@@ -65,7 +65,7 @@ class TopResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    kind: str | None = Field(description="'classical' or 'neural'.")
+    kind: str | None = Field(description="'classical', 'neural' or 'exported' (an ONNX file of `classical export`).")
     backbone_key: str
     classes: list[str]
     metrics: dict[str, Any] = Field(description="Test metrics recorded when the model was fitted.")

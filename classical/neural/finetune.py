@@ -29,6 +29,7 @@ import numpy as np
 
 from classical.data import load_labeled
 from classical.errors import DataError
+from classical.modelfile import EMBEDDING_FIELDS, MODEL_SUFFIX, save_model
 from classical.neural.activations import BOUNDARY, activation_dataset, cache_activations, top_network
 from classical.neural.dense import DenseHead
 from classical.neural.network import build_network, check_learning_rate, discriminative_adam, learning_rate_multipliers
@@ -128,8 +129,8 @@ def finetune(
                            augment=augment, patience=patience, dropout=dropout, batch_size=batch_size, seed=seed,
                            progress=progress)
         network, phase_rows, best_val = trainer.run(phases)
-        row = _score_and_save(network, data, class_names, run, variant, config, phase_rows, best_val, batch_size,
-                              cache_seconds=embed_seconds + trainer.cache_seconds)
+        row = _score_and_save(network, backbone, data, class_names, run, variant, config, phase_rows, best_val,
+                              batch_size, cache_seconds=embed_seconds + trainer.cache_seconds)
     report = report or new_report(backbone=backbone.key, cache=str(images), class_names=class_names, split=split.summary())
     test = _test_order(data)
     row["test_predictions"] = align_predictions(report, [data.paths[i] for i in test], row["test_predictions"],
@@ -356,18 +357,25 @@ class _Trainer:
                   verbose=2 if self.progress else 0)
 
 
-def _score_and_save(network: Any, data: Images, class_names: list[str], run: Path, variant: str, config: dict[str, Any],
-                    phase_rows: list[dict[str, Any]], best_val: float, batch_size: int, *,
+def _score_and_save(network: Any, backbone: Backbone, data: Images, class_names: list[str], run: Path, variant: str,
+                    config: dict[str, Any], phase_rows: list[dict[str, Any]], best_val: float, batch_size: int, *,
                     cache_seconds: float) -> dict[str, Any]:
-    """Score the best network on the test split once, from pixels, save it, and build its report row.
+    """Score the best network on the test split once, from pixels, save it as a model file, and build its report row.
 
     Its training cost includes the time spent caching what it trained on (`cache_seconds`)."""
     test = _test_order(data)
     proba = np.concatenate([np.asarray(network(data.pixels[test[i : i + batch_size]], training=False))
                             for i in range(0, len(test), batch_size)])
     metrics = score(data.labels[test], proba, class_names)
-    path = run / f"finetune-{variant}.keras"
-    network.save(path)
+    path = run / f"finetune-{variant}{MODEL_SUFFIX}"
+    provenance = backbone.provenance()
+    params = {k: v for k, v in config.items() if k != "split_id"}
+    model_bytes = save_model(path, network, {
+        "name": f"finetune-{variant}", "kind": "neural", "input": "pixels", "backbone_key": backbone.key,
+        "backbone": {field: provenance[field] for field in EMBEDDING_FIELDS if field in provenance},
+        "class_names": class_names, "split_id": config["split_id"], "params": params,
+        "metrics": {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "test_predictions", "test_confidence")},
+    })
     sample = np.asarray(data.pixels[test[:batch_size]])
     return {
         "name": f"finetune-{variant}", "kind": "neural",
@@ -377,7 +385,7 @@ def _score_and_save(network: Any, data: Images, class_names: list[str], run: Pat
         "selection": "weights of the epoch with the best validation accuracy (early stopping on it in every phase)",
         "fit_seconds": float(sum(row["seconds"] for row in phase_rows)) + cache_seconds, "cache_seconds": cache_seconds,
         "predict_ms_per_image": latency_ms(lambda X: network(X, training=False), sample), "head_ms_per_image": None,
-        "model_bytes": path.stat().st_size, "params": {k: v for k, v in config.items() if k != "split_id"},
+        "model_bytes": model_bytes, "params": params,
         "model_path": str(path), "phases": phase_rows, "input_size": int(data.pixels.shape[1]),
     }
 

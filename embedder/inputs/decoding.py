@@ -26,7 +26,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-from embedder.errors import ImageError, InputRangeError
+from embedder.errors import ImageError, ImageTooLargeError, InputRangeError
 from embedder.inputs.resample import resample
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
@@ -92,7 +92,7 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
         raise ImageError(f"corrupt image header ({exc})") from exc
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageError(
+        raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height / 1e6:.3g} Mpx, over the limit of "
             f"{max_pixels / 1e6:.3g} Mpx (decompression-bomb guard); pass a larger --max-pixels "
             "only if you trust this file",
@@ -101,9 +101,9 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     return image
 
 
-def _over_limit(exc: Image.DecompressionBombError, max_pixels: int) -> ImageError:
+def _over_limit(exc: Image.DecompressionBombError, max_pixels: int) -> ImageTooLargeError:
     """Pillow's own bomb refusal (its threshold is never below `max_pixels`), as a refusal under `max_pixels`."""
-    return ImageError(f"{exc}; pass a larger --max-pixels only if you trust this file", limits={"max_pixels": max_pixels})
+    return ImageTooLargeError(f"{exc}; pass a larger --max-pixels only if you trust this file", limits={"max_pixels": max_pixels})
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from classical import ModelFileError, load_model, predict, sweep
 from classical.cli import app
+from classical.modelfile import save_model
 from conftest import make_dataset, photo
 from embedder import Backbone, extract
 
@@ -44,7 +45,7 @@ def test_predict_new_images_with_the_models_backbone(run: Path) -> None:
 
 
 def test_model_refuses_embeddings_of_another_backbone(run: Path) -> None:
-    saved = load_model(run / "run" / "lr.joblib")
+    saved = load_model(run / "run" / "lr.model")
     other = Backbone(size=96, weights=None, pooling="max").key
     with pytest.raises(ModelFileError, match=rf"fitted on embeddings of {saved.backbone_key}; these embeddings come from {other}"):
         saved.predict_proba(np.zeros((1, 1280), np.float32), backbone_key=other)
@@ -53,25 +54,28 @@ def test_model_refuses_embeddings_of_another_backbone(run: Path) -> None:
 
 
 def test_model_whose_backbone_no_longer_resolves_names_both_keys(run: Path, tmp_path: Path) -> None:
-    record = joblib.load(run / "run" / "lr.joblib")
-    record["metadata"]["backbone"]["pooling"] = "max"  # as if the backbone changed under the model
-    joblib.dump(record, tmp_path / "moved.joblib")
+    saved = load_model(run / "run" / "lr.model")
+    saved.metadata["backbone"]["pooling"] = "max"  # as if the backbone changed under the model
+    save_model(tmp_path / "moved.model", saved.model, saved.metadata)
     with pytest.raises(ModelFileError, match=r"fitted on embeddings of mobilenet_v2-1.0-96-random-.*-avg-.* resolves to .*-max-"):
-        predict(tmp_path / "moved.joblib", [run / "new" / "a_red.jpg"])
+        predict(tmp_path / "moved.model", [run / "new" / "a_red.jpg"])
 
 
 @pytest.mark.parametrize(
-    ("content", "message"),
-    [(None, "does not exist"), (b"not a pickle", "is not a readable model file"), ({"a": 1}, "is not a bottleneck-lab model file")],
+    ("content", "trust", "message"),
+    [(None, False, "does not exist"), (b"not a pickle", False, "is not a bottleneck-lab model file \\(neither"),
+     ({"a": 1}, False, "is a pickle .* --trust-pickle"),
+     ({"a": 1}, True, "is not a bottleneck-lab model file of an earlier release")],
+    ids=["missing", "not-a-model", "pickle-untrusted", "pickle-not-ours"],
 )
-def test_bad_model_files(tmp_path: Path, content: object, message: str) -> None:
+def test_bad_model_files(tmp_path: Path, content: object, trust: bool, message: str) -> None:
     path = tmp_path / "m.joblib"
     if isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
         joblib.dump(content, path)
     with pytest.raises(ModelFileError, match=message):
-        load_model(path)
+        load_model(path, trust_pickle=trust)
 
 
 def test_cli_predict_formats(run: Path) -> None:
@@ -97,3 +101,14 @@ def test_model_on_int8_embeddings_predicts_through_the_same_int8_runtime(run: Pa
     assert saved.backbone_key == summary.backbone_key and saved.metadata["backbone"]["precision"] == "int8"
     results = predict(saved, [run / "new" / "a_red.jpg"])
     assert results[0]["label"] == "red"
+
+
+def test_cli_reads_a_pickle_of_an_earlier_release_only_with_trust_pickle(run: Path, tmp_path: Path) -> None:
+    saved = load_model(run / "run" / "lr.model")
+    joblib.dump({"format": 1, "model": saved.model, "metadata": saved.metadata}, tmp_path / "lr.joblib")  # as 0.1 wrote
+    image = str(run / "new" / "a_red.jpg")
+    refused = CliRunner().invoke(app, ["predict", str(tmp_path / "lr"), image])
+    assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1
+    assert f"'{tmp_path / 'lr.joblib'}' is a pickle" in refused.output and "--trust-pickle" in refused.output
+    trusted = CliRunner().invoke(app, ["predict", str(tmp_path / "lr"), image, "--trust-pickle"])
+    assert trusted.exit_code == 0 and trusted.output.startswith(f"{image}: red ")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classical import sweep
+from classical import load_model, predict, sweep
 from classical.neural.finetune import finetune, plan_phases
 from conftest import make_dataset
 from embedder import Backbone, extract
@@ -62,8 +62,6 @@ def swept_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_variant_a_joins_the_sweeps_report_on_the_same_split(swept_run: Path) -> None:
-    import keras
-
     run = swept_run / "run"
     split_before = (run / "split.json").read_text()
     with warnings.catch_warnings():
@@ -85,8 +83,12 @@ def test_variant_a_joins_the_sweeps_report_on_the_same_split(swept_run: Path) ->
         "cached activations of block_12_add, 4 view(s) per training image"] * 2
     assert tuned["input_size"] == 96 and tuned["cache_seconds"] > 0
     assert tuned["params"]["lr_decay"] == 0.5 and tuned["params"]["size"] == 96
-    saved = keras.saving.load_model(tuned["model_path"], compile=False)
-    assert saved.output_shape == (None, 3) and tuned["model_bytes"] == Path(tuned["model_path"]).stat().st_size
+    saved = load_model(tuned["model_path"])  # a model file: the Keras network, read in safe mode, with its metadata
+    assert saved.model.output_shape == (None, 3) and tuned["model_bytes"] == Path(tuned["model_path"]).stat().st_size
+    assert saved.takes_pixels and saved.class_names == report["class_names"] and saved.backbone.size == 96
+    assert saved.backbone_key == report["backbone"]  # fine-tuned from the run's own backbone (weights and size)
+    photo = next((swept_run / "photos" / "red").iterdir())
+    assert set(predict(tuned["model_path"], [photo])[0]["probs"]) == set(report["class_names"])  # classical predict
     assert (run / "plots" / "accuracy_vs_fit_time.png").is_file()
     state = json.loads((run / "finetune-a" / "state.json").read_text())
     assert state["finished"] and state["best_val_accuracy"] == tuned["cv_mean"]
@@ -112,7 +114,7 @@ def test_a_smaller_size_brings_a_dense_head_of_that_size_as_its_partner(swept_ru
     rows = {row["name"]: row for row in report["models"]}
     assert set(rows) == {"lr", "dense-128", "finetune-a"}
     assert rows["dense-128"]["input_size"] == rows["finetune-a"]["input_size"] == 128
-    assert rows["dense-128"]["kind"] == "neural" and (run / "dense-128.joblib").is_file()
+    assert rows["dense-128"]["kind"] == "neural" and (run / "dense-128.model").is_file()
     from embedder import open_cache
 
     with open_cache(swept_run / "c.h5") as cache:  # the run's cache gained the embeddings at 128 px

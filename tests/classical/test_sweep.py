@@ -190,7 +190,7 @@ def test_repeats_store_their_splits_and_rank_the_models(tmp_path: Path) -> None:
     assert refitted["reused"] is None  # fitting again gives the sweep's models: reusing them changes nothing
     assert {name: stats["accuracies"] for name, stats in refitted["models"].items()} == \
         {row["name"]: [row["test_accuracy"]] for row in report["models"]}
-    assert sorted(p.name for p in (tmp_path / "run").glob("*.joblib")) == ["knn.joblib", "lr.joblib"]  # none per repeat
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.model")) == ["knn.model", "lr.model"]  # none per repeat
     assert "Repeats: 3 re-splits" in (tmp_path / "run" / "report.md").read_text()
     assert "ranked first" in summary(report) and "Over 3 re-splits" in summary(report)
     with pytest.raises(ValueError, match="repeats must be"):

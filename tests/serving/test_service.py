@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
+import struct
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -124,11 +127,55 @@ def test_bad_requests_get_specific_errors(client: TestClient, request_kwargs: di
     assert error["code"] == code and message in error["message"]
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height 1-bit pixels in a few bytes: what a decompression bomb looks like to Pillow."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+
+
 def test_decompression_bomb_is_refused(client: TestClient) -> None:
     buffer = io.BytesIO()
     Image.new("L", (2000, 2000)).save(buffer, format="PNG")  # 4 Mpx, the test server allows 1
     response = client.post("/v1/embeddings", files=[("images", ("bomb.png", buffer.getvalue(), "image/png"))])
     assert response.status_code == 413 and "part 0 ('bomb.png')" in response.json()["error"]["message"]
+    # 900 Mpx: over Pillow's own bomb limit (2 x 89 Mpx), which refuses it before the service's limit can
+    response = client.post("/v1/embeddings", files=[("images", ("huge.png", png_header(30000, 30000), "image/png"))])
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "image_too_large" and "900000000 pixels" in response.json()["error"]["message"]
+
+
+def test_hundreds_of_images_get_the_documented_413(client: TestClient) -> None:
+    response = client.post("/v1/embeddings", files=files(*[b"x"] * 200))  # the multipart parser stops at 5 (limit + 1)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "too_many_images" and "(--max-images)" in response.json()["error"]["message"]
+
+
+def test_a_client_leaving_mid_body_is_one_log_line(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    body = iter([{"type": "http.request", "body": b"--b\r\nContent-Disposition: form-data; name=\"images\"", "more_body": True},
+                 {"type": "http.disconnect"}])
+    sent = []
+
+    async def receive() -> dict:
+        return next(body)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/embeddings", "raw_path": b"/v1/embeddings", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"100000")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    with caplog.at_level(logging.INFO):
+        asyncio.run(client.app(scope, receive, send))  # raised before: uvicorn logged it as an ERROR with a traceback
+    records = [r for r in caplog.records if "disconnected" in r.getMessage()]
+    assert len(records) == 1 and records[0].levelno == logging.WARNING and records[0].exc_info is None
+    assert records[0].getMessage() == "POST /v1/embeddings: the client disconnected before sending the whole body"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_openapi_documents_every_endpoint_and_field(client: TestClient) -> None:
@@ -180,11 +227,15 @@ def test_full_queue_answers_503_with_retry_after(run_dir: Path) -> None:
 
 def test_bearer_token_is_required_when_set(run_dir: Path) -> None:
     with TestClient(create_app(ServiceSettings(backbone=TINY, token="s3cret"))) as client:
-        assert client.get("/healthz").status_code == 200  # liveness stays open
+        assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200  # probes stay open
         refused = client.get("/v1/models", headers={"Authorization": "Bearer wrong"})
         assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
         assert client.get("/v1/models").status_code == 401
         assert client.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.get("/openapi.json").status_code == 401  # the schema too
+        assert "/v1/embeddings" in client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json()["paths"]
+        for page in ("/docs", "/redoc", "/docs/oauth2-redirect"):  # no page that would pull Swagger UI from a CDN
+            assert client.get(page, headers={"Authorization": "Bearer s3cret"}).status_code == 404
 
 
 def test_model_of_another_backbone_is_refused_at_start(run_dir: Path) -> None:
