@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,35 +24,35 @@ SAVED_MODEL_METADATA = Path("assets.extra") / "bottleneck_lab.json"
 SIGNATURE = "serving_default"
 
 
-def _serving_module(network: Any, size: int) -> Any:
-    """A tf.Module whose `serve` maps uint8 images to {probabilities, label}, in inference mode."""
+def _save(network: Any, size: int, folder: Path) -> None:
+    """A SavedModel of `network` at `folder` whose `serving_default` maps uint8 images to {probabilities, label}.
+
+    Keras' ExportArchive tracks every variable the network holds (the augmentation layers' seeds too).
+    """
+    import keras
     import tensorflow as tf
 
-    module = tf.Module()
-    module.network = network
-
-    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name=INPUT)])
     def serve(images: Any) -> dict[str, Any]:
         probabilities = network(images, training=False)
         return {PROBABILITIES: probabilities, LABEL: tf.argmax(probabilities, axis=1)}
 
-    module.serve = serve
-    return module
+    archive = keras.export.ExportArchive()
+    archive.track(network)
+    archive.add_endpoint(SIGNATURE, serve, input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name=INPUT)])
+    archive.write_out(str(folder), verbose=False)
 
 
 def write_saved_model(network: Any, size: int, out: Path, metadata: dict[str, str]) -> None:
-    """A SavedModel folder at `out` (replaced whole, or left as it was if writing fails)."""
-    import tensorflow as tf
-
-    module = _serving_module(network, size)
+    """A SavedModel folder at `out` with its metadata (replaced whole, or left as it was if writing fails)."""
     tmp = out.with_name(f"{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.serve})
+        _save(network, size, tmp)
         (tmp / SAVED_MODEL_METADATA).parent.mkdir(exist_ok=True)
         (tmp / SAVED_MODEL_METADATA).write_text(json.dumps(metadata, indent=1))
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        if out.is_dir():
+            shutil.rmtree(out)
+        out.unlink(missing_ok=True)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -62,12 +63,13 @@ def write_tflite(network: Any, size: int, out: Path, metadata: dict[str, str], *
     """A .tflite file at `out` and its metadata beside it; int8 (full integer, calibrated) when `calibration` is given."""
     import tensorflow as tf
 
-    module = _serving_module(network, size)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
-    if calibration is not None:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
-    flatbuffer = converter.convert()
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as scratch:
+        _save(network, size, Path(scratch) / "saved_model")
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(scratch) / "saved_model"), [SIGNATURE])
+        if calibration is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
+        flatbuffer = converter.convert()
     with atomic_path(out) as tmp:
         tmp.write_bytes(flatbuffer)
     with atomic_path(tflite_metadata_path(out)) as tmp:
