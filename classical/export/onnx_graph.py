@@ -61,7 +61,7 @@ def onnx_graph(exportable: Exportable) -> onnx.ModelProto:
     """The model as one checked-structure ONNX graph with its metadata properties."""
     graph = _neural_graph(exportable) if exportable.neural else _classical_graph(exportable)
     graph.producer_name = "bottleneck-lab"
-    graph.doc_string = f"{exportable.name} ({exportable.kind}) on {exportable.backbone_key}: uint8 images -> probabilities"
+    graph.doc_string = f"{exportable.name} ({exportable.kind}) on {exportable.backbone_key}: images -> probabilities"
     helper.set_model_props(graph, metadata(exportable))
     onnx.checker.check_model(graph)
     return graph
@@ -95,8 +95,10 @@ def _classical_graph(exportable: Exportable) -> onnx.ModelProto:
     backbone = onnx.load(onnx_backbone(exportable.backbone))
     head_model = exportable.head()
     final = head_model.steps[-1][1] if hasattr(head_model, "steps") else head_model
-    head = convert_sklearn(head_model, initial_types=[("embeddings", FloatTensorType([None, exportable.saved.metadata["dim"]]))],
-                           options={id(final): {"zipmap": False}}, target_opset={"": _opset(backbone), "ai.onnx.ml": ML_OPSET})
+    embeddings = FloatTensorType([None, exportable.saved.metadata["dim"]])
+    head = convert_sklearn(head_model, initial_types=[("embeddings", embeddings)],
+                           options={id(final): {"zipmap": False}},
+                           target_opset={"": _opset(backbone), "ai.onnx.ml": ML_OPSET})
     backbone = onnx.compose.add_prefix(backbone, "backbone/", rename_inputs=False)
     _same_opsets(backbone, head)
     merged = onnx.compose.merge_models(backbone, head, io_map=[(backbone.graph.output[0].name, "embeddings")])

@@ -60,7 +60,7 @@ def write_saved_model(network: Any, size: int, out: Path, metadata: dict[str, st
 
 def write_tflite(network: Any, size: int, out: Path, metadata: dict[str, str], *,
                  calibration: np.ndarray | None = None) -> None:
-    """A .tflite file at `out` and its metadata beside it; int8 (full integer, calibrated) when `calibration` is given."""
+    """A .tflite file at `out` and its metadata beside it; int8 (full integer, calibrated) with `calibration`."""
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as scratch:

@@ -19,8 +19,15 @@ from typing import Any
 import numpy as np
 
 from classical.errors import ModelFileError
-from classical.export.onnx_graph import INPUT, PROBABILITIES, float_nodes, metadata, onnx_graph, onnx_session
-from classical.export.onnx_graph import quantize_int8
+from classical.export.onnx_graph import (
+    INPUT,
+    PROBABILITIES,
+    float_nodes,
+    metadata,
+    onnx_graph,
+    onnx_session,
+    quantize_int8,
+)
 from classical.export.sources import Exportable, load_exportable
 from classical.export.tf_formats import saved_model_runner, tflite_runner, write_saved_model, write_tflite
 from embedder import atomic_path, expand_inputs, load_files, parity_images
@@ -38,6 +45,8 @@ class ExportResult:
     precision: str
     kind: str
     backbone_key: str
+    image_size: int
+    resize: str  # the policy images are brought to image_size with
     class_names: list[str]
     seconds: float
     bytes: int
@@ -79,9 +88,10 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, format: st
         _remove(out, format)
         raise
     return ExportResult(path=str(out), format=format, precision=precision, kind=exportable.kind,
-                        backbone_key=exportable.backbone_key, class_names=exportable.class_names, seconds=seconds,
+                        backbone_key=exportable.backbone_key, image_size=exportable.backbone.size,
+                        resize=exportable.backbone.resize, class_names=exportable.class_names, seconds=seconds,
                         bytes=_size(out), max_abs_diff=max_abs, agreement=agreement,
-                        check_images=f"{len(images)} calibration photos" if int8 else f"{len(images)} fixed test images")
+                        check_images=f"{len(images)} {'calibration photos' if int8 else 'fixed test images'}")
 
 
 def _write(exportable: Exportable, out: Path, format: str, pixels: np.ndarray | None) -> None:

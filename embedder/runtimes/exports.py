@@ -105,8 +105,8 @@ def export_onnx(backbone: Backbone, path: Path) -> dict[str, float]:
     return report
 
 
-def fp32_model(backbone: Backbone) -> Path:
-    """The parity-checked ONNX export of the backbone, exported on first use."""
+def onnx_backbone(backbone: Backbone) -> Path:
+    """The parity-checked ONNX export of the backbone (input `images`, uint8), exported on first use."""
     path = onnx_path(backbone)
     if not path.is_file():
         export_onnx(backbone, path)
@@ -153,7 +153,7 @@ def int8_model(backbone: Backbone, calibration: Sequence[Path], digest: str | No
     started = time.perf_counter()
     prepared = path.with_name(f"{path.name}.prepared-{os.getpid()}")
     try:
-        quant_pre_process(str(fp32_model(backbone)), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(onnx_backbone(backbone)), str(prepared), skip_symbolic_shape=True)
         with atomic_path(path) as tmp:
             quantize_static(str(prepared), str(tmp), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
