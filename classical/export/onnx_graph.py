@@ -102,6 +102,9 @@ def _classical_graph(exportable: Exportable) -> onnx.ModelProto:
     backbone = onnx.compose.add_prefix(backbone, "backbone/", rename_inputs=False)
     _same_opsets(backbone, head)
     merged = onnx.compose.merge_models(backbone, head, io_map=[(backbone.graph.output[0].name, "embeddings")])
+    opsets = {entry.domain: entry.version for entry in merged.opset_import}  # merge_models lists each twice
+    del merged.opset_import[:]
+    merged.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in sorted(opsets.items()))
     missing = {PROBABILITIES, LABEL} - {output.name for output in merged.graph.output}
     if missing:
         raise RuntimeError(f"skl2onnx gave {exportable.name} no output {sorted(missing)}")
