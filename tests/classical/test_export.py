@@ -15,7 +15,7 @@ from classical import predict, sweep
 from classical.cli import app
 from classical.export import export_model
 from classical.neural.finetune import finetune
-from conftest import ROOT, make_dataset, photo
+from conftest import NO_TOP_WEIGHTS, ROOT, copy_files, make_dataset, photo
 from embedder import Backbone, extract, load_files
 
 TINY = Backbone(size=96, weights=None)
@@ -162,7 +162,8 @@ def test_fine_tuned_network_needs_its_run_report(run: Path, tmp_path: Path) -> N
 def test_readme_client_classifies_like_classical_predict(run: Path, tmp_path: Path) -> None:
     """The README's onnxruntime + numpy + Pillow client, run as written, on an exported model."""
     export_model(run / "run" / "svm-rbf.joblib", tmp_path / "model.onnx")
-    client = re.search(r"```python\n(# client: onnxruntime, numpy and Pillow only.*?)```", README, flags=re.S).group(1)
+    client = re.search(r"```python\n(# client: onnxruntime, numpy and Pillow only.*?)```", README, flags=re.DOTALL)
+    client = client.group(1)
     assert len(client.strip().splitlines()) <= 20
     files = sorted((run / "new").iterdir())
     namespace: dict = {"__name__": "client"}
@@ -172,3 +173,27 @@ def test_readme_client_classifies_like_classical_predict(run: Path, tmp_path: Pa
         label, probabilities = namespace["classify"](str(tmp_path / "model.onnx"), str(path))
         assert label == result["label"]
         np.testing.assert_allclose(probabilities, list(result["probs"].values()), atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.real_data
+def test_exports_of_real_models_match_classical_predict_on_real_photos(shared: Path, tmp_path: Path) -> None:
+    """Real weights at 224 px, real flowers: a classical head and the Dense head, against `classical predict`."""
+    flowers = shared / "data" / "flowers"
+    classes = sorted(folder.name for folder in flowers.iterdir() if folder.is_dir())
+    new = []
+    for name in classes:
+        photos = sorted((flowers / name).glob("*.jpg"))
+        copy_files(photos[:8], tmp_path / "photos" / name)
+        new += photos[8:10]
+    backbone = Backbone(weights=str(NO_TOP_WEIGHTS))
+    extract(tmp_path / "photos", tmp_path / "c.h5", backbone, progress=False)
+    sweep(tmp_path / "c.h5", tmp_path / "run", models=["svm-rbf", "dense"], cv=2, progress=False, audit=False,
+          embedding_cost=False, grids={"svm-rbf": {"C": [1.0], "gamma": ["scale"]}, "dense": {"dropout": [0.0],
+                                                                                              "learning_rate": [1e-3]}})
+    images = np.stack([item.pixels for item in load_files(new, size=224, resize="crop")])
+    for name in ("svm-rbf", "dense"):
+        export_model(tmp_path / "run" / f"{name}.joblib", tmp_path / f"{name}.onnx")
+        probabilities, _ = onnx_probabilities(tmp_path / f"{name}.onnx", images)
+        expected = np.array([list(r["probs"].values()) for r in predict(tmp_path / "run" / f"{name}.joblib", new)])
+        np.testing.assert_allclose(probabilities, expected, atol=TOLERANCE, rtol=0)
+        assert probabilities.shape == (len(new), len(classes))
