@@ -25,7 +25,7 @@ from embedder.errors import (
 from embedder.extraction import ExtractSummary, connect, extract
 from embedder.inputs import DEFAULT_MAX_PIXELS, decode_image, encode_files, expand_inputs, list_source, load_files
 from embedder.provenance import library_versions, utc_now
-from embedder.runtimes import Encoder, load_encoder
+from embedder.runtimes import Encoder, keras_to_onnx, load_encoder, onnx_backbone, parity_images
 from embedder.transformer import Embedder
 
 __all__ = [
@@ -53,10 +53,13 @@ __all__ = [
     "decode_image",
     "encode_files",
     "expand_inputs",
+    "keras_to_onnx",
     "library_versions",
     "list_source",
     "load_class_names",
     "load_files",
+    "onnx_backbone",
+    "parity_images",
     "top_classes",
     "uint8_function",
     "utc_now",

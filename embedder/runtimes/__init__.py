@@ -2,7 +2,8 @@
 
 from embedder.runtimes.choice import CANDIDATES, PRECISIONS, RUNTIMES, load_encoder
 from embedder.runtimes.encoders import Encoder, KerasEncoder, OnnxEncoder, OpenVinoEncoder, reduced_key, runtime_cache_dir
-from embedder.runtimes.exports import compare, export_onnx, onnx_path, parity_images, within_parity
+from embedder.runtimes.exports import compare, export_onnx, keras_to_onnx, onnx_backbone, onnx_path, parity_images
+from embedder.runtimes.exports import within_parity
 
 __all__ = [
     "CANDIDATES",
@@ -14,7 +15,9 @@ __all__ = [
     "OpenVinoEncoder",
     "compare",
     "export_onnx",
+    "keras_to_onnx",
     "load_encoder",
+    "onnx_backbone",
     "onnx_path",
     "parity_images",
     "reduced_key",

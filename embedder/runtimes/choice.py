@@ -33,7 +33,7 @@ import numpy as np
 from embedder.backbone import Backbone
 from embedder.errors import RuntimeUnavailableError
 from embedder.runtimes.encoders import Encoder, KerasEncoder, OnnxEncoder, OpenVinoEncoder, reduced_key, runtime_cache_dir
-from embedder.runtimes.exports import compare, fp32_model, int8_model, int8_path, parity_images, within_parity
+from embedder.runtimes.exports import compare, int8_model, int8_path, onnx_backbone, parity_images, within_parity
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _build(backbone: Backbone, runtime: str, precision: str, calibration: Sequen
         path, digest = int8_model(backbone, calibration or [], digest)
         return encoder_class(path, key=reduced_key(backbone, precision, runtime, digest), precision=precision,
                              calibration=digest, threads=threads)
-    path = fp32_model(backbone)
+    path = onnx_backbone(backbone)
     if precision == "bf16":
         return encoder_class(path, key=reduced_key(backbone, precision, runtime), precision=precision, threads=threads)
     encoder = encoder_class(path, key=backbone.key, threads=threads)

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,8 +24,13 @@ from embedder.backbone import Backbone, uint8_function
 from embedder.errors import RuntimeUnavailableError
 from embedder.runtimes.encoders import KerasEncoder, OnnxEncoder, runtime_cache_dir
 
+if TYPE_CHECKING:
+    import keras
+    import onnx
+
 logger = logging.getLogger(__name__)
 
+ONNX_OPSET = 17
 PARITY_MAX_ABS = 1e-4
 PARITY_MIN_COSINE = 0.99999
 
@@ -66,14 +72,23 @@ def onnx_path(backbone: Backbone) -> Path:
     return runtime_cache_dir() / "onnx" / f"{backbone.key}.onnx"
 
 
-def export_onnx(backbone: Backbone, path: Path) -> dict[str, float]:
-    """Export the backbone's Keras model to ONNX at `path` (atomically) and check it against Keras."""
+def keras_to_onnx(model: keras.Model, size: int) -> onnx.ModelProto:
+    """A Keras model on uint8 batches (n, size, size, 3) as an ONNX graph (tf2onnx, opset 17), input `images`.
+
+    The one converter of Keras models to ONNX: the backbone's export and anything stacked on it.
+    """
     import tf2onnx
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    function = uint8_function(model, size)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=ONNX_OPSET)
+    return proto
+
+
+def export_onnx(backbone: Backbone, path: Path) -> dict[str, float]:
+    """Export the backbone's Keras model to ONNX at `path` (atomically) and check it against Keras."""
     started = time.perf_counter()
-    function = uint8_function(backbone.model, backbone.size)
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=17)
+    proto = keras_to_onnx(backbone.model, backbone.size)
     path.parent.mkdir(parents=True, exist_ok=True)
     images = parity_images(backbone.size)
     with atomic_path(path) as tmp:
@@ -90,8 +105,8 @@ def export_onnx(backbone: Backbone, path: Path) -> dict[str, float]:
     return report
 
 
-def fp32_model(backbone: Backbone) -> Path:
-    """The parity-checked ONNX export of the backbone, exported on first use."""
+def onnx_backbone(backbone: Backbone) -> Path:
+    """The parity-checked ONNX export of the backbone (input `images`, uint8), exported on first use."""
     path = onnx_path(backbone)
     if not path.is_file():
         export_onnx(backbone, path)
@@ -138,7 +153,7 @@ def int8_model(backbone: Backbone, calibration: Sequence[Path], digest: str | No
     started = time.perf_counter()
     prepared = path.with_name(f"{path.name}.prepared-{os.getpid()}")
     try:
-        quant_pre_process(str(fp32_model(backbone)), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(onnx_backbone(backbone)), str(prepared), skip_symbolic_shape=True)
         with atomic_path(path) as tmp:
             quantize_static(str(prepared), str(tmp), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
