@@ -29,7 +29,7 @@ MODELS = ("lr", "svm-linear", "svm-rbf", "knn", "rf", "dense", "finetune-a")
 
 
 def model_file(run: Path, name: str) -> Path:
-    return run / (f"{name}.keras" if name.startswith("finetune") else f"{name}.joblib")
+    return run / f"{name}.model"
 
 
 def timed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:

@@ -221,23 +221,27 @@ class ExportFormat(str, Enum):
 
 @app.command("export")
 def export_command(
-    model: Annotated[Path, typer.Argument(help="A saved model (runs/NAME/MODEL[.joblib]) or a fine-tuned network (runs/NAME/finetune-a.keras).")],
+    model: Annotated[Path, typer.Argument(help="A model file of the sweep or fine-tuning (runs/NAME/MODEL[.model]).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write: FILE.onnx, FILE.tflite, or a SavedModel folder.")],
     format: Annotated[ExportFormat, typer.Option("--format", help="'onnx' (every model), 'saved_model' or 'tflite' (Dense head, fine-tuned networks).")] = ExportFormat.onnx,
     int8: Annotated[bool, typer.Option("--int8", help="Static int8 quantization (onnx, tflite), calibrated on --calibration photos.")] = False,
     calibration: Annotated[Optional[list[Path]], typer.Option(help="Real photos (files or folders) like the ones to classify, for --int8.")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Also read a model file of an earlier release "
+                                                                    "(a pickle: only if you trust it).")] = False,
 ) -> None:
     """Write a model as one file from uint8 RGB pixels to class probabilities, runnable without this project."""
     from classical.export import export_model
 
     try:
-        result = export_model(model, out, format=format.value, int8=int8, calibration=calibration)
+        result = export_model(model, out, format=format.value, int8=int8, calibration=calibration,
+                              trust_pickle=trust_pickle)
     except (EmbedderError, ValueError, ImportError) as exc:
         fail(exc)
     typer.echo(f"wrote {result.path} ({result.format}, {result.precision}, {result.bytes / 1e6:.1f} MB) in {result.seconds:.1f} s")
     typer.echo(f"input images: uint8 RGB [N, {result.image_size}, {result.image_size}, 3] ({result.resize}); output probabilities over {result.class_names}")
     typer.echo(f"check on {result.check_images}: max abs difference from the model {result.max_abs_diff:.1e}, "
                f"same label {result.agreement:.1%}")
+
 
 if __name__ == "__main__":
     sys.exit(app())

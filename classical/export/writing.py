@@ -59,14 +59,15 @@ class ExportResult:
 
 
 def export_model(model: str | os.PathLike, out: str | os.PathLike, *, format: str = "onnx", int8: bool = False,
-                 calibration: Sequence[str | os.PathLike] | None = None) -> ExportResult:
-    """Export a model file or fine-tuned network to `out` as ONNX, a SavedModel or TFLite (optionally int8).
+                 calibration: Sequence[str | os.PathLike] | None = None, trust_pickle: bool = False) -> ExportResult:
+    """Export a model file (a sweep's head or a fine-tuned network) to `out` as ONNX, a SavedModel or TFLite.
 
     `calibration`: real photos (files or folders) like the ones to classify, needed for int8.
+    `trust_pickle`: also read a model file of an earlier release (a pickle: only if you trust it).
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}. Received: format={format!r}")
-    exportable = load_exportable(model)
+    exportable = load_exportable(model, trust_pickle=trust_pickle)
     out = Path(out)
     if format != "onnx" and not exportable.neural:
         raise ModelFileError(f"'{exportable.path}' is a classical head: export it as onnx; saved_model and tflite "

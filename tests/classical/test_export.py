@@ -21,8 +21,8 @@ from embedder import Backbone, extract, load_files
 TINY = Backbone(size=96, weights=None)
 GRIDS = {"lr": {"C": [1.0]}, "svm-linear": {"C": [0.05]}, "svm-rbf": {"C": [1.0], "gamma": ["scale"]},
          "knn": {"n_neighbors": [3]}, "rf": {"n_estimators": [20]}, "dense": {"learning_rate": [1e-2], "dropout": [0.0]}}
-MODELS = {"lr": "lr.joblib", "svm-linear": "svm-linear.joblib", "svm-rbf": "svm-rbf.joblib", "knn": "knn.joblib",
-          "rf": "rf.joblib", "dense": "dense.joblib", "finetune": "finetune-a.keras"}
+MODELS = {"lr": "lr.model", "svm-linear": "svm-linear.model", "svm-rbf": "svm-rbf.model", "knn": "knn.model",
+          "rf": "rf.model", "dense": "dense.model", "finetune": "finetune-a.model"}
 TOLERANCE = 1e-4
 README = (ROOT / "README.md").read_text()
 
@@ -45,17 +45,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def reference(run: Path, kind: str) -> np.ndarray:
-    """`classical predict`'s probabilities of the new photos (the Keras network's own for a fine-tuned one)."""
-    files = sorted((run / "new").iterdir())
-    if kind != "finetune":
-        results = predict(run / "run" / MODELS[kind], files)
-        return np.array([list(result["probs"].values()) for result in results])
-    import keras
-
-    import classical.neural.network  # noqa: F401  (registers InferenceMode)
-
-    network = keras.saving.load_model(run / "run" / MODELS[kind], compile=False)
-    return np.asarray(network(pixels(run), training=False))
+    """`classical predict`'s probabilities of the new photos."""
+    results = predict(run / "run" / MODELS[kind], sorted((run / "new").iterdir()))
+    return np.array([list(result["probs"].values()) for result in results])
 
 
 def pixels(run: Path, size: int = 96, resize: str = "crop") -> np.ndarray:
@@ -136,13 +128,13 @@ def test_cli_exports_and_refuses_what_it_cannot_do_in_one_line(run: Path, tmp_pa
     assert done.exit_code == 0, done.output
     assert "input images: uint8 RGB [N, 96, 96, 3] (crop)" in done.output and (tmp_path / "lr.onnx").is_file()
     cases = [
-        (["export", str(run / "run" / "lr.joblib"), "--out", str(tmp_path / "x.tflite"), "--format", "tflite"],
+        (["export", str(run / "run" / "lr.model"), "--out", str(tmp_path / "x.tflite"), "--format", "tflite"],
          "is a classical head: export it as onnx"),
-        (["export", str(run / "run" / "lr.joblib"), "--out", str(tmp_path / "x.onnx"), "--int8"],
+        (["export", str(run / "run" / "lr.model"), "--out", str(tmp_path / "x.onnx"), "--int8"],
          "int8 export needs calibration images"),
-        (["export", str(run / "run" / "lr.joblib"), "--out", str(run / "run" / "lr.joblib")],
+        (["export", str(run / "run" / "lr.model"), "--out", str(run / "run" / "lr.model")],
          "is the model file itself"),
-        (["export", str(tmp_path / "missing.joblib"), "--out", str(tmp_path / "x.onnx")], "does not exist"),
+        (["export", str(tmp_path / "missing.model"), "--out", str(tmp_path / "x.onnx")], "does not exist"),
     ]
     for args, message in cases:
         failed = runner.invoke(app, args)
@@ -151,24 +143,28 @@ def test_cli_exports_and_refuses_what_it_cannot_do_in_one_line(run: Path, tmp_pa
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "x.tflite").exists()
 
 
-def test_fine_tuned_network_needs_its_run_report(run: Path, tmp_path: Path) -> None:
+def test_a_damaged_model_file_is_not_exported(run: Path, tmp_path: Path) -> None:
     from classical import ModelFileError
 
-    (tmp_path / "finetune-a.keras").write_bytes((run / "run" / "finetune-a.keras").read_bytes())
-    with pytest.raises(ModelFileError, match="has no report.json beside it"):
-        export_model(tmp_path / "finetune-a.keras", tmp_path / "f.onnx")
+    data = bytearray((run / "run" / "finetune-a.model").read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 100):
+        data[i] ^= 0xFF
+    (tmp_path / "finetune-a.model").write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="finetune-a.model"):
+        export_model(tmp_path / "finetune-a.model", tmp_path / "f.onnx")
+    assert not (tmp_path / "f.onnx").exists()
 
 
 def test_readme_client_classifies_like_classical_predict(run: Path, tmp_path: Path) -> None:
     """The README's onnxruntime + numpy + Pillow client, run as written, on an exported model."""
-    export_model(run / "run" / "svm-rbf.joblib", tmp_path / "model.onnx")
+    export_model(run / "run" / "svm-rbf.model", tmp_path / "model.onnx")
     client = re.search(r"```python\n(# client: onnxruntime, numpy and Pillow only.*?)```", README, flags=re.DOTALL)
     client = client.group(1)
     assert len(client.strip().splitlines()) <= 20
     files = sorted((run / "new").iterdir())
     namespace: dict = {"__name__": "client"}
     exec(compile(client, "README.md", "exec"), namespace)
-    expected = predict(run / "run" / "svm-rbf.joblib", files)
+    expected = predict(run / "run" / "svm-rbf.model", files)
     for path, result in zip(files, expected):
         label, probabilities = namespace["classify"](str(tmp_path / "model.onnx"), str(path))
         assert label == result["label"]
@@ -192,8 +188,8 @@ def test_exports_of_real_models_match_classical_predict_on_real_photos(shared: P
                                                                                               "learning_rate": [1e-3]}})
     images = np.stack([item.pixels for item in load_files(new, size=224, resize="crop")])
     for name in ("svm-rbf", "dense"):
-        export_model(tmp_path / "run" / f"{name}.joblib", tmp_path / f"{name}.onnx")
+        export_model(tmp_path / "run" / f"{name}.model", tmp_path / f"{name}.onnx")
         probabilities, _ = onnx_probabilities(tmp_path / f"{name}.onnx", images)
-        expected = np.array([list(r["probs"].values()) for r in predict(tmp_path / "run" / f"{name}.joblib", new)])
+        expected = np.array([list(r["probs"].values()) for r in predict(tmp_path / "run" / f"{name}.model", new)])
         np.testing.assert_allclose(probabilities, expected, atol=TOLERANCE, rtol=0)
         assert probabilities.shape == (len(new), len(classes))
