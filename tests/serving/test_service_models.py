@@ -162,3 +162,13 @@ def test_serve_cache_errors_speak_of_its_own_option(tmp_path: Path, content: byt
     assert "--out" not in str(refused.value)
     status, lines = serve("--cache", str(notes))
     assert status == 2 and len(lines) == 1 and lines[0] == f"error: {refused.value}"
+
+
+def test_serve_refuses_a_damaged_cache_with_one_line(tmp_path: Path) -> None:
+    from conftest import blobs, write_cache
+
+    cache = tmp_path / "cache.h5"
+    write_cache(cache, *blobs(per_class=4, dim=8))
+    cache.write_bytes(cache.read_bytes()[:1000])  # truncated
+    status, lines = serve("--cache", str(cache))
+    assert status == 2 and len(lines) == 1 and f"cache '{cache}' is damaged" in lines[0], lines
