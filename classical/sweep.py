@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from classical.audit import audit as run_audit
 from classical.costs import measure_embedding, not_measured
-from classical.curves import ALL, plan_curve, run_curve
+from classical.curves import ALL, parse_points, plan_curve, run_curve
 from classical.data import LabeledEmbeddings, load_labeled
 from classical.errors import DataError
 from classical.modelfile import EMBEDDING_FIELDS, save_model
@@ -93,14 +93,16 @@ def sweep(
         raise ValueError(f"search must be one of {SEARCHES}. Received: search={search!r}")
     if repeats is None or repeats < 0:
         raise ValueError(f"repeats must be 0 (none) or a number of re-splits >= 1. Received: repeats={repeats!r}")
+    points = None if learning_curve is None and not semi_supervised else parse_points(learning_curve or ALL)
+    if points is not None and (curve_seeds is None or curve_seeds < 1):
+        raise ValueError(f"curve_seeds must be a number of subsets per point >= 1. Received: curve_seeds={curve_seeds!r}")
     overrides = load_grids(grids) if isinstance(grids, (str, os.PathLike)) else grids
     run = Path(out)
     data = load_labeled(cache, backbone)
     split = load_or_make_split(run, data, fractions=fractions, seed=seed)
     parts = sorted_test(split.indices(data.paths), data)
     folds = cv_folds(data.y[np.concatenate([parts["train"], parts["val"]])], cv, data.class_names)
-    plan = (plan_curve(learning_curve or ALL, data, parts, semi_supervised=semi_supervised)
-            if learning_curve is not None or semi_supervised else None)
+    plan = None if points is None else plan_curve(points, data, parts, semi_supervised=semi_supervised)
     record = split.summary() | {"test_paths": [str(p) for p in data.paths[parts["test"]]],
                                 "test_labels": [int(label) for label in data.y[parts["test"]]]}
     report = load_report(run) if (run / "report.json").is_file() else new_report(
