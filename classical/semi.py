@@ -18,7 +18,10 @@ Both use fixed parameters: with a few labels per class there is no honest way to
 them. The graph's were chosen on the flowers at 10 labels per class on a development split (seed 1),
 not on any run's test split (README, "Learning curves"): the PCA step gave +2.5 points over the same
 graph on the full embeddings there; alpha 0.9 instead of scikit-learn's 0.2 lets labels travel along
-chains of neighbours (with 0.2 they fade within a few hops and far rows get no label at all). Unlabelled rows that are copies or near-duplicates of a test image are left out (as the split
+chains of neighbours (with 0.2 they fade within a few hops and far rows get no label at all). A row
+whose neighbours no label reaches (a graph component without a labelled row) gets no probabilities
+from scikit-learn (a RuntimeWarning, and the first class): none of the flowers' test rows at 5 or 10
+labels per class. Unlabelled rows that are copies or near-duplicates of a test image are left out (as the split
 keeps duplicates on one side), so no test photo is seen in training, not even without its label.
 """
 
