@@ -61,6 +61,9 @@ def sweep(
     repeats: Annotated[int, typer.Option(help="Also re-split with seeds seed..seed+K-1 and fit the models on each: mean, std, times ranked first (0: off).")] = 0,
     embedding_cost: Annotated[bool, typer.Option(help="Time the backbone from pixels, so costs count backbone + head.")] = True,
     audit: Annotated[bool, typer.Option("--audit/--no-audit", help="Audit the cache first (near-duplicates, label issues, outliers: RUN/audit.json).")] = True,
+    learning_curve: Annotated[str | None, typer.Option(help="Also fit the models on N labelled images per class, e.g. 5,10,25,50 ('all' implied last): report.json learning_curve.")] = None,
+    curve_seeds: Annotated[int, typer.Option(help="Seeded subsets per learning-curve point (mean and std over them).")] = 3,
+    semi_supervised: Annotated[bool, typer.Option(help="Add semi-... models to the learning curve: unlabelled rows and held-back labels put to work.")] = False,
 ) -> None:
     """Fit every model on the cache's embeddings and compare them on one stored test split."""
     try:
@@ -69,6 +72,7 @@ def sweep(
             grids=grid, search=search.value, cv=cv, n_jobs=n_jobs, seed=seed,
             fractions=tuple(float(f) for f in fractions.split(",")), progress=None if progress else False,
             engine=engine.value, address=address, repeats=repeats, embedding_cost=embedding_cost, audit=audit,
+            learning_curve=learning_curve, curve_seeds=curve_seeds, semi_supervised=semi_supervised,
         )
     except (EmbedderError, ValueError) as exc:
         fail(exc)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from classical.audit import audit as run_audit
 from classical.costs import measure_embedding, not_measured
+from classical.curves import ALL, parse_points, plan_curve, run_curve
 from classical.data import LabeledEmbeddings, load_labeled
 from classical.errors import DataError
 from classical.modelfile import EMBEDDING_FIELDS, MODEL_SUFFIX, save_model
@@ -66,6 +67,9 @@ def sweep(
     repeats: int = 0,
     embedding_cost: bool = True,
     audit: bool = True,
+    learning_curve: str | Sequence[int | str] | None = None,
+    curve_seeds: int = 3,
+    semi_supervised: bool = False,
 ) -> dict[str, Any]:
     """Fit and compare `models` on the cache's embeddings; write the report into `out`; return it.
 
@@ -76,6 +80,9 @@ def sweep(
     `embedding_cost=False` skips timing the backbone (costs from pixels stay null unless an
     earlier sweep of the run measured them). `audit=True` (default) audits the cache on the run's
     split first (`classical.audit`: `out/audit.json`, its counts in `report["audit"]`).
+    `learning_curve="5,10,25,50"` ("all" implied last) also fits the models on `curve_seeds` seeded
+    subsets of n labelled images per class (`classical.curves`: `report["learning_curve"]`);
+    `semi_supervised=True` adds the semi-supervised models (`classical.semi`) to the curve (alone: at "all").
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}. Received: engine={engine!r}")
@@ -86,12 +93,16 @@ def sweep(
         raise ValueError(f"search must be one of {SEARCHES}. Received: search={search!r}")
     if repeats is None or repeats < 0:
         raise ValueError(f"repeats must be 0 (none) or a number of re-splits >= 1. Received: repeats={repeats!r}")
+    points = None if learning_curve is None and not semi_supervised else parse_points(learning_curve or ALL)
+    if points is not None and (curve_seeds is None or curve_seeds < 1):
+        raise ValueError(f"curve_seeds must be a number of subsets per point >= 1. Received: curve_seeds={curve_seeds!r}")
     overrides = load_grids(grids) if isinstance(grids, (str, os.PathLike)) else grids
     run = Path(out)
     data = load_labeled(cache, backbone)
     split = load_or_make_split(run, data, fractions=fractions, seed=seed)
     parts = sorted_test(split.indices(data.paths), data)
     folds = cv_folds(data.y[np.concatenate([parts["train"], parts["val"]])], cv, data.class_names)
+    plan = None if points is None else plan_curve(points, data, parts, semi_supervised=semi_supervised)
     record = split.summary() | {"test_paths": [str(p) for p in data.paths[parts["test"]]],
                                 "test_labels": [int(label) for label in data.y[parts["test"]]]}
     report = load_report(run) if (run / "report.json").is_file() else new_report(
@@ -110,13 +121,14 @@ def sweep(
         report["embedding"] = not_measured("embedding_cost=False")
     bar = tqdm(list(models), unit="model", desc="sweep", disable=None if progress is None else not progress)
     fitted: dict[str, float] = {}
+    rows: dict[str, dict[str, Any]] = {}
     with joblib_backend(engine, address):
         for name in bar:
             bar.set_postfix_str(name)
             row = fit_and_score(ZOO[name], grid_for(name, overrides), data, parts, split,
                                 run=run, folds=folds, search=search, n_jobs=n_jobs, seed=seed)
             add_rows(report, [row])
-            fitted[name] = row["test_accuracy"]
+            fitted[name], rows[name] = row["test_accuracy"], row
             logger.info("%s: test accuracy %.3f, fit %.1f s", name, row["test_accuracy"], row["fit_seconds"])
         bar.close()
         if repeats:
@@ -125,6 +137,10 @@ def sweep(
             report["repeats"] = run_repeats(data, list(models), overrides, k=repeats, seed=seed, fractions=fractions,
                                             cv=cv, search=search, n_jobs=n_jobs, run=run, progress=progress,
                                             fitted=(split.id, fitted))
+        if plan is not None:
+            report["learning_curve"] = run_curve(plan, data, parts, list(models), overrides=overrides, seeds=curve_seeds,
+                                                 folds=folds, n_jobs=n_jobs, seed=seed, progress=progress,
+                                                 fitted=rows if search == "grid" else None)
     write_report(report, run)
     return report
 

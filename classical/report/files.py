@@ -17,7 +17,9 @@ report.json::
      "comparison": {"classical", "neural", "difference", "ci", "ci_method", "p_value", "test",
                     "discordant", "n_test", "significant"},
      "repeats": {"k", "seeds", "splits", "models": {name: {"accuracies", "mean", "std", "first"}},
-                 "seconds", "method"}}
+                 "seconds", "method"},
+     "learning_curve": {"per_class": [5, 10, 25, 50, "all"], "seeds", "models": {name: [mean test accuracy per point]},
+                        "std": {name: [...]}, ...}  (shape: `classical.report.curve`)}
 
 `cv_std` is null for neural rows (selected on the validation split, not by CV). Costs compare
 like with like: `predict_ms_per_image` is the cost of one image from decoded pixels, backbone +
@@ -41,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from classical.report.curve import curve_markdown, curve_rows, curve_verdict
 from classical.report.uncertainty import CI_NAME, TEST_NAME, paired_comparison
 from embedder import utc_now
 
@@ -278,6 +281,9 @@ def format_table(report: dict[str, Any]) -> str:
     if repeats:
         text += (f"\n\nRepeats: {report['repeats']['k']} re-splits, seeds {report['repeats']['seeds']}, "
                  f"{report['repeats']['seconds']:.0f} s\n" + _aligned(repeats, 1))
+    curve = curve_rows(report)
+    if curve:
+        text += f"\n\n{curve_verdict(report)}\n" + _aligned(curve, 2)
     return text
 
 
@@ -329,6 +335,8 @@ def write_report(report: dict[str, Any], run: Path) -> None:
         markdown += ["", f"## Repeats: {report['repeats']['k']} re-splits", "",
                      f"{report['repeats']['method']}. Took {report['repeats']['seconds']:.0f} s.", "",
                      *_markdown_table(repeats)]
+    curve = curve_rows(report)
+    markdown += curve_markdown(report, _markdown_table(curve) if curve else [])
     markdown += [
         "", "Best hyper-parameters:", "",
         *(f"- **{row['name']}** ({row.get('selection', '')}): `{json.dumps(row.get('params'))}`" for row in report["models"]),

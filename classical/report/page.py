@@ -3,7 +3,7 @@
 It works offline, opened from disk: no script, no network; the plots sit in RUN/plots/ and the
 photo thumbnails in RUN/thumbnails/ (small JPEGs made once per photo), both beside the page.
 Everything on it is read from the two JSON contracts, so the page never disagrees with them:
-the comparison table with intervals, the paired verdict, the repeats, the plots, the test photos
+the comparison table with intervals, the paired verdict, the repeats, the learning curve, the plots, the test photos
 each model got wrong (true and predicted class, the model's probability), and the audit's
 near-duplicate pairs, label-issue candidates, outliers and map.
 """
@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from classical.report.curve import curve_rows, curve_verdict
 from classical.report.files import repeats_rows, table_rows, verdict
 from embedder import atomic_path, open_cache
 
@@ -48,7 +49,7 @@ def render_page(report: dict[str, Any], run: Path, plots: list[Path]) -> Path:
     thumbnails = _Thumbnails(run, _image_root(report))
     body = [f"<h1>Transfer-learning comparison: {_e(run.name)}</h1>", _summary(report),
             f'<p class="verdict" id="verdict">{_e(verdict(report))}</p>', _models_table(report), _comparison(report),
-            _repeats(report), _plots(run, plots), _errors(report, thumbnails)]
+            _repeats(report), _curve(report), _plots(run, plots), _errors(report, thumbnails)]
     if audit is not None:
         body.append(_audit(audit, run, thumbnails))
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -112,6 +113,16 @@ def _repeats(report: dict[str, Any]) -> str:
     repeats = report["repeats"]
     return (f"<h2>Repeats: {repeats['k']} re-splits</h2><p class=\"muted\">{_e(repeats.get('method', ''))}</p>"
             + _table(rows, "repeats"))
+
+
+def _curve(report: dict[str, Any]) -> str:
+    rows = curve_rows(report)
+    if not rows:
+        return ""
+    curve = report["learning_curve"]
+    return ("<h2>Learning curve: test accuracy vs labelled images per class</h2>"
+            f'<p class="verdict" id="curve-verdict">{_e(curve_verdict(report))}</p>' + _table(rows, "learning-curve")
+            + f'<p class="muted">{_e(curve["method"])}</p>')
 
 
 def _plots(run: Path, plots: list[Path]) -> str:

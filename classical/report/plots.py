@@ -1,4 +1,4 @@
-"""The report's pictures: accuracy against fit time, the best model's confusion matrix, F1 per class.
+"""The report's pictures: accuracy against fit time, the best model's confusion matrix, F1 per class, learning curve.
 
 Imports matplotlib: `classical.report` loads this module only when plots are drawn.
 """
@@ -20,12 +20,14 @@ KIND_COLORS = {"classical": "tab:blue", "neural": "tab:orange"}
 
 
 def render_plots(report: dict[str, Any], run: Path) -> list[Path]:
-    """Draw the three charts into run/plots/ and return their paths."""
+    """Draw the charts into run/plots/ (the learning curve when the report has one) and return their paths."""
     folder = run / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     paths = [accuracy_vs_fit_time(report, folder / "accuracy_vs_fit_time.png"),
              confusion(report, folder / "confusion_matrix.png"),
              per_class_f1(report, folder / "per_class_f1.png")]
+    if (report.get("learning_curve") or {}).get("models"):
+        paths.append(learning_curve(report, folder / "learning_curve.png"))
     return paths
 
 
@@ -94,6 +96,36 @@ def per_class_f1(report: dict[str, Any], path: Path) -> Path:
     axes.set_title("F1 per class")
     axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def learning_curve(report: dict[str, Any], path: Path) -> Path:
+    """Mean test accuracy against labelled images per class (log x), one line per model, its band ± 1 std."""
+    curve = report["learning_curve"]
+    classes = len(report["class_names"])
+    x = np.array([images / classes for images in curve["images"]], dtype=float)
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for name, means in curve["models"].items():
+        kept = [i for i, mean in enumerate(means) if mean is not None]
+        if not kept:
+            continue
+        mean = np.array([means[i] for i in kept])
+        std = np.array([curve["std"][name][i] or 0.0 for i in kept])
+        semi = curve["kinds"].get(name) == "semi-supervised"
+        (line,) = axes.plot(x[kept], mean, "--" if semi else "-", marker="o", markersize=4, label=name)
+        axes.fill_between(x[kept], mean - std, mean + std, color=line.get_color(), alpha=0.15, linewidth=0)
+    axes.set_xscale("log")
+    labels = [f"all\n({v:.0f})" if n == "all" else str(n) for n, v in zip(curve["per_class"], x)]
+    axes.set_xticks(x, labels)
+    axes.minorticks_off()
+    axes.set_xlabel("labelled training images per class (log scale)")
+    axes.set_ylabel(f"test accuracy (mean of {curve['seeds']} seeds, band ± 1 std)")
+    axes.set_title(f"Learning curve (n_test = {report['split']['n_test']}; dashed: semi-supervised)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -1,0 +1,128 @@
+"""Semi-supervised models for the learning curve: the unlabelled rows of the cache put to work.
+
+At each learning-curve point the labelled subset is joined by the rows without a label: the cache's
+unlabelled rows (label -1: a flat folder extracted into the same cache with the same backbone) and the
+training rows whose labels the point holds back. Two scikit-learn models use them:
+
+- `semi-self-training`: `SelfTrainingClassifier` around the point's best classical head (the one with
+  the best CV accuracy at that point and seed, with its selected hyper-parameters): it fits the head,
+  adds the unlabelled rows it predicts with probability >= `SELF_TRAINING_THRESHOLD` as labelled,
+  and refits, at most `SELF_TRAINING_ITERATIONS` times.
+- `semi-label-spreading`: `LabelSpreading` on a kNN graph (`LABEL_SPREADING_NEIGHBOURS` neighbours,
+  `LABEL_SPREADING_ALPHA` of each node's labels from its neighbours) of the embeddings power-normalised
+  (signed square root, then unit L2 norm: the audit's similarity, the Hellinger kernel on ReLU6
+  features), reduced by PCA to `LABEL_SPREADING_COMPONENTS` dimensions (fitted on the rows it is given,
+  labelled and unlabelled: no label is used) and L2-normalised again.
+
+Both use fixed parameters: with a few labels per class there is no honest way to cross-validate
+them. The graph's were chosen on the flowers at 10 labels per class on a development split (seed 1),
+not on any run's test split (README, "Learning curves"): the PCA step gave +2.5 points over the same
+graph on the full embeddings there; alpha 0.9 instead of scikit-learn's 0.2 lets labels travel along
+chains of neighbours (with 0.2 they fade within a few hops and far rows get no label at all). A row
+whose neighbours no label reaches (a graph component without a labelled row) gets no probabilities
+from scikit-learn (a RuntimeWarning, and the first class): none of the flowers' test rows at 5 or 10
+labels per class. Unlabelled rows that are copies or near-duplicates of a test image are left out (as the split
+keeps duplicates on one side), so no test photo is seen in training, not even without its label.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, clone
+from sklearn.decomposition import PCA
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, Normalizer
+from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
+
+from classical.audit.near_duplicates import (
+    DEFAULT_THRESHOLD,
+    find_near_duplicates,
+    normalise,
+)
+from classical.data import backbone_rows
+from embedder import open_cache
+
+logger = logging.getLogger(__name__)
+
+SELF_TRAINING, LABEL_SPREADING = "semi-self-training", "semi-label-spreading"
+SEMI_MODELS = (SELF_TRAINING, LABEL_SPREADING)
+SELF_TRAINING_THRESHOLD = 0.75
+SELF_TRAINING_ITERATIONS = 10
+LABEL_SPREADING_NEIGHBOURS = 10
+LABEL_SPREADING_ALPHA = 0.9
+LABEL_SPREADING_COMPONENTS = 64
+DESCRIPTION = (f"{SELF_TRAINING}: SelfTrainingClassifier (threshold {SELF_TRAINING_THRESHOLD}, at most "
+               f"{SELF_TRAINING_ITERATIONS} iterations) around the point's classical head with the best CV accuracy, "
+               f"with its selected parameters; {LABEL_SPREADING}: LabelSpreading on a {LABEL_SPREADING_NEIGHBOURS}-NN "
+               f"graph of the power-normalised embeddings, PCA to {LABEL_SPREADING_COMPONENTS} dimensions, L2 norm "
+               f"(alpha {LABEL_SPREADING_ALPHA}); both fixed, not searched, "
+               "and fed the cache's unlabelled rows plus the training rows whose labels the point holds back")
+
+
+@dataclass
+class Unlabeled:
+    """The cache's rows without a label that may be used in training (none is a copy of a test image)."""
+
+    X: np.ndarray
+    paths: np.ndarray
+    in_cache: int  # unlabelled rows of the backbone in the cache
+    left_out: int  # of those: non-finite, or copies / near-duplicates of a test image
+
+    def record(self) -> dict[str, Any]:
+        return {"in_cache": self.in_cache, "used": len(self.X), "left_out": self.left_out,
+                "left_out_why": "non-finite embeddings, or copies / near-duplicates of a test image"}
+
+
+def load_unlabeled(cache: str | os.PathLike, backbone: str, *, test_X: np.ndarray, test_sha256: np.ndarray) -> Unlabeled:
+    """The unlabelled rows of `backbone` in `cache`, without those that duplicate a test image."""
+    with open_cache(cache) as opened:
+        rows = backbone_rows(opened, backbone)
+        unlabeled = rows.labels < 0
+        if not unlabeled.any():
+            return Unlabeled(X=np.zeros((0, rows.dim), np.float32), paths=np.array([], dtype=str), in_cache=0, left_out=0)
+        X, paths, sha256 = rows.load()[unlabeled], rows.paths[unlabeled], rows.sha256[unlabeled]
+    keep = np.isfinite(X).all(axis=1) & ~np.isin(sha256, test_sha256)
+    if len(test_X) and keep.any():
+        found, _ = find_near_duplicates(np.concatenate([test_X, X[keep]]), threshold=DEFAULT_THRESHOLD)
+        n_test = len(test_X)
+        crossing = np.concatenate([found.j[found.i < n_test], found.i[found.j < n_test]])
+        near = np.unique(crossing[crossing >= n_test] - n_test)
+        keep[np.flatnonzero(keep)[near]] = False
+    left_out = int((~keep).sum())
+    if left_out:
+        logger.warning("semi-supervised: %d of %d unlabelled rows of %s left out (non-finite, or copies of test images)",
+                       left_out, len(keep), cache)
+    return Unlabeled(X=np.ascontiguousarray(X[keep], np.float32), paths=paths[keep], in_cache=len(keep),
+                     left_out=left_out)
+
+
+def label_spreading(rows: int, dim: int) -> Pipeline:
+    """LabelSpreading on a kNN graph of the power-normalised, PCA-reduced embeddings (for `rows` x `dim` inputs)."""
+    return Pipeline([("normalise", FunctionTransformer(normalise)),
+                     ("reduce", PCA(n_components=min(LABEL_SPREADING_COMPONENTS, rows, dim), random_state=0)),
+                     ("unit", Normalizer()),
+                     ("spread", LabelSpreading(kernel="knn", n_neighbors=min(LABEL_SPREADING_NEIGHBOURS, rows - 1),
+                                               alpha=LABEL_SPREADING_ALPHA, max_iter=1000))])
+
+
+def self_training(head: BaseEstimator) -> SelfTrainingClassifier:
+    """Self-training around an (unfitted copy of a) classical head with predict_proba."""
+    return SelfTrainingClassifier(clone(head), threshold=SELF_TRAINING_THRESHOLD, max_iter=SELF_TRAINING_ITERATIONS)
+
+
+def fit_semi(X: np.ndarray, y: np.ndarray, X_unlabeled: np.ndarray, head: BaseEstimator | None) -> dict[str, Any]:
+    """Both semi-supervised models fitted on the labelled rows (X, y) plus the unlabelled rows; by curve name.
+
+    `head`: the classical head self-training wraps (None: no classical model in the sweep, no self-training).
+    """
+    X_all = np.concatenate([X, X_unlabeled])
+    y_all = np.concatenate([y, np.full(len(X_unlabeled), -1, dtype=y.dtype)])
+    fitted = {LABEL_SPREADING: label_spreading(*X_all.shape).fit(X_all, y_all)}
+    if head is not None:
+        fitted[SELF_TRAINING] = self_training(head).fit(X_all, y_all)
+    return {name: fitted[name] for name in SEMI_MODELS if name in fitted}
