@@ -1,14 +1,16 @@
-"""Inference runtimes (Keras reference, ONNX Runtime, OpenVINO) at fp32, bf16 or int8, and the choice among them."""
+"""Inference runtimes (Keras reference, ONNX Runtime, OpenVINO) at fp32, bf16 or int8, the choice among them, and the handover."""
 
 from embedder.runtimes.choice import CANDIDATES, PRECISIONS, RUNTIMES, load_encoder
 from embedder.runtimes.encoders import Encoder, KerasEncoder, OnnxEncoder, OpenVinoEncoder, reduced_key, runtime_cache_dir
 from embedder.runtimes.exports import compare, export_onnx, onnx_path, parity_images, within_parity
+from embedder.runtimes.handover import Handover, start_encoder
 
 __all__ = [
     "CANDIDATES",
     "PRECISIONS",
     "RUNTIMES",
     "Encoder",
+    "Handover",
     "KerasEncoder",
     "OnnxEncoder",
     "OpenVinoEncoder",
@@ -19,5 +21,6 @@ __all__ = [
     "parity_images",
     "reduced_key",
     "runtime_cache_dir",
+    "start_encoder",
     "within_parity",
 ]

@@ -15,16 +15,18 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from embedder.atomic import atomic_path, write_bytes_atomic
-from embedder.backbone import Backbone, uint8_function
+from embedder.backbone import Backbone
 from embedder.errors import RuntimeUnavailableError
 from embedder.runtimes.encoders import KerasEncoder, OnnxEncoder, runtime_cache_dir
 
 logger = logging.getLogger(__name__)
 
+CATCH_ERRORS = "TF2ONNX_CATCH_ERRORS"  # set (to anything, as tf2onnx 1.17 reads it): no graph copy per optimizer pass
 PARITY_MAX_ABS = 1e-4
 PARITY_MIN_COSINE = 0.99999
 
@@ -66,19 +68,19 @@ def onnx_path(backbone: Backbone) -> Path:
     return runtime_cache_dir() / "onnx" / f"{backbone.key}.onnx"
 
 
-def export_onnx(backbone: Backbone, path: Path) -> dict[str, float]:
-    """Export the backbone's Keras model to ONNX at `path` (atomically) and check it against Keras."""
-    import tf2onnx
+def export_onnx(backbone: Backbone, path: Path, reference: KerasEncoder | None = None) -> dict[str, float]:
+    """Export the backbone's Keras model to ONNX at `path` (atomically) and check it against Keras.
 
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    A `reference` already in use is converted and checked against as it is (its trace is reused).
+    """
     started = time.perf_counter()
-    function = uint8_function(backbone.model, backbone.size)
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=17)
+    reference = reference or KerasEncoder(backbone)
+    proto = _convert(reference.function)
     path.parent.mkdir(parents=True, exist_ok=True)
     images = parity_images(backbone.size)
     with atomic_path(path) as tmp:
         tmp.write_bytes(proto.SerializeToString())
-        parity = compare(KerasEncoder(backbone)(images), OnnxEncoder(tmp, key=backbone.key)(images))
+        parity = compare(reference(images), OnnxEncoder(tmp, key=backbone.key)(images))
         if not within_parity(parity):
             raise RuntimeUnavailableError(
                 f"the ONNX export of {backbone.key} differs from Keras (max abs {parity['max_abs']:.2e}, "
@@ -90,11 +92,33 @@ def export_onnx(backbone: Backbone, path: Path) -> dict[str, float]:
     return report
 
 
-def fp32_model(backbone: Backbone) -> Path:
-    """The parity-checked ONNX export of the backbone, exported on first use."""
+def _convert(function: Any) -> Any:
+    """tf2onnx's conversion of a `tf.function`, without the graph copy it makes before each optimizer pass.
+
+    Those copies (to roll back a failing pass) take a third of the conversion; a failing pass is
+    rare, so the conversion runs without them and only falls back to tf2onnx's default when one
+    fails. The result is checked against the reference either way. A TF2ONNX_CATCH_ERRORS set by
+    the user is left as it is.
+    """
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    if CATCH_ERRORS not in os.environ:
+        os.environ[CATCH_ERRORS] = "FALSE"
+        try:
+            return tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=17)[0]
+        except Exception:  # a pass failed without its safety net: convert again with it
+            logger.info("tf2onnx failed without its optimizer safety net; converting again with it", exc_info=True)
+        finally:
+            del os.environ[CATCH_ERRORS]
+    return tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=17)[0]
+
+
+def fp32_model(backbone: Backbone, reference: KerasEncoder | None = None) -> Path:
+    """The parity-checked ONNX export of the backbone, exported on first use (from `reference`, if given)."""
     path = onnx_path(backbone)
     if not path.is_file():
-        export_onnx(backbone, path)
+        export_onnx(backbone, path, reference)
     return path
 
 
