@@ -2,12 +2,15 @@
 
 Choosing "auto"'s runtime needs the ONNX export and a measurement of each candidate (about 13 s on
 2 cores), which a new user would otherwise wait for before the first image is embedded. `Handover`
-embeds with the reference from the first batch while a background thread exports and checks the
-fast runtimes. Each candidate, once ready, is checked once more on the first real batch it gets
-and then embeds real batches, timed one call at a time; when each has had TRIAL_SECONDS of them the
-fastest takes over for the rest of the run and is remembered as "auto"'s choice. No work is thrown
-away, and every runtime that embeds rows passed the parity check against the reference, so rows
-from before and after the handover share one cache key as any fp32 runtimes' rows do.
+embeds with the reference from the first batch while a background thread exports the reference's
+own trace to ONNX and builds and checks the fast runtimes. (In a process of its own the export
+would not hold this one's GIL, but it would load TensorFlow and build the model a second time:
+measured side by side on 2 shared cores, the thread hands over sooner.) Each candidate, once
+ready, is checked once more on the first real batch it gets and then embeds real batches, timed
+one call at a time; when each has had TRIAL_SECONDS of them the fastest takes over for the rest of
+the run and is remembered as "auto"'s choice. No work is thrown away, and every runtime that embeds
+rows passed the parity check against the reference, so rows from before and after the handover
+share one cache key as any fp32 runtimes' rows do.
 """
 
 from __future__ import annotations
@@ -99,7 +102,10 @@ class Handover:
 
     def describe(self) -> str:
         """Which runtimes embedded how many images, e.g. "onnx (before the handover: keras 96 images)"."""
-        before = ", ".join(f"{runtime} {count}" for runtime, count in self.images.items() if runtime != self.runtime)
+        used = {runtime: count for runtime, count in self.images.items() if count}
+        if self.runtime not in used:  # the run ended before the handover
+            return f"{', '.join(used) or 'none'} ({self.runtime} chosen for the next runs)"
+        before = ", ".join(f"{runtime} {count}" for runtime, count in used.items() if runtime != self.runtime)
         return f"{self.runtime} (before the handover: {before} images)" if before else self.runtime
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -163,28 +169,34 @@ class Handover:
             self._choose()
 
     def _prepare(self) -> None:
-        """Background: export once from the reference's trace, then build and check each fast candidate."""
+        """Background: export from the reference, then build and check each fast candidate."""
+        problem = None
         try:
-            fp32_model(self._backbone, reference=self._reference)
-            for runtime in CANDIDATES["fp32"]:
-                if runtime == "keras":
-                    continue
-                try:
-                    encoder = build(self._backbone, runtime, "fp32", None, None, self._threads)
-                except (RuntimeUnavailableError, ImportError) as exc:
-                    self._problems.append(str(exc))
-                    continue
-                with self._lock:
-                    self._trials[runtime] = _Trial(encoder)
+            fp32_model(self._backbone, reference=self._reference)  # the reference's own trace, converted
         except (RuntimeUnavailableError, ImportError) as exc:  # no export: no fast runtime at all
-            self._problems.append(str(exc))
-        except Exception:  # unexpected: what is ready is used, nothing is remembered, a later run prepares again
-            logger.warning("preparing the fast runtimes of %s failed", self.key, exc_info=True)
-            self._remember = False
+            problem = str(exc)
+        except Exception as exc:  # noqa: BLE001 -- unexpected: the reference goes on, nothing is remembered, a later run prepares again
+            problem, self._remember = f"preparing the fast runtimes failed ({exc}); a later run tries again.", False
+        if problem is not None:
+            self._problems.append(problem)
+        else:
+            for runtime in CANDIDATES["fp32"]:
+                if runtime != "keras":
+                    self._add_candidate(runtime)
         with self._lock:
             self._prepared = True
             if all(t.timed for t in self._trials.values()):
                 self._choose()
+
+    def _add_candidate(self, runtime: str) -> None:
+        """Build a fast runtime on the export (checked against it, for OpenVINO) and put it on trial."""
+        try:
+            encoder = build(self._backbone, runtime, "fp32", None, None, self._threads)
+        except (RuntimeUnavailableError, ImportError) as exc:
+            self._problems.append(str(exc))
+            return
+        with self._lock:
+            self._trials[runtime] = _Trial(encoder)
 
     def _choose(self) -> None:
         """With the lock held: hand over to the fastest checked runtime (the reference if none) and remember it."""
