@@ -7,9 +7,13 @@ contender runs in its own process so that its peak RSS is its own:
 - `embedder.extract` (files on disk to HDF5) for each runtime and precision, next to the pure
   inference rate of the same runtime on pre-decoded arrays (same batch size);
 - the linear-probe accuracy (logistic regression, 5-fold CV over all photos) of each precision;
-- peak RSS for 1,000 photos vs all 2,500; a fully cached rerun; opening a cache and loading it.
+- peak RSS for 1,000 photos vs all 2,500; a fully cached rerun; opening a cache and loading it;
+- the first run on a fresh machine: `embedder extract` as a whole process with an empty, new
+  EMBEDDER_CACHE_DIR (no ONNX export, no runtime chosen yet), side by side with the tutorial way
+  as a whole process on the same photos, alternating, pair after pair (the machine may be shared).
 
-    python benchmarks/extract.py [--source DIR] [--weights FILE] [--skip-doubled]
+    python benchmarks/extract.py [--source DIR] [--weights FILE] [--skip-doubled] [--cold-pairs N]
+    python benchmarks/extract.py --only-cold [--both-sets]   # the first-run comparison alone
 """
 
 from __future__ import annotations
@@ -84,20 +88,68 @@ def work_pure(source: Path, weights: str, runtime: str, precision: str, calibrat
     return {"images_per_second": done / (time.perf_counter() - started)}
 
 
+def whole_process(command: list[str], env: dict[str, str]) -> tuple[str, str, float, float]:
+    """Run a process to its end: its stdout, stderr, wall time (start-up included) and its own peak RSS in MB."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as errors:  # a file: a long stderr cannot block the process
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+        output = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        errors.seek(0)
+        messages = errors.read()
+    if status:
+        raise SystemExit(f"{command[:6]} failed:\n{messages[-3000:]}")
+    return output, messages, seconds, usage.ru_maxrss / 1024
+
+
 def peak_rss_worker(*args: str) -> dict:
     """Run this script as a worker process; its JSON result plus wall time and its own peak RSS."""
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, __file__, "--worker", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    output = process.stdout.read()
-    errors = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    if status:
-        raise SystemExit(f"worker {args} failed:\n{errors[-3000:]}")
-    result = json.loads(output.strip().splitlines()[-1])
-    result["process_seconds"] = time.perf_counter() - started
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024
-    return result
+    output, _, seconds, rss = whole_process([sys.executable, __file__, "--worker", *args],
+                                            {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return {**json.loads(output.strip().splitlines()[-1]), "process_seconds": seconds, "peak_rss_mb": rss}
+
+
+def first_run(source: Path, weights: str, out: Path, cache_dir: Path) -> dict:
+    """`embedder extract` as a new user runs it, as a whole process, with an empty EMBEDDER_CACHE_DIR."""
+    command = [sys.executable, "-m", "embedder.cli", "extract", str(source), "--out", str(out), "--weights", weights,
+               "--no-progress"]
+    output, _, seconds, rss = whole_process(command, {**os.environ, "EMBEDDER_CACHE_DIR": str(cache_dir)})
+    runtime = next(line for line in output.splitlines() if line.startswith("time")).split("runtime ", 1)[1][:-1]
+    return {"process_seconds": seconds, "peak_rss_mb": rss, "runtime": runtime}
+
+
+def cold_start(source: Path, weights: str, tmp: Path, pairs: int) -> list[str]:
+    """The first run on a fresh machine vs the tutorial way, both whole processes, alternating pair after pair."""
+    n = len(list(source.rglob("*.jpg")))
+    lines = [(f"first run on a fresh machine (empty EMBEDDER_CACHE_DIR), whole process incl. start-up, {n} photos of "
+              f"{source}, {pairs} pairs run side by side (alternating order):")]
+    ratios = []
+    for pair in range(pairs):
+        runs = {
+            "tutorial": lambda: peak_rss_worker("tutorial", str(source), weights, str(tmp / "cold-tutorial.npy")),
+            "first": lambda k=pair: first_run(source, weights, tmp / f"cold-{k}.h5", tmp / f"fresh-cache-{k}"),
+        }
+        order = ["first", "tutorial"] if pair % 2 else ["tutorial", "first"]
+        done = {name: runs[name]() for name in order}
+        tutorial, first = done["tutorial"], done["first"]
+        ratios.append(tutorial["process_seconds"] / first["process_seconds"])
+        lines.append(f"  pair {pair + 1}: tutorial {tutorial['process_seconds']:5.1f} s "
+                     f"({n / tutorial['process_seconds']:4.0f} images/s, {tutorial['peak_rss_mb']:.0f} MB), "
+                     f"first extract {first['process_seconds']:5.1f} s ({n / first['process_seconds']:4.0f} images/s, "
+                     f"{first['peak_rss_mb']:.0f} MB): {ratios[-1]:.2f}x; runtime {first['runtime']}")
+    lines.append(f"  first run vs tutorial, whole process: median {float(np.median(ratios)):.2f}x "
+                 f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x) on {n} photos")
+    return lines
+
+
+def both_sets(folder: Path) -> Path:
+    """The flowers and the blood cells in one folder of class folders (symlinks), for a longer first run."""
+    for data in ("flowers", "blood_cells"):
+        for photo in sorted((SHARED / "data" / data).glob("*/*.jpg")):
+            (folder / photo.parent.name).mkdir(parents=True, exist_ok=True)
+            (folder / photo.parent.name / photo.name).symlink_to(photo.resolve())
+    return folder
 
 
 # ------------------------------------------------------------------ measurements in the parent
@@ -144,6 +196,9 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=SHARED / "data" / "flowers")
     parser.add_argument("--weights", default=str(SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"))
     parser.add_argument("--skip-doubled", action="store_true", help="skip the 2,500-photo whole-process and memory runs")
+    parser.add_argument("--cold-pairs", type=int, default=3, help="first-run vs tutorial pairs (0: skip)")
+    parser.add_argument("--only-cold", action="store_true", help="only the first-run comparison")
+    parser.add_argument("--both-sets", action="store_true", help="first run on the flowers and blood cells together")
     parser.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -163,6 +218,11 @@ def main() -> None:
 
     source, weights = args.source, args.weights
     tmp = Path(tempfile.mkdtemp(prefix="speed-"))
+    if args.cold_pairs or args.only_cold:
+        cold_source = both_sets(tmp / "both") if args.both_sets else source
+        print("\n".join(cold_start(cold_source, weights, tmp, max(1, args.cold_pairs))) + "\n", flush=True)
+    if args.only_cold:
+        return
     lines = [f"{len(list(source.rglob('*.jpg')))} photos of {source}, MobileNetV2 1.0/224 avg-pooled, batch {BATCH}, "
              f"{os.cpu_count()} cores; each contender in its own process", ""]
     # warm-up: exports, quantization and the runtime choice are one-time costs per backbone key

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -13,15 +12,13 @@ from typing import Annotated, Optional
 
 import typer
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from classical.audit import DEFAULT_THRESHOLD  # noqa: E402
-from classical.audit import summary_line as audit_line  # noqa: E402
-from classical.predict import predict as run_predict  # noqa: E402
-from classical.sweep import rerender, summary  # noqa: E402
-from classical.sweep import sweep as run_sweep  # noqa: E402
-from classical.zoo import MODEL_NAMES  # noqa: E402
-from embedder import EmbedderError, Engine, Verbose, fail, setup_logging  # noqa: E402
+from classical.audit import DEFAULT_THRESHOLD
+from classical.audit import summary_line as audit_line
+from classical.predict import predict as run_predict
+from classical.sweep import rerender, summary
+from classical.sweep import sweep as run_sweep
+from classical.zoo import MODEL_NAMES
+from embedder import EmbedderError, Engine, Verbose, fail, setup_logging
 
 app = typer.Typer(help="Classical models and neural heads on cached embeddings, compared on one split.",
                   no_args_is_help=True, add_completion=False)

@@ -6,6 +6,10 @@ this package does not import TensorFlow; the backbone is built on first use.
 
 from typing import Any
 
+from embedder import native_logs
+
+native_logs.quiet()  # before anything can load TensorFlow
+
 from embedder.atomic import atomic_path
 from embedder.backbone import Backbone, build_classifier, build_mobilenet_v2, load_class_names, predict_imagenet
 from embedder.backbone import top_classes, uint8_function

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -11,17 +10,15 @@ from typing import Annotated, Optional
 
 import typer
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from embedder.backbone import Backbone  # noqa: E402
-from embedder.cache import info as cache_info  # noqa: E402
-from embedder.cache import open_cache  # noqa: E402
-from embedder.cache import verify as verify_cache  # noqa: E402
-from embedder.cache.verify import pending as pending_batches  # noqa: E402
-from embedder.cli_options import Alpha, Engine, Pooling, Resize, Size, Verbose, Weights, fail, setup_logging  # noqa: E402
-from embedder.errors import EmbedderError  # noqa: E402
-from embedder.extraction import extract as run_extract  # noqa: E402
-from embedder.inputs import DEFAULT_MAX_PIXELS  # noqa: E402
+from embedder.backbone import Backbone
+from embedder.cache import info as cache_info
+from embedder.cache import open_cache
+from embedder.cache import verify as verify_cache
+from embedder.cache.verify import pending as pending_batches
+from embedder.cli_options import Alpha, Engine, Pooling, Resize, Size, Verbose, Weights, fail, setup_logging
+from embedder.errors import EmbedderError
+from embedder.extraction import extract as run_extract
+from embedder.inputs import DEFAULT_MAX_PIXELS
 
 app = typer.Typer(help="MobileNetV2 bottleneck embeddings, cached in HDF5.", no_args_is_help=True, add_completion=False)
 

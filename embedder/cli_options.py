@@ -8,6 +8,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from embedder import native_logs
+
 
 class Engine(str, Enum):
     local = "local"
@@ -29,4 +31,7 @@ def fail(exc: Exception) -> NoReturn:
 
 
 def setup_logging(verbose: bool) -> None:
+    """Log warnings (with `verbose`: progress details, and TensorFlow's native log lines too)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if verbose:
+        native_logs.verbose()

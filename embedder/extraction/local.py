@@ -19,7 +19,7 @@ from embedder.cache import Batch, CacheIndex, CacheWriter, Failure, open_cache
 from embedder.extraction.rows import ExtractSummary, RetryPolicy, Sorter, plan_work
 from embedder.inputs import DEFAULT_MAX_PIXELS, LoadedFile, SourceItem, default_workers, list_source, load_and_encode
 from embedder.inputs import load_file
-from embedder.runtimes import Encoder, load_encoder, reduced_key
+from embedder.runtimes import Encoder, Handover, load_encoder, reduced_key, start_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def extract(
     with CacheWriter(out) as cache:
         if precision == "fp32":
             key, extra = backbone.key, {}
-            load: Callable[[], Encoder] = functools.partial(load_encoder, backbone, runtime)
+            load: Callable[[], Encoder] = functools.partial(start_encoder, backbone, runtime)
         else:  # the key depends on the runtime (and calibration) chosen: load it first
             reduced, files = _reduced_encoder(Path(out), backbone, listed.items, runtime, precision, calibration)
             key, load = reduced.key, lambda: reduced
@@ -78,10 +78,13 @@ def extract(
         if plan.todo:
             provenance = {**backbone.provenance(), **extra, "source": str(listed.root.resolve())}
             cache.begin(key, provenance)
+            encoder = _in_background(load)
             _embed_into(
-                cache, key, plan.todo, _in_background(load), backbone, index, plan.failed_hashes, summary,
+                cache, key, plan.todo, encoder, backbone, index, plan.failed_hashes, summary,
                 batch_size=batch_size, workers=workers or default_workers(), max_pixels=max_pixels, progress=progress,
             )
+    if plan.todo:
+        _finish(encoder, summary)
     summary.seconds = time.perf_counter() - started
     logger.info("%s", summary)
     return summary
@@ -96,6 +99,15 @@ def _in_background(load: Callable[[], Encoder]) -> Callable[[], Encoder]:
     loaded = loader.submit(load)
     loader.shutdown(wait=False)
     return loaded.result
+
+
+def _finish(encoder: Callable[[], Encoder], summary: ExtractSummary) -> None:
+    """After a first run's last batch: let a handover finish its choice, and name the runtimes it used."""
+    loaded = encoder()
+    if isinstance(loaded, Handover):
+        loaded.finish()
+        if summary.embedded:
+            summary.runtime = loaded.describe()
 
 
 def _reduced_encoder(out: Path, backbone: Backbone, items: list[SourceItem], runtime: str, precision: str,

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedder.atomic import write_bytes_atomic
 from embedder.backbone import Backbone
 from embedder.errors import RuntimeUnavailableError
 from embedder.runtimes.encoders import Encoder, KerasEncoder, OnnxEncoder, OpenVinoEncoder, reduced_key, runtime_cache_dir
@@ -51,9 +52,9 @@ def _installed(runtime: str) -> bool:
         return False
 
 
-def _build(backbone: Backbone, runtime: str, precision: str, calibration: Sequence[Path] | None,
+def build(backbone: Backbone, runtime: str, precision: str, calibration: Sequence[Path] | None,
            digest: str | None, threads: int | None) -> Encoder:
-    """One encoder; fp32 fast runtimes are checked against the Keras reference once per key."""
+    """One encoder, exactly the runtime asked; fp32 fast runtimes are checked against the Keras reference once per key."""
     if precision not in CANDIDATES or runtime not in CANDIDATES[precision]:
         supported = ", ".join(f"{p}: {'/'.join(r)}" for p, r in CANDIDATES.items())
         raise RuntimeUnavailableError(f"runtime '{runtime}' does not run precision '{precision}' (supported: {supported}).")
@@ -81,7 +82,7 @@ def _build(backbone: Backbone, runtime: str, precision: str, calibration: Sequen
     return encoder
 
 
-def _throughput(encoder: Encoder, size: int) -> float:
+def throughput(encoder: Encoder, size: int) -> float:
     """Images per second of an encoder on a batch of 32 test images (after a warm-up call)."""
     batch = np.concatenate([parity_images(size)] * 4)
     encoder(batch)
@@ -90,6 +91,27 @@ def _throughput(encoder: Encoder, size: int) -> float:
         encoder(batch)
         calls += 1
     return calls * len(batch) / (time.perf_counter() - started)
+
+
+def _choice_path(backbone: Backbone, precision: str) -> Path:
+    return runtime_cache_dir() / "auto" / f"{backbone.key}-{precision}.json"
+
+
+def remembered(backbone: Backbone, precision: str = "fp32") -> str | None:
+    """The runtime "auto" chose on this machine for this backbone and precision, or None before it has chosen."""
+    path = _choice_path(backbone, precision)
+    return json.loads(path.read_text())["runtime"] if path.is_file() else None
+
+
+def remember(backbone: Backbone, precision: str, measured: dict[str, float], *, on: str = "test images") -> str:
+    """Keep the fastest of the `measured` runtimes (images/s) as "auto"'s choice from now on; returns its name."""
+    best = max(measured, key=measured.get)
+    path = _choice_path(backbone, precision)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, json.dumps({"runtime": best, "images_per_second": measured, "measured_on": on}, indent=2).encode())
+    logger.info("runtime for %s %s: %s (images/s measured on %s: %s)", backbone.key, precision, best, on,
+                {name: round(rate) for name, rate in measured.items()})
+    return best
 
 
 def load_encoder(
@@ -110,27 +132,22 @@ def load_encoder(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}. Received: precision={precision!r}")
     if runtime != "auto":
-        return _build(backbone, runtime, precision, calibration, calibration_digest, threads)
-    choice_file = runtime_cache_dir() / "auto" / f"{backbone.key}-{precision}.json"
-    if choice_file.is_file():
-        choice = json.loads(choice_file.read_text())["runtime"]
-        return _build(backbone, choice, precision, calibration, calibration_digest, threads)
+        return build(backbone, runtime, precision, calibration, calibration_digest, threads)
+    choice = remembered(backbone, precision)
+    if choice is not None:
+        return build(backbone, choice, precision, calibration, calibration_digest, threads)
     measured, problems = {}, []
     for candidate in CANDIDATES[precision]:
         if candidate == "keras" and measured:
             continue  # the reference is the slowest; it is only the fallback
         try:  # one candidate in memory at a time: peak memory is that of one runtime
-            measured[candidate] = _throughput(
-                _build(backbone, candidate, precision, calibration, calibration_digest, threads), backbone.size)
+            measured[candidate] = throughput(
+                build(backbone, candidate, precision, calibration, calibration_digest, threads), backbone.size)
         except (RuntimeUnavailableError, ImportError) as exc:
             problems.append(str(exc))
     if not measured:
         raise RuntimeUnavailableError(f"no runtime can run precision '{precision}': {' '.join(problems)}")
     if problems and precision == "fp32":
         logger.warning("%s", " ".join(problems))
-    best = max(measured, key=measured.get)
-    choice_file.parent.mkdir(parents=True, exist_ok=True)
-    choice_file.write_text(json.dumps({"runtime": best, "images_per_second": measured}, indent=2))
-    logger.info("runtime for %s %s: %s (images/s measured: %s)", backbone.key, precision, best,
-                {name: round(rate) for name, rate in measured.items()})
-    return _build(backbone, best, precision, calibration, calibration_digest, threads)
+    best = remember(backbone, precision, measured)
+    return build(backbone, best, precision, calibration, calibration_digest, threads)

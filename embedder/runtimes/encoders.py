@@ -51,11 +51,11 @@ class KerasEncoder:
     runtime, precision, calibration = "keras", "fp32", ""
 
     def __init__(self, backbone: Backbone) -> None:
-        self._function = uint8_function(backbone.model, backbone.size)
+        self.function = uint8_function(backbone.model, backbone.size)  # the ONNX export converts this same trace
         self.key = backbone.key
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self._function(images), dtype=np.float32)
+        return np.asarray(self.function(images), dtype=np.float32)
 
 
 CHUNK = 4  # images per single-threaded inference call

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
+CATCH_ERRORS = "TF2ONNX_CATCH_ERRORS"  # set (to anything, as tf2onnx 1.17 reads it): no graph copy per optimizer pass
 PARITY_MAX_ABS = 1e-4
 PARITY_MIN_COSINE = 0.99999
 
@@ -73,27 +74,26 @@ def onnx_path(backbone: Backbone) -> Path:
 
 
 def keras_to_onnx(model: keras.Model, size: int) -> onnx.ModelProto:
-    """A Keras model on uint8 batches (n, size, size, 3) as an ONNX graph (tf2onnx, opset 17), input `images`.
+    """A Keras model on uint8 batches (n, size, size, 3) as an ONNX graph (tf2onnx), input `images`.
 
     The one converter of Keras models to ONNX: the backbone's export and anything stacked on it.
     """
-    import tf2onnx
-
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-    function = uint8_function(model, size)
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=ONNX_OPSET)
-    return proto
+    return _convert(uint8_function(model, size))
 
 
-def export_onnx(backbone: Backbone, path: Path) -> dict[str, float]:
-    """Export the backbone's Keras model to ONNX at `path` (atomically) and check it against Keras."""
+def export_onnx(backbone: Backbone, path: Path, reference: KerasEncoder | None = None) -> dict[str, float]:
+    """Export the backbone's Keras model to ONNX at `path` (atomically) and check it against Keras.
+
+    A `reference` already in use is converted and checked against as it is (its trace is reused).
+    """
     started = time.perf_counter()
-    proto = keras_to_onnx(backbone.model, backbone.size)
+    reference = reference or KerasEncoder(backbone)
+    proto = _convert(reference.function)
     path.parent.mkdir(parents=True, exist_ok=True)
     images = parity_images(backbone.size)
     with atomic_path(path) as tmp:
         tmp.write_bytes(proto.SerializeToString())
-        parity = compare(KerasEncoder(backbone)(images), OnnxEncoder(tmp, key=backbone.key)(images))
+        parity = compare(reference(images), OnnxEncoder(tmp, key=backbone.key)(images))
         if not within_parity(parity):
             raise RuntimeUnavailableError(
                 f"the ONNX export of {backbone.key} differs from Keras (max abs {parity['max_abs']:.2e}, "
@@ -105,11 +105,34 @@ def export_onnx(backbone: Backbone, path: Path) -> dict[str, float]:
     return report
 
 
-def onnx_backbone(backbone: Backbone) -> Path:
-    """The parity-checked ONNX export of the backbone (input `images`, uint8), exported on first use."""
+def _convert(function: Any) -> Any:
+    """tf2onnx's conversion of a `tf.function`, without the graph copy it makes before each optimizer pass.
+
+    Those copies (to roll back a failing pass) take a third of the conversion; a failing pass is
+    rare, so the conversion runs without them and only falls back to tf2onnx's default when one
+    fails. The result is checked against the reference either way. A TF2ONNX_CATCH_ERRORS set by
+    the user is left as it is.
+    """
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    if CATCH_ERRORS not in os.environ:
+        os.environ[CATCH_ERRORS] = "FALSE"
+        try:
+            return tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=ONNX_OPSET)[0]
+        except Exception:  # a pass failed without its safety net: convert again with it
+            logger.info("tf2onnx failed without its optimizer safety net; converting again with it", exc_info=True)
+        finally:
+            del os.environ[CATCH_ERRORS]
+    return tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=ONNX_OPSET)[0]
+
+
+def onnx_backbone(backbone: Backbone, reference: KerasEncoder | None = None) -> Path:
+    """The parity-checked ONNX export of the backbone (input `images`, uint8), exported on first use (from
+    `reference`, if given)."""
     path = onnx_path(backbone)
     if not path.is_file():
-        export_onnx(backbone, path)
+        export_onnx(backbone, path, reference)
     return path
 
 
