@@ -14,6 +14,8 @@ calibrated on the same folds). The Dense head holds out max(1, round(n / 5)) of 
 as its validation set (early stopping and the choice among its grid), and at "all" uses the stored
 split's validation part, as the sweep does. At "all" the subset is the same for every seed (only
 the models' seeds change), and seed 0 there is the sweep's own fit: its rows are reused, not refitted.
+Fine-tuned networks join the curve only on request, from their photos (`classical.neural.curve`),
+on the same subsets (`draw_subset`) and the Dense head's held-out rows (`hold_out`).
 
 With `semi_supervised=True` the semi-supervised models of `classical.semi` are added at each point
 (curves `semi-...`), and at "all", when the cache holds unlabelled rows, each is compared with the
