@@ -130,13 +130,14 @@ def finetune(
             if provenance and provenance["size"] != size:
                 partners.append(_dense_partner(cache, backbone, split, run, seed=seed))
 
-
-        def trainer(images: Images, folder: Path, inputs: np.ndarray | None, seed: int, extra: dict[str, Any],
+        def trainer(images: Images, folder: Path, inputs: np.ndarray | None, model_seed: int, extra: dict[str, Any],
                     activations: Path | None = None) -> _Trainer:
-            return _Trainer(backbone, class_names, images, folder, {**config, "seed": seed, **extra}, embeddings=inputs,
-                            activations=activations or folder / "activations", cached=cached, views=views,
-                            lr_decay=lr_decay, schedule=schedule, warmup_epochs=warmup_epochs, augment=augment,
-                            patience=patience, dropout=dropout, batch_size=batch_size, seed=seed, progress=progress)
+            """A training of these settings on `images`, its progress in `folder` (the run's, or a curve subset's)."""
+            return _Trainer(backbone, class_names, images, folder, {**config, "seed": model_seed, **extra},
+                            embeddings=inputs, activations=activations or folder / "activations", cached=cached,
+                            views=views, lr_decay=lr_decay, schedule=schedule, warmup_epochs=warmup_epochs,
+                            augment=augment, patience=patience, dropout=dropout, batch_size=batch_size, seed=model_seed,
+                            progress=progress)
 
         main = trainer(data, run / f"finetune-{variant}", embeddings, seed, {}, activations=run / "activations")
         network, phase_rows, best_val = main.run(phases)
