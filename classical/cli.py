@@ -147,6 +147,7 @@ def finetune(
     batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed of weights initialisation, shuffling, augmentation and a new split.")] = 0,
     progress: Annotated[bool, typer.Option(help="One line per epoch.")] = True,
+    learning_curve_neural: Annotated[bool, typer.Option("--learning-curve-neural", help="Also train it on the subsets of the run's learning curve (from `classical sweep --learning-curve`): far more costly.")] = False,
 ) -> None:
     """Fine-tune MobileNetV2 on the run's images and add its row to the run's report (recipe 3)."""
     from classical.neural.finetune import finetune as run_finetune
@@ -157,7 +158,7 @@ def finetune(
             head_epochs=head_epochs, epochs=epochs, head_learning_rate=head_lr, learning_rate=lr, unfreeze=unfreeze,
             unfreeze_layers=unfreeze_layers, gradual=gradual, lr_decay=lr_decay, schedule=schedule.value, augment=augment,
             views=views if augment else 1, cached=cached, patience=patience, batch_size=batch_size, seed=seed,
-            progress=progress,
+            progress=progress, learning_curve_neural=learning_curve_neural,
         )
     except (EmbedderError, ValueError) as exc:
         fail(exc)

@@ -14,6 +14,8 @@ calibrated on the same folds). The Dense head holds out max(1, round(n / 5)) of 
 as its validation set (early stopping and the choice among its grid), and at "all" uses the stored
 split's validation part, as the sweep does. At "all" the subset is the same for every seed (only
 the models' seeds change), and seed 0 there is the sweep's own fit: its rows are reused, not refitted.
+Fine-tuned networks join the curve only on request, from their photos (`classical.neural.curve`),
+on the same subsets (`draw_subset`) and the Dense head's held-out rows (`hold_out`).
 
 With `semi_supervised=True` the semi-supervised models of `classical.semi` are added at each point
 (curves `semi-...`), and at "all", when the cache holds unlabelled rows, each is compared with the
@@ -125,18 +127,23 @@ def draw_subset(pool: np.ndarray, y: np.ndarray, n: int | str, seed: int) -> np.
     return np.sort(np.concatenate(chosen))
 
 
+def hold_out(subset: np.ndarray, y: np.ndarray, n: int | str, parts: dict[str, np.ndarray], *,
+             seed: int) -> dict[str, np.ndarray]:
+    """A network's train and early-stopping rows of a subset: max(1, round(n / 5)) per class held out (seeded,
+    stratified); at "all" the stored split's train and validation parts."""
+    if n == ALL:
+        return {"train": parts["train"], "val": parts["val"]}
+    held = max(1, round(DENSE_VALIDATION * int(n))) * len(np.unique(y[subset]))
+    train, val = train_test_split(subset, test_size=held, stratify=y[subset], random_state=seed)
+    return {"train": np.sort(train), "val": np.sort(val)}
+
+
 def fit_point(name: str, data: LabeledEmbeddings, subset: np.ndarray, n: int | str, parts: dict[str, np.ndarray], *,
               overrides: dict[str, dict[str, list[Any]]] | None, folds: int, n_jobs: int, seed: int) -> tuple[Any, dict]:
     """One model selected and fitted on the subset alone; returns the model and its selection record."""
     spec, grid = ZOO[name], grid_for(name, overrides)
     if spec.kind == "neural":
-        if n == ALL:
-            inner = {"train": parts["train"], "val": parts["val"]}
-        else:
-            held = max(1, round(DENSE_VALIDATION * int(n))) * len(np.unique(data.y[subset]))
-            train, val = train_test_split(subset, test_size=held, stratify=data.y[subset], random_state=seed)
-            inner = {"train": np.sort(train), "val": np.sort(val)}
-        return fit_on_validation(spec, grid, data, inner, seed=seed)
+        return fit_on_validation(spec, grid, data, hold_out(subset, data.y, n, parts, seed=seed), seed=seed)
     if n == ALL:
         return fit_by_cv(spec, grid, data.X[subset], data.y[subset], folds=folds, search="grid", n_jobs=n_jobs, seed=seed)
     k = min(folds, int(n))
@@ -261,8 +268,9 @@ def full_label_tests(full: dict[str, np.ndarray], y_test: np.ndarray, *, head: s
     return {"unlabeled_rows": unlabeled, "tests": tests, "not_run": None}
 
 
-def _block(plan: CurvePlan, data: LabeledEmbeddings, accuracy: dict[str, np.ndarray], seconds: dict[str, np.ndarray],
-           *, seeds: int, seed: int, folds: int) -> dict[str, Any]:
+def seed_summary(accuracy: dict[str, np.ndarray]) -> dict[str, dict[str, list[Any]]]:
+    """The curve's `models` (mean), `std` (sample std, ddof=1) and `accuracies` (each seed) of points x seeds arrays;
+    NaN (not fitted) is left out, and is null where nothing is left."""
     def mean(row: np.ndarray) -> float | None:
         row = row[~np.isnan(row)]
         return float(np.mean(row)) if len(row) else None
@@ -271,16 +279,21 @@ def _block(plan: CurvePlan, data: LabeledEmbeddings, accuracy: dict[str, np.ndar
         row = row[~np.isnan(row)]
         return float(np.std(row, ddof=1)) if len(row) > 1 else None
 
+    return {"models": {name: [mean(row) for row in a] for name, a in accuracy.items()},
+            "std": {name: [spread(row) for row in a] for name, a in accuracy.items()},
+            "accuracies": {name: [[None if np.isnan(v) else float(v) for v in row] for row in a]
+                           for name, a in accuracy.items()}}
+
+
+def _block(plan: CurvePlan, data: LabeledEmbeddings, accuracy: dict[str, np.ndarray], seconds: dict[str, np.ndarray],
+           *, seeds: int, seed: int, folds: int) -> dict[str, Any]:
     classes = len(data.class_names)
     kinds = {name: ZOO[name].kind if name in ZOO else "semi-supervised" for name in accuracy}
     return {
         "per_class": plan.per_class,
         "images": [len(plan.pool) if n == ALL else int(n) * classes for n in plan.per_class],
         "seeds": seeds, "seed_values": [seed + s for s in range(seeds)],
-        "models": {name: [mean(row) for row in a] for name, a in accuracy.items()},
-        "std": {name: [spread(row) for row in a] for name, a in accuracy.items()},
-        "accuracies": {name: [[None if np.isnan(v) else float(v) for v in row] for row in a]
-                       for name, a in accuracy.items()},
+        **seed_summary(accuracy),
         "kinds": kinds, "fit_seconds": {name: [float(v) for v in s] for name, s in seconds.items()},
         "folds": [folds if n == ALL else min(folds, int(n)) for n in plan.per_class],
         "capped": plan.capped,

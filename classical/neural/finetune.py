@@ -33,7 +33,7 @@ from classical.modelfile import EMBEDDING_FIELDS, MODEL_SUFFIX, save_model
 from classical.neural.activations import BOUNDARY, activation_dataset, cache_activations, top_network
 from classical.neural.dense import DenseHead
 from classical.neural.network import build_network, check_learning_rate, discriminative_adam, learning_rate_multipliers
-from classical.neural.network import learning_rate_schedule, parameter_counts, set_trainable
+from classical.neural.network import learning_rate_schedule, parameter_counts, predict_proba, set_trainable
 from classical.neural.phases import Phase, TrainingState, epoch_logger, load_weights, plan_phases, save_weights
 from classical.report import add_rows, align_predictions, latency_ms, load_report, new_report, score, write_report
 from classical.splits import DEFAULT_FRACTIONS, Split, make_split
@@ -82,6 +82,7 @@ def finetune(
     seed: int = 0,
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     progress: bool | None = None,
+    learning_curve_neural: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune MobileNetV2 on the run's images and add the row `finetune-<variant>` to its report.
 
@@ -92,6 +93,7 @@ def finetune(
     "cosine" (decay with `warmup_epochs` of linear warm-up), "plateau" (x0.3 when validation loss
     stalls) or "constant". `patience` epochs without a better validation accuracy end a phase.
     `views` cached versions of each training image (1 plain, the rest augmented) feed the cached phases.
+    `learning_curve_neural=True` also trains it on the subsets of the run's learning curve (`classical.neural.curve`).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}. Received: schedule={schedule!r}")
@@ -104,6 +106,10 @@ def finetune(
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
     report = load_report(run) if (run / "report.json").is_file() else None
+    if learning_curve_neural:
+        from classical.neural.curve import add_finetune_curve, require_curve
+
+        require_curve(report, run)  # before any training
     provenance = _cache_provenance(report)
     size = size or (provenance["size"] if provenance else DEFAULT_SIZE)
     backbone = _backbone(provenance, size=size, alpha=alpha, weights=weights)
@@ -123,14 +129,23 @@ def finetune(
             embeddings, embed_seconds = _embeddings(images, cache, backbone, data)
             if provenance and provenance["size"] != size:
                 partners.append(_dense_partner(cache, backbone, split, run, seed=seed))
-        trainer = _Trainer(backbone, class_names, data, run / f"finetune-{variant}", config, embeddings=embeddings,
-                           activations=run / "activations",
-                           cached=cached, views=views, lr_decay=lr_decay, schedule=schedule, warmup_epochs=warmup_epochs,
-                           augment=augment, patience=patience, dropout=dropout, batch_size=batch_size, seed=seed,
-                           progress=progress)
-        network, phase_rows, best_val = trainer.run(phases)
+
+        def trainer(images: Images, folder: Path, inputs: np.ndarray | None, model_seed: int, extra: dict[str, Any],
+                    activations: Path | None = None) -> _Trainer:
+            """A training of these settings on `images`, its progress in `folder` (the run's, or a curve subset's)."""
+            return _Trainer(backbone, class_names, images, folder, {**config, "seed": model_seed, **extra},
+                            embeddings=inputs, activations=activations or folder / "activations", cached=cached,
+                            views=views, lr_decay=lr_decay, schedule=schedule, warmup_epochs=warmup_epochs,
+                            augment=augment, patience=patience, dropout=dropout, batch_size=batch_size, seed=model_seed,
+                            progress=progress)
+
+        main = trainer(data, run / f"finetune-{variant}", embeddings, seed, {}, activations=run / "activations")
+        network, phase_rows, best_val = main.run(phases)
         row = _score_and_save(network, backbone, data, class_names, run, variant, config, phase_rows, best_val,
-                              batch_size, cache_seconds=embed_seconds + trainer.cache_seconds)
+                              batch_size, cache_seconds=embed_seconds + main.cache_seconds)
+        if learning_curve_neural:
+            add_finetune_curve(report, run, data, embeddings, row, batch_size=batch_size,
+                               train=lambda *args: trainer(*args).run(phases)[0])
     report = report or new_report(backbone=backbone.key, cache=str(images), class_names=class_names, split=split.summary())
     test = _test_order(data)
     row["test_predictions"] = align_predictions(report, [data.paths[i] for i in test], row["test_predictions"],
@@ -364,8 +379,7 @@ def _score_and_save(network: Any, backbone: Backbone, data: Images, class_names:
 
     Its training cost includes the time spent caching what it trained on (`cache_seconds`)."""
     test = _test_order(data)
-    proba = np.concatenate([np.asarray(network(data.pixels[test[i : i + batch_size]], training=False))
-                            for i in range(0, len(test), batch_size)])
+    proba = predict_proba(network, data.pixels, test, batch_size)
     metrics = score(data.labels[test], proba, class_names)
     path = run / f"finetune-{variant}{MODEL_SUFFIX}"
     provenance = backbone.provenance()

@@ -177,3 +177,9 @@ def check_learning_rate(learning_rate: float, *, unfrozen: bool) -> None:
         warnings.warn(
             f"head-training learning rate {learning_rate:g} is tiny for a new head on frozen features; "
             "use about 1e-3.", UserWarning, stacklevel=3)
+
+
+def predict_proba(network: keras.Model, pixels: np.ndarray, rows: np.ndarray, batch_size: int) -> np.ndarray:
+    """Class probabilities of the images `rows` of `pixels`, in inference mode, a batch at a time (memory maps stay on disk)."""
+    return np.concatenate([np.asarray(network(pixels[rows[i : i + batch_size]], training=False))
+                           for i in range(0, len(rows), batch_size)])

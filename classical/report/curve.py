@@ -9,7 +9,9 @@
      "capped": [{"requested", "used", "class"}], "unlabeled": {"in_cache", "used", "left_out", ...} | null,
      "full_labels": {"unlabeled_rows", "tests": [{"semi", "supervised", "difference", "ci", "p_value",
                      "discordant", "n_test", "significant", "helped", ...}], "not_run"} (semi-supervised only),
-     "seconds", "method"}
+     "seconds", "method",
+     "finetune": {name: {"seconds", "method", "subsets": [[{"train": [paths], "val": [paths]} | null (at "all")
+                                                         per seed] per point]}} (`--learning-curve-neural` only)}
 
 A value is null where a model was not fitted (semi-supervised models at "all" when the cache holds
 no unlabelled rows); `std` is null with one seed.
@@ -95,6 +97,12 @@ def full_label_sentence(full: dict[str, Any]) -> str:
     return "At full labels (McNemar exact, paired on the test images): " + "; ".join(parts) + "."
 
 
+def neural_notes(curve: dict[str, Any]) -> list[str]:
+    """How each fine-tuned line of the curve was trained and how long it took (`--learning-curve-neural`)."""
+    return [f"{name}: {entry['method']}; took {entry['seconds']:.0f} s" for name, entry in
+            (curve.get("finetune") or {}).items()]
+
+
 def curve_markdown(report: dict[str, Any], table: list[str]) -> list[str]:
     """The report.md section of the learning curve (`table`: the rows as markdown); [] without a curve."""
     curve = report.get("learning_curve")
@@ -102,6 +110,7 @@ def curve_markdown(report: dict[str, Any], table: list[str]) -> list[str]:
         return []
     lines = ["", "## Learning curve: test accuracy vs labelled images per class", "", curve_verdict(report), "",
              *table, "", f"{curve['method']} Took {curve['seconds']:.0f} s."]
+    lines += [f"{line}." for line in neural_notes(curve)]
     for capped in curve.get("capped") or []:
         lines.append(f"{capped['requested']} per class was capped to {capped['used']}, the training images of class "
                      f"'{capped['class']}'.")

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from classical.report.curve import curve_rows, curve_verdict
+from classical.report.curve import curve_rows, curve_verdict, neural_notes
 from classical.report.files import repeats_rows, table_rows, verdict
 from embedder import atomic_path, open_cache
 
@@ -122,7 +122,8 @@ def _curve(report: dict[str, Any]) -> str:
     curve = report["learning_curve"]
     return ("<h2>Learning curve: test accuracy vs labelled images per class</h2>"
             f'<p class="verdict" id="curve-verdict">{_e(curve_verdict(report))}</p>' + _table(rows, "learning-curve")
-            + f'<p class="muted">{_e(curve["method"])}</p>')
+            + f'<p class="muted">{_e(curve["method"])}</p>'
+            + "".join(f'<p class="muted">{_e(note)}.</p>' for note in neural_notes(curve)))
 
 
 def _plots(run: Path, plots: list[Path]) -> str:
