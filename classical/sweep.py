@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from classical.audit import audit as run_audit
+from classical.budget import plan_sweep
 from classical.costs import measure_embedding, not_measured
 from classical.data import LabeledEmbeddings, load_labeled
 from classical.errors import DataError
@@ -40,11 +41,13 @@ from classical.report import (
 )
 from classical.selection import cv_folds, select_and_fit
 from classical.splits import DEFAULT_FRACTIONS, Split, load_or_make_split
+from classical.strategies import STRATEGY_FIELDS, Plan
+from classical.threads import limited, measure, plan_threads
 from classical.zoo import MODEL_NAMES, ZOO, ModelSpec, grid_for, load_grids
 
 __all__ = ["cv_folds", "fit_and_score", "joblib_backend", "rerender", "summary", "sweep"]
 logger = logging.getLogger(__name__)
-SEARCHES = ("grid", "halving")
+SEARCHES = ("auto", "grid", "halving")
 ENGINES = ("local", "ray")
 
 
@@ -55,7 +58,7 @@ def sweep(
     models: Sequence[str] = MODEL_NAMES,
     backbone: str | None = None,
     grids: str | os.PathLike | dict[str, dict[str, list[Any]]] | None = None,
-    search: str = "grid",
+    search: str = "auto",
     cv: int = 5,
     n_jobs: int = -1,
     seed: int = 0,
@@ -66,6 +69,7 @@ def sweep(
     repeats: int = 0,
     embedding_cost: bool = True,
     audit: bool = True,
+    time_budget: float | None = None,
 ) -> dict[str, Any]:
     """Fit and compare `models` on the cache's embeddings; write the report into `out`; return it.
 
@@ -76,6 +80,9 @@ def sweep(
     `embedding_cost=False` skips timing the backbone (costs from pixels stay null unless an
     earlier sweep of the run measured them). `audit=True` (default) audits the cache on the run's
     split first (`classical.audit`: `out/audit.json`, its counts in `report["audit"]`).
+    `search="auto"` (default) picks each model's strategy by its size (`classical.strategies`);
+    "grid"/"halving" search every model on all rows. `time_budget=SECONDS` plans the model fits
+    within it (`classical.budget`: trial fits, then cuts; a BudgetError before any fit if it cannot).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}. Received: engine={engine!r}")
@@ -108,13 +115,21 @@ def sweep(
                                                 n_trainval=len(parts["train"]) + len(parts["val"]))
     elif not (report.get("embedding") or {}).get("ms_per_image"):
         report["embedding"] = not_measured("embedding_cost=False")
+    threads = plan_threads(n_jobs)
+    with limited(threads):
+        plans, report["planning"] = plan_sweep({name: (ZOO[name], grid_for(name, overrides)) for name in models}, data,
+                                               parts, folds=folds, search=search, workers=threads["workers"], seed=seed,
+                                               time_budget=time_budget)
+        report["threads"] = threads | measure(threads)
+    for cut in report["planning"]["cuts"]:
+        logger.warning("time budget %s s: %s", time_budget, cut)
     bar = tqdm(list(models), unit="model", desc="sweep", disable=None if progress is None else not progress)
     fitted: dict[str, float] = {}
-    with joblib_backend(engine, address):
+    with joblib_backend(engine, address), limited(threads, local=engine == "local"):
         for name in bar:
             bar.set_postfix_str(name)
-            row = fit_and_score(ZOO[name], grid_for(name, overrides), data, parts, split,
-                                run=run, folds=folds, search=search, n_jobs=n_jobs, seed=seed)
+            row = fit_and_score(ZOO[name], grid_for(name, overrides), data, parts, split, run=run, folds=folds,
+                                search=search, n_jobs=threads["workers"], seed=seed, plan=plans[name])
             add_rows(report, [row])
             fitted[name] = row["test_accuracy"]
             logger.info("%s: test accuracy %.3f, fit %.1f s", name, row["test_accuracy"], row["fit_seconds"])
@@ -151,7 +166,7 @@ def joblib_backend(engine: str, address: str | None) -> contextlib.AbstractConte
 
 def fit_and_score(
     spec: ModelSpec, grid: dict[str, list[Any]], data: LabeledEmbeddings, parts: dict[str, np.ndarray], split: Split,
-    *, run: Path, folds: int, search: str, n_jobs: int, seed: int,
+    *, run: Path, folds: int, search: str, n_jobs: int, seed: int, plan: Plan | None = None,
 ) -> dict[str, Any]:
     """Select, fit, score on test and save one model; returns its report row.
 
@@ -159,7 +174,8 @@ def fit_and_score(
     `embedding` block when the row is added (see `classical.report.files`).
     """
     started = time.perf_counter()
-    model, selection = select_and_fit(spec, grid, data, parts, folds=folds, search=search, n_jobs=n_jobs, seed=seed)
+    model, selection = select_and_fit(spec, grid, data, parts, folds=folds, search=search, n_jobs=n_jobs, seed=seed,
+                                      plan=plan)
     fit_seconds = time.perf_counter() - started
     X_test, y_test = data.X[parts["test"]], data.y[parts["test"]]
     metrics = score(y_test, model.predict_proba(X_test), data.class_names)
@@ -178,6 +194,7 @@ def fit_and_score(
         "fit_seconds": fit_seconds, "fit_seconds_with_embedding": None, "predict_ms_per_image": None,
         "head_ms_per_image": latency_ms(model.predict_proba, X_test),
         "model_bytes": model_bytes, "params": selection["params"], "model_path": str(path),
+        **{key: selection[key] for key in STRATEGY_FIELDS},
     }
 
 
