@@ -60,7 +60,7 @@ def trial(spec: ModelSpec, plan: Plan, grid: dict[str, list[Any]], data: Labeled
     seconds = []
     for size in sizes:
         picked = rows[stratified_rows(data.y[rows], size, seed)]
-        model = estimator_for(spec, plan, seed, data.X.shape[1]).set_params(**first)
+        model = estimator_for(spec, plan, seed, size).set_params(**first)
         started = time.perf_counter()
         if spec.kind == "neural":
             val = parts["val"][: max(size // 4, 1)]

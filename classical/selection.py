@@ -81,9 +81,9 @@ def fit_by_cv(spec: ModelSpec, grid: dict[str, list[Any]], X: np.ndarray, y: np.
               *, folds: int, n_jobs: int, seed: int, plan: Plan) -> tuple[Any, dict[str, Any]]:
     """Search the plan's grid by stratified k-fold CV on its rows, then fit the chosen configuration on all rows."""
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    estimator = estimator_for(spec, plan, seed, X.shape[1])
-    searched = grid_for_plan(spec, plan, grid, X.shape[1])
     subsampled = plan.search_rows < len(y)
+    estimator = estimator_for(spec, plan, seed, plan.search_rows)
+    searched = grid_for_plan(spec, plan, grid, X.shape[1])
     options = {"cv": splitter, "scoring": "accuracy", "n_jobs": n_jobs, "refit": False, "error_score": "raise"}
     searcher = (HalvingGridSearchCV(estimator, searched, factor=3, random_state=seed, **options) if plan.search == "halving"
                 else GridSearchCV(estimator, searched, **options))
@@ -91,7 +91,7 @@ def fit_by_cv(spec: ModelSpec, grid: dict[str, list[Any]], X: np.ndarray, y: np.
     started = time.perf_counter()
     searcher.fit(X[rows], y[rows])
     search_seconds, started = time.perf_counter() - started, time.perf_counter()
-    model = refit(estimator, searcher.best_params_, X, y, n_jobs)
+    model = refit(estimator_for(spec, plan, seed, len(y)), searcher.best_params_, X, y, n_jobs)
     if spec.calibrated:  # sigmoid calibration of the chosen configuration gives probabilities
         model = clone(model)
         name, classifier = model.steps[-1]

@@ -57,15 +57,16 @@ class Plan:
 
 
 def choose_plan(spec: ModelSpec, grid: dict[str, list[Any]], rows: int, *, search: str = AUTO,
-                search_rows: int = SEARCH_ROWS) -> Plan:
+                search_rows: int | None = None) -> Plan:
     """The plan of `spec` at `rows` rows: `search="grid"`/"halving" force today's search on all rows."""
+    search_rows = search_rows or SEARCH_ROWS
     candidates = len(ParameterGrid(grid))
     if search in ("grid", "halving"):
         return Plan("exact" if search == "grid" else "halving", search, rows, rows)
     if search != AUTO:
         raise ValueError(f"search must be 'auto', 'grid' or 'halving'. Received: search={search!r}")
     kind = "halving" if candidates > HALVING_CANDIDATES and spec.kind == "classical" else "grid"
-    if rows <= EXACT_ROWS.get(spec.name, SEARCH_ROWS):
+    if rows <= max(EXACT_ROWS.get(spec.name, search_rows), search_rows):
         return Plan("exact" if kind == "grid" else "halving", kind, rows, rows)
     sub = min(rows, search_rows)
     if rows > APPROXIMATE_ROWS.get(spec.name, np.inf):
@@ -91,14 +92,15 @@ def stratified_rows(y: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def _rbf_approximated(spec: ModelSpec, seed: int, rows: int) -> Pipeline:
+    """Standardize, Nystroem RBF features, a linear SVM on them: linear in N where SVC is quadratic."""
     scale, reduce = spec.build(seed).steps[:2]
-    return Pipeline([scale, reduce, ("map", Nystroem(kernel="rbf", n_components=NYSTROEM_COMPONENTS, random_state=seed)),
+    return Pipeline([scale, reduce, ("map", Nystroem(kernel="rbf", n_components=min(NYSTROEM_COMPONENTS, max(rows // 2, 1)), random_state=seed)),
                      ("clf", LinearSVC(dual=False, max_iter=5000, random_state=seed))])
 
 
 def _rf_approximated(spec: ModelSpec, seed: int, rows: int) -> BaseEstimator:
-    model = spec.build(seed)
-    return model.set_params(clf__max_samples=min(TREE_ROWS, rows) if rows > TREE_ROWS else None)
+    """The zoo's forest, each tree grown on at most TREE_ROWS bootstrap rows of the `rows` it is fitted on."""
+    return spec.build(seed).set_params(clf__max_samples=TREE_ROWS if rows > TREE_ROWS else None)
 
 
 APPROXIMATIONS = {
@@ -108,11 +110,11 @@ APPROXIMATIONS = {
 _BUILDERS = {"svm-rbf": _rbf_approximated, "rf": _rf_approximated}
 
 
-def estimator_for(spec: ModelSpec, plan: Plan, seed: int, n_features: int) -> BaseEstimator:
-    """The estimator the plan fits: the zoo's, or its approximation."""
+def estimator_for(spec: ModelSpec, plan: Plan, seed: int, rows: int) -> BaseEstimator:
+    """The estimator the plan fits on `rows` rows: the zoo's, or its approximation."""
     if plan.strategy != "approximated":
         return spec.build(seed)
-    return _BUILDERS[spec.name](spec, seed, plan.rows)
+    return _BUILDERS[spec.name](spec, seed, rows)
 
 
 def grid_for_plan(spec: ModelSpec, plan: Plan, grid: dict[str, list[Any]], n_features: int) -> dict[str, list[Any]]:

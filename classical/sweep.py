@@ -99,6 +99,14 @@ def sweep(
     split = load_or_make_split(run, data, fractions=fractions, seed=seed)
     parts = sorted_test(split.indices(data.paths), data)
     folds = cv_folds(data.y[np.concatenate([parts["train"], parts["val"]])], cv, data.class_names)
+    threads = plan_threads(n_jobs)
+    with limited(threads, local=engine == "local"):  # before the audit: a budget that cannot fit fails first
+        plans, planning = plan_sweep({name: (ZOO[name], grid_for(name, overrides)) for name in models}, data, parts,
+                                     folds=folds, search=search, workers=threads["workers"], seed=seed,
+                                     time_budget=time_budget)
+        measured = measure(threads) if engine == "local" else {}
+    for cut in planning["cuts"]:
+        logger.warning("time budget %s s: %s", time_budget, cut)
     record = split.summary() | {"test_paths": [str(p) for p in data.paths[parts["test"]]],
                                 "test_labels": [int(label) for label in data.y[parts["test"]]]}
     report = load_report(run) if (run / "report.json").is_file() else new_report(
@@ -115,14 +123,7 @@ def sweep(
                                                 n_trainval=len(parts["train"]) + len(parts["val"]))
     elif not (report.get("embedding") or {}).get("ms_per_image"):
         report["embedding"] = not_measured("embedding_cost=False")
-    threads = plan_threads(n_jobs)
-    with limited(threads):
-        plans, report["planning"] = plan_sweep({name: (ZOO[name], grid_for(name, overrides)) for name in models}, data,
-                                               parts, folds=folds, search=search, workers=threads["workers"], seed=seed,
-                                               time_budget=time_budget)
-        report["threads"] = threads | measure(threads)
-    for cut in report["planning"]["cuts"]:
-        logger.warning("time budget %s s: %s", time_budget, cut)
+    report["planning"], report["threads"] = planning, threads | measured
     bar = tqdm(list(models), unit="model", desc="sweep", disable=None if progress is None else not progress)
     fitted: dict[str, float] = {}
     with joblib_backend(engine, address), limited(threads, local=engine == "local"):

@@ -13,7 +13,11 @@ report.json::
                  "log_loss", "n_test", "cv_mean", "cv_std", "selection",
                  "fit_seconds", "fit_seconds_with_embedding", "predict_ms_per_image", "head_ms_per_image",
                  "model_bytes", "params", "model_path", "confusion_matrix", "per_class_f1",
-                 "test_predictions", ...}],
+                 "test_predictions", "strategy" (exact | halving | subsample-then-refit | approximated), "search"
+                 (grid | halving), "rows", "search_rows", "approximation", "cut", "search_seconds",
+                 "refit_seconds", ...}],
+     "planning": {"time_budget", "cuts", "trial_seconds", "estimated_seconds", "estimated_total", "trial"},
+     "threads": {"cores", "workers", "threads_per_worker", "worker_threads", "max_busy_threads", "oversubscribed"},
      "comparison": {"classical", "neural", "difference", "ci", "ci_method", "p_value", "test",
                     "discordant", "n_test", "significant"},
      "repeats": {"k", "seeds", "splits", "models": {name: {"accuracies", "mean", "std", "first"}},
@@ -41,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from classical.report.strategy import strategy_lines
 from classical.report.uncertainty import CI_NAME, TEST_NAME, paired_comparison
 from embedder import utc_now
 
@@ -329,6 +334,7 @@ def write_report(report: dict[str, Any], run: Path) -> None:
         markdown += ["", f"## Repeats: {report['repeats']['k']} re-splits", "",
                      f"{report['repeats']['method']}. Took {report['repeats']['seconds']:.0f} s.", "",
                      *_markdown_table(repeats)]
+    markdown += strategy_lines(report)
     markdown += [
         "", "Best hyper-parameters:", "",
         *(f"- **{row['name']}** ({row.get('selection', '')}): `{json.dumps(row.get('params'))}`" for row in report["models"]),
