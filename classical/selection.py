@@ -31,6 +31,7 @@ from classical.strategies import (
     choose_plan,
     estimator_for,
     grid_for_plan,
+    refit_params,
     stratified_rows,
 )
 from classical.zoo import ModelSpec
@@ -91,7 +92,8 @@ def fit_by_cv(spec: ModelSpec, grid: dict[str, list[Any]], X: np.ndarray, y: np.
     started = time.perf_counter()
     searcher.fit(X[rows], y[rows])
     search_seconds, started = time.perf_counter() - started, time.perf_counter()
-    model = refit(estimator_for(spec, plan, seed, len(y)), searcher.best_params_, X, y, n_jobs)
+    chosen = refit_params(plan, grid, searcher.best_params_)
+    model = refit(estimator_for(spec, plan, seed, len(y)), chosen, X, y, n_jobs)
     if spec.calibrated:  # sigmoid calibration of the chosen configuration gives probabilities
         model = clone(model)
         name, classifier = model.steps[-1]
@@ -106,7 +108,7 @@ def fit_by_cv(spec: ModelSpec, grid: dict[str, list[Any]], X: np.ndarray, y: np.
     return model, {
         "cv_mean": float(searcher.cv_results_["mean_test_score"][searcher.best_index_]),
         "cv_std": float(searcher.cv_results_["std_test_score"][searcher.best_index_]),
-        "params": {key: jsonable(value) for key, value in searcher.best_params_.items()},
+        "params": {key: jsonable(value) for key, value in chosen.items()},
         "selection": f"{folds}-fold stratified CV on {where}, {plan.search} search over {candidates} candidates{model_name}",
         **plan.record(), "search_seconds": search_seconds, "refit_seconds": refit_seconds,
     }

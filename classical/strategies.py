@@ -36,6 +36,8 @@ SEARCH_ROWS = 1200  # rows of the stratified subsample searched above a model's 
 EXACT_ROWS = {"lr": 2500, "svm-linear": 1200, "svm-rbf": 1200, "rf": 1200, "knn": 6000, "dense": 3000}
 APPROXIMATE_ROWS = {"svm-rbf": 3000, "rf": 3000}  # above these, the cheaper model itself
 HALVING_CANDIDATES = 9  # grids with more candidates than this are searched by successive halving
+HALVED = frozenset({"lr", "svm-linear", "svm-rbf", "rf"})  # kNN's k depends on N: not searched on halving's small rounds
+SEARCH_TREES = 100  # a forest's single n_estimators value is searched with at most this many trees
 NYSTROEM_COMPONENTS = 800
 TREE_ROWS = 2000  # bootstrap rows of each tree of the approximated forest
 
@@ -69,6 +71,8 @@ def choose_plan(spec: ModelSpec, grid: dict[str, list[Any]], rows: int, *, searc
     if rows <= max(EXACT_ROWS.get(spec.name, search_rows), search_rows):
         return Plan("exact" if kind == "grid" else "halving", kind, rows, rows)
     sub = min(rows, search_rows)
+    if candidates >= 3 and spec.name in HALVED:  # on a subsample, halving's first round is cheap and enough
+        kind = "halving"
     if rows > APPROXIMATE_ROWS.get(spec.name, np.inf):
         return Plan("approximated", kind, rows, sub, approximation=APPROXIMATIONS[spec.name])
     return Plan("subsample-then-refit", kind, rows, sub)
@@ -118,7 +122,15 @@ def estimator_for(spec: ModelSpec, plan: Plan, seed: int, rows: int) -> BaseEsti
 
 
 def grid_for_plan(spec: ModelSpec, plan: Plan, grid: dict[str, list[Any]], n_features: int) -> dict[str, list[Any]]:
-    """The grid as the plan's estimator names it: gamma="scale" becomes 1/D for Nystroem (standardized rows)."""
+    """The grid as the plan's search runs it.
+
+    Nystroem takes no gamma="scale": it becomes 1/D (the rows are standardized). Outside the exact
+    strategy a forest's single tree count (not searched: more trees only lower the variance) is
+    searched with at most `SEARCH_TREES` trees; the refit grows them all (`refit_params`).
+    """
+    trees = grid.get("clf__n_estimators")
+    if plan.strategy != "exact" and trees and len(trees) == 1 and trees[0] > SEARCH_TREES:
+        grid = {**grid, "clf__n_estimators": [SEARCH_TREES]}
     if plan.strategy != "approximated" or spec.name != "svm-rbf":
         return grid
     translated = {}
@@ -128,3 +140,11 @@ def grid_for_plan(spec: ModelSpec, plan: Plan, grid: dict[str, list[Any]], n_fea
         else:
             translated[key] = values
     return translated
+
+
+def refit_params(plan: Plan, grid: dict[str, list[Any]], best: dict[str, Any]) -> dict[str, Any]:
+    """The chosen configuration as refitted on all rows: a forest gets back the tree count of its grid."""
+    trees = grid.get("clf__n_estimators")
+    if "clf__n_estimators" in best and trees and len(trees) == 1:
+        return {**best, "clf__n_estimators": trees[0]}
+    return best

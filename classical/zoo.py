@@ -159,7 +159,7 @@ def load_grids(path: str | Path) -> dict[str, dict[str, list[Any]]]:
         raise ValueError(f"grid file '{path}' names unknown models {sorted(unknown)}; known: {', '.join(ZOO)}")
     for name, grid in grids.items():
         if not isinstance(grid, dict):
-            raise ValueError(f"grid file '{path}': '{name}' must map parameters to lists of values. Received: {grid!r}")
+            raise ValueError(f"grid file '{path}': '{name}' must map parameters to lists of values. Received: {grid!r}")  # noqa: TRY004
         try:
             expand_grid(ZOO[name], grid)
         except ValueError as exc:

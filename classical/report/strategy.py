@@ -27,7 +27,7 @@ def strategy_lines(report: dict[str, Any]) -> list[str]:
                   + ("Cut: " + "; ".join(planning["cuts"]) + "." if planning["cuts"] else "Nothing was cut.")]
     threads = report.get("threads")
     if threads:
-        lines += ["", f"Threads: {threads['workers']} joblib workers x {threads['threads_per_worker']} BLAS/OpenMP "
-                  f"thread(s) each on {threads['cores']} cores; measured in the workers: {threads.get('worker_threads')} "
-                  f"({threads.get('method', '')})."]
+        lines += ["", (f"Threads: {threads['workers']} joblib workers x {threads['threads_per_worker']} BLAS/OpenMP "
+                       f"thread(s) each on {threads['cores']} cores; measured in the workers: "
+                       f"{threads.get('worker_threads')} ({threads.get('method', '')}).")]
     return lines
