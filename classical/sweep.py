@@ -130,7 +130,8 @@ def sweep(
         for name in bar:
             bar.set_postfix_str(name)
             row = fit_and_score(ZOO[name], grid_for(name, overrides), data, parts, split, run=run, folds=folds,
-                                search=search, n_jobs=threads["workers"], seed=seed, plan=plans[name])
+                                search=search, n_jobs=threads["workers"] if engine == "local" else n_jobs, seed=seed,
+                                plan=plans[name])
             add_rows(report, [row])
             fitted[name] = row["test_accuracy"]
             logger.info("%s: test accuracy %.3f, fit %.1f s", name, row["test_accuracy"], row["fit_seconds"])
