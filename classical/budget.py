@@ -3,7 +3,8 @@
 Without a budget each model gets `classical.strategies.choose_plan`. With `time_budget=SECONDS`
 every model is first fitted once (its first grid candidate, the plan's estimator) on stratified
 subsamples of `TRIAL_ROWS` and twice that many rows, plus a prediction of a quarter as many rows;
-the two times give a cost t(m) = t2 (m / m2)^e (e clipped to [0.7, 2.2]) from which the search
+the two times give a cost t(m) = t2 (m / m2)^e (e clipped to [0.7, 2.2]; the Dense head: seconds per
+epoch from fits of 1 and 7 epochs (their difference over 6), times `EXPECTED_EPOCHS`, linear in rows) from which the search
 (candidates x folds fits on the searched rows, spread over the joblib workers; successive
 halving's rounds counted as scikit-learn runs them) and the refit (with sigmoid calibration's
 fold fits) are estimated. While the estimate exceeds what is left of the budget after the
@@ -27,6 +28,7 @@ from sklearn.model_selection import ParameterGrid
 from classical.data import LabeledEmbeddings
 from classical.errors import ClassicalError
 from classical.strategies import (
+    HALVED,
     SEARCH_ROWS,
     Plan,
     choose_plan,
@@ -40,6 +42,8 @@ from classical.zoo import ModelSpec
 TRIAL_ROWS = 200
 MIN_ROWS = 300
 EXPONENT_RANGE = (0.7, 2.2)
+TRIAL_EPOCHS = (1, 7)
+EXPECTED_EPOCHS = 60  # epochs the Dense head ran before early stopping on the real sets (57 on 2,000 photos)
 
 
 class BudgetError(ClassicalError):
@@ -51,22 +55,36 @@ def model_rows(spec: ModelSpec, parts: dict[str, np.ndarray]) -> np.ndarray:
     return parts["train"] if spec.kind == "neural" else np.concatenate([parts["train"], parts["val"]])
 
 
+def _neural_trial(spec: ModelSpec, first: dict[str, Any], data: LabeledEmbeddings, parts: dict[str, np.ndarray],
+                  seed: int) -> tuple[float, float, int]:
+    """The Dense head: seconds per epoch from fits of a few and a few more epochs, counted as EXPECTED_EPOCHS."""
+    rows = parts["train"][stratified_rows(data.y[parts["train"]], min(len(parts["train"]), 2 * TRIAL_ROWS), seed)]
+    val = parts["val"][: max(len(rows) // 4, 1)]
+    seconds = []
+    for epochs in TRIAL_EPOCHS:  # the first fit also pays Keras' warm-up and tracing
+        model = spec.build(seed).set_params(**first, max_epochs=epochs, patience=epochs)
+        started = time.perf_counter()
+        model.fit(data.X[rows], data.y[rows], validation_data=(data.X[val], data.y[val]))
+        seconds.append(time.perf_counter() - started)
+    span = seconds[-1] - seconds[0]  # the widest span of epochs: the least disturbed by a busy machine
+    per_epoch = span / (TRIAL_EPOCHS[-1] - TRIAL_EPOCHS[0]) if span > 0 else seconds[-1] / TRIAL_EPOCHS[-1]
+    return EXPECTED_EPOCHS * per_epoch, 1.0, len(rows)
+
+
 def trial(spec: ModelSpec, plan: Plan, grid: dict[str, list[Any]], data: LabeledEmbeddings,
           parts: dict[str, np.ndarray], seed: int) -> tuple[float, float, int]:
     """Seconds of one fit (+ a quarter-size prediction) at m2 rows, the scaling exponent, and m2."""
-    rows = model_rows(spec, parts)
     first = ParameterGrid(grid_for_plan(spec, plan, grid, data.X.shape[1]))[0]
+    if spec.kind == "neural":
+        return _neural_trial(spec, first, data, parts, seed)
+    rows = model_rows(spec, parts)
     sizes = sorted({min(len(rows), TRIAL_ROWS), min(len(rows), 2 * TRIAL_ROWS)})
     seconds = []
     for size in sizes:
         picked = rows[stratified_rows(data.y[rows], size, seed)]
         model = estimator_for(spec, plan, seed, size).set_params(**first)
         started = time.perf_counter()
-        if spec.kind == "neural":
-            val = parts["val"][: max(size // 4, 1)]
-            model.fit(data.X[picked], data.y[picked], validation_data=(data.X[val], data.y[val]))
-        else:
-            model.fit(data.X[picked], data.y[picked])
+        model.fit(data.X[picked], data.y[picked])
         model.predict(data.X[picked[: max(size // 4, 1)]])
         seconds.append(time.perf_counter() - started)
     if len(sizes) < 2 or seconds[0] < 0.02:
@@ -104,7 +122,7 @@ def next_cut(spec: ModelSpec, plan: Plan, candidates: int) -> Plan | None:
     """The next cheaper plan of a model, or None when its search cannot be cut further."""
     if plan.search_rows > SEARCH_ROWS:
         return smaller(plan, SEARCH_ROWS, f"searched on a stratified subsample of {SEARCH_ROWS} of {plan.rows} rows")
-    if plan.search == "grid" and candidates >= 3 and spec.kind == "classical":
+    if plan.search == "grid" and candidates >= 3 and spec.name in HALVED:
         return replace(plan, search="halving", cut=f"{plan.cut + '; ' if plan.cut else ''}successive halving")
     if plan.search_rows // 2 >= MIN_ROWS:
         rows = plan.search_rows // 2
