@@ -138,10 +138,10 @@ def test_budget_errors_say_what_is_needed(planned: tuple, monkeypatch: pytest.Mo
     models, data, parts = planned
     with pytest.raises(BudgetError, match=r"too small for one fit per model: it needs about \d+ s \(lr "):
         plan_sweep(models, data, parts, folds=3, search="auto", workers=2, seed=0, time_budget=0.001)
-    monkeypatch.setattr(budget, "trial", lambda spec, *a: (1.0, 1.0, 100))  # 1 s per 100 rows for both
+    monkeypatch.setattr(budget, "trial", lambda spec, *a: (0.01, 1.0, 100) if spec.name == "knn" else (1.0, 1.0, 100))
     many = {"lr": (ZOO["lr"], {"clf__C": [0.01 * 2**i for i in range(30)]}), "knn": models["knn"]}
     with pytest.raises(BudgetError, match=r"grid of 'lr' \(30 candidates\) alone needs about \d+ s"):
-        plan_sweep(many, data, parts, folds=3, search="auto", workers=2, seed=0, time_budget=20)
+        plan_sweep(many, data, parts, folds=3, search="auto", workers=2, seed=0, time_budget=10)
     with pytest.raises(BudgetError, match="must be a number of seconds > 0"):
         plan_sweep(models, data, parts, folds=3, search="auto", workers=2, seed=0, time_budget=-5)
 
