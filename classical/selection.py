@@ -27,6 +27,7 @@ from sklearn.model_selection import (
 from classical.data import LabeledEmbeddings
 from classical.errors import DataError
 from classical.strategies import (
+    CALIBRATION_FOLDS,
     Plan,
     choose_plan,
     estimator_for,
@@ -93,13 +94,14 @@ def fit_by_cv(spec: ModelSpec, grid: dict[str, list[Any]], X: np.ndarray, y: np.
     searcher.fit(X[rows], y[rows])
     search_seconds, started = time.perf_counter() - started, time.perf_counter()
     chosen = refit_params(plan, grid, searcher.best_params_)
-    model = refit(estimator_for(spec, plan, seed, len(y)), chosen, X, y, n_jobs)
+    model = clone(estimator_for(spec, plan, seed, len(y))).set_params(**chosen)
     if spec.calibrated:  # sigmoid calibration of the chosen configuration gives probabilities
-        model = clone(model)
         name, classifier = model.steps[-1]
-        model.steps[-1] = (name, CalibratedClassifierCV(classifier, method="sigmoid", cv=splitter, ensemble=False,
+        calibration = splitter if plan.strategy == "exact" else StratifiedKFold(CALIBRATION_FOLDS, shuffle=True,
+                                                                                random_state=seed)
+        model.steps[-1] = (name, CalibratedClassifierCV(classifier, method="sigmoid", cv=calibration, ensemble=False,
                                                         n_jobs=n_jobs))
-        model.fit(X, y)
+    model = refit(model, {}, X, y, n_jobs)
     refit_seconds = time.perf_counter() - started
     candidates = len(ParameterGrid(grid))
     where = (f"a stratified subsample of {plan.search_rows} of the {len(y)} train+val rows, then one refit on all"
