@@ -25,6 +25,7 @@ app = typer.Typer(help="Classical models and neural heads on cached embeddings, 
 
 
 class Search(str, Enum):
+    auto = "auto"
     grid = "grid"
     halving = "halving"
 
@@ -47,7 +48,7 @@ def sweep(
     models: Annotated[str, typer.Option(help="Comma-separated models to fit.")] = ",".join(MODEL_NAMES),
     backbone: Annotated[Optional[str], typer.Option(help="Backbone key, when the cache holds several.")] = None,
     grid: Annotated[Optional[Path], typer.Option(help="JSON/TOML file of grids: {model: {param: [values]}}.")] = None,
-    search: Annotated[Search, typer.Option(help="'grid' or 'halving' (successive halving).")] = Search.grid,
+    search: Annotated[Search, typer.Option(help="'auto': each model's strategy by its size (exact, halving, subsample-then-refit, approximated); 'grid' or 'halving': that search on all rows.")] = Search.auto,
     cv: Annotated[int, typer.Option(help="Stratified CV folds (fewer if a class is too small).")] = 5,
     n_jobs: Annotated[int, typer.Option(help="Parallel jobs for the searches (-1: all cores).")] = -1,
     seed: Annotated[int, typer.Option(help="Seed of the split, the folds and the models.")] = 0,
@@ -61,6 +62,7 @@ def sweep(
     learning_curve: Annotated[str | None, typer.Option(help="Also fit the models on N labelled images per class, e.g. 5,10,25,50 ('all' implied last): report.json learning_curve.")] = None,
     curve_seeds: Annotated[int, typer.Option(help="Seeded subsets per learning-curve point (mean and std over them).")] = 3,
     semi_supervised: Annotated[bool, typer.Option(help="Add semi-... models to the learning curve: unlabelled rows and held-back labels put to work.")] = False,
+    time_budget: Annotated[Optional[float], typer.Option(help="Seconds for the model fits: planned from a trial fit per model, searches cut to fit; refused before any fit if it cannot.")] = None,
 ) -> None:
     """Fit every model on the cache's embeddings and compare them on one stored test split."""
     try:
@@ -70,9 +72,12 @@ def sweep(
             fractions=tuple(float(f) for f in fractions.split(",")), progress=None if progress else False,
             engine=engine.value, address=address, repeats=repeats, embedding_cost=embedding_cost, audit=audit,
             learning_curve=learning_curve, curve_seeds=curve_seeds, semi_supervised=semi_supervised,
+            time_budget=time_budget,
         )
     except (EmbedderError, ValueError) as exc:
         fail(exc)
+    for cut in report["planning"]["cuts"]:
+        typer.echo(f"time budget {time_budget:g} s: cut {cut}")
     if audit:
         typer.echo(f"audit ({out / 'audit.json'}): {audit_line(json.loads((out / 'audit.json').read_text()))}\n")
     typer.echo(summary(report))

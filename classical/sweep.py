@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from classical.audit import audit as run_audit
+from classical.budget import plan_sweep
 from classical.costs import measure_embedding, not_measured
 from classical.curves import ALL, parse_points, plan_curve, run_curve
 from classical.data import LabeledEmbeddings, load_labeled
@@ -41,11 +42,13 @@ from classical.report import (
 )
 from classical.selection import cv_folds, select_and_fit
 from classical.splits import DEFAULT_FRACTIONS, Split, load_or_make_split
+from classical.strategies import STRATEGY_FIELDS, Plan
+from classical.threads import limited, measure, plan_threads
 from classical.zoo import MODEL_NAMES, ZOO, ModelSpec, grid_for, load_grids
 
 __all__ = ["cv_folds", "fit_and_score", "joblib_backend", "rerender", "summary", "sweep"]
 logger = logging.getLogger(__name__)
-SEARCHES = ("grid", "halving")
+SEARCHES = ("auto", "grid", "halving")
 ENGINES = ("local", "ray")
 
 
@@ -56,7 +59,7 @@ def sweep(
     models: Sequence[str] = MODEL_NAMES,
     backbone: str | None = None,
     grids: str | os.PathLike | dict[str, dict[str, list[Any]]] | None = None,
-    search: str = "grid",
+    search: str = "auto",
     cv: int = 5,
     n_jobs: int = -1,
     seed: int = 0,
@@ -70,6 +73,7 @@ def sweep(
     learning_curve: str | Sequence[int | str] | None = None,
     curve_seeds: int = 3,
     semi_supervised: bool = False,
+    time_budget: float | None = None,
 ) -> dict[str, Any]:
     """Fit and compare `models` on the cache's embeddings; write the report into `out`; return it.
 
@@ -83,6 +87,9 @@ def sweep(
     `learning_curve="5,10,25,50"` ("all" implied last) also fits the models on `curve_seeds` seeded
     subsets of n labelled images per class (`classical.curves`: `report["learning_curve"]`);
     `semi_supervised=True` adds the semi-supervised models (`classical.semi`) to the curve (alone: at "all").
+    `search="auto"` (default) picks each model's strategy by its size (`classical.strategies`);
+    "grid"/"halving" search every model on all rows. `time_budget=SECONDS` plans the model fits
+    within it (`classical.budget`: trial fits, then cuts; a BudgetError before any fit if it cannot).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}. Received: engine={engine!r}")
@@ -103,6 +110,14 @@ def sweep(
     parts = sorted_test(split.indices(data.paths), data)
     folds = cv_folds(data.y[np.concatenate([parts["train"], parts["val"]])], cv, data.class_names)
     plan = None if points is None else plan_curve(points, data, parts, semi_supervised=semi_supervised)
+    threads = plan_threads(n_jobs)
+    with limited(threads, local=engine == "local"):  # before the audit: a budget that cannot fit fails first
+        plans, planning = plan_sweep({name: (ZOO[name], grid_for(name, overrides)) for name in models}, data, parts,
+                                     folds=folds, search=search, workers=threads["workers"], seed=seed,
+                                     time_budget=time_budget)
+        measured = measure(threads) if engine == "local" else {}
+    for cut in planning["cuts"]:
+        logger.warning("time budget %s s: %s", time_budget, cut)
     record = split.summary() | {"test_paths": [str(p) for p in data.paths[parts["test"]]],
                                 "test_labels": [int(label) for label in data.y[parts["test"]]]}
     report = load_report(run) if (run / "report.json").is_file() else new_report(
@@ -119,14 +134,16 @@ def sweep(
                                                 n_trainval=len(parts["train"]) + len(parts["val"]))
     elif not (report.get("embedding") or {}).get("ms_per_image"):
         report["embedding"] = not_measured("embedding_cost=False")
+    report["planning"], report["threads"] = planning, threads | measured
     bar = tqdm(list(models), unit="model", desc="sweep", disable=None if progress is None else not progress)
     fitted: dict[str, float] = {}
     rows: dict[str, dict[str, Any]] = {}
-    with joblib_backend(engine, address):
+    with joblib_backend(engine, address), limited(threads, local=engine == "local"):
         for name in bar:
             bar.set_postfix_str(name)
-            row = fit_and_score(ZOO[name], grid_for(name, overrides), data, parts, split,
-                                run=run, folds=folds, search=search, n_jobs=n_jobs, seed=seed)
+            row = fit_and_score(ZOO[name], grid_for(name, overrides), data, parts, split, run=run, folds=folds,
+                                search=search, n_jobs=threads["workers"] if engine == "local" else n_jobs, seed=seed,
+                                plan=plans[name])
             add_rows(report, [row])
             fitted[name], rows[name] = row["test_accuracy"], row
             logger.info("%s: test accuracy %.3f, fit %.1f s", name, row["test_accuracy"], row["fit_seconds"])
@@ -140,7 +157,8 @@ def sweep(
         if plan is not None:
             report["learning_curve"] = run_curve(plan, data, parts, list(models), overrides=overrides, seeds=curve_seeds,
                                                  folds=folds, n_jobs=n_jobs, seed=seed, progress=progress,
-                                                 fitted=rows if search == "grid" else None)
+                                                 fitted={name: row for name, row in rows.items()
+                                                         if plans[name].strategy == "exact"})
     write_report(report, run)
     return report
 
@@ -167,7 +185,7 @@ def joblib_backend(engine: str, address: str | None) -> contextlib.AbstractConte
 
 def fit_and_score(
     spec: ModelSpec, grid: dict[str, list[Any]], data: LabeledEmbeddings, parts: dict[str, np.ndarray], split: Split,
-    *, run: Path, folds: int, search: str, n_jobs: int, seed: int,
+    *, run: Path, folds: int, search: str, n_jobs: int, seed: int, plan: Plan | None = None,
 ) -> dict[str, Any]:
     """Select, fit, score on test and save one model; returns its report row.
 
@@ -175,7 +193,8 @@ def fit_and_score(
     `embedding` block when the row is added (see `classical.report.files`).
     """
     started = time.perf_counter()
-    model, selection = select_and_fit(spec, grid, data, parts, folds=folds, search=search, n_jobs=n_jobs, seed=seed)
+    model, selection = select_and_fit(spec, grid, data, parts, folds=folds, search=search, n_jobs=n_jobs, seed=seed,
+                                      plan=plan)
     fit_seconds = time.perf_counter() - started
     X_test, y_test = data.X[parts["test"]], data.y[parts["test"]]
     metrics = score(y_test, model.predict_proba(X_test), data.class_names)
@@ -194,6 +213,7 @@ def fit_and_score(
         "fit_seconds": fit_seconds, "fit_seconds_with_embedding": None, "predict_ms_per_image": None,
         "head_ms_per_image": latency_ms(model.predict_proba, X_test),
         "model_bytes": model_bytes, "params": selection["params"], "model_path": str(path),
+        **{key: selection[key] for key in STRATEGY_FIELDS},
     }
 
 

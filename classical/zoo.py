@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -50,7 +50,7 @@ def _lr(seed: int) -> Pipeline:
 
 def _svm_linear(seed: int) -> Pipeline:
     return Pipeline([("scale", StandardScaler()), ("reduce", "passthrough"),
-                     ("clf", LinearSVC(max_iter=20000, random_state=seed))])
+                     ("clf", LinearSVC(dual=True, max_iter=20000, random_state=seed))])
 
 
 def _svm_rbf(seed: int) -> Pipeline:
@@ -108,7 +108,40 @@ def expand_grid(spec: ModelSpec, grid: dict[str, list[Any]]) -> dict[str, list[A
             expanded[f"clf__{key}"] = values
         else:
             expanded[key] = values
+    check_grid(spec, expanded)
     return expanded
+
+
+def _step_of(estimator: BaseEstimator, key: str) -> tuple[BaseEstimator, str]:
+    """The estimator a grid key addresses and its own parameter name ("clf__C" -> the classifier, "C")."""
+    *steps, parameter = key.split("__")
+    for step in steps:
+        estimator = estimator.get_params()[step]
+    return estimator, parameter
+
+
+def check_grid(spec: ModelSpec, grid: dict[str, list[Any]]) -> None:
+    """Every key a parameter of the model and every value one it accepts (scikit-learn's own constraints)."""
+    known = spec.build(0).get_params()
+    for key, values in grid.items():
+        short = "pca" if key == "reduce" else key.removeprefix("clf__")
+        if key not in known:
+            own = sorted(k.removeprefix("clf__") for k in known if k.startswith("clf__") and k.count("__") == 1)
+            raise ValueError(f"grid for '{spec.name}': unknown parameter '{short}'; "
+                             f"its parameters: {', '.join(own or sorted(known))}")
+        for value in values:
+            step, parameter = _step_of(clone(spec.build(0)), key)
+            if isinstance(step, str):  # "passthrough" placeholder: replaced by the value itself
+                continue
+            checked = value if isinstance(value, BaseEstimator) else step.set_params(**{parameter: value})
+            try:
+                checked._check_params() if hasattr(checked, "_check_params") else checked._validate_params()
+            except ValueError as exc:
+                raise ValueError(f"grid for '{spec.name}': parameter '{short}' cannot be {value!r}: {exc}") from None
+            except TypeError:
+                default = known[key]
+                raise ValueError(f"grid for '{spec.name}': parameter '{short}' cannot be {value!r} (a "
+                                 f"{type(value).__name__}); give values like its default {default!r}.") from None
 
 
 def load_grids(path: str | Path) -> dict[str, dict[str, list[Any]]]:
@@ -124,6 +157,13 @@ def load_grids(path: str | Path) -> dict[str, dict[str, list[Any]]]:
     unknown = set(grids) - set(ZOO)
     if unknown:
         raise ValueError(f"grid file '{path}' names unknown models {sorted(unknown)}; known: {', '.join(ZOO)}")
+    for name, grid in grids.items():
+        if not isinstance(grid, dict):
+            raise ValueError(f"grid file '{path}': '{name}' must map parameters to lists of values. Received: {grid!r}")  # noqa: TRY004
+        try:
+            expand_grid(ZOO[name], grid)
+        except ValueError as exc:
+            raise ValueError(f"grid file '{path}': {exc}") from None
     return grids
 
 

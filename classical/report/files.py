@@ -13,7 +13,11 @@ report.json::
                  "log_loss", "n_test", "cv_mean", "cv_std", "selection",
                  "fit_seconds", "fit_seconds_with_embedding", "predict_ms_per_image", "head_ms_per_image",
                  "model_bytes", "params", "model_path", "confusion_matrix", "per_class_f1",
-                 "test_predictions", ...}],
+                 "test_predictions", "strategy" (exact | halving | subsample-then-refit | approximated), "search"
+                 (grid | halving), "rows", "search_rows", "approximation", "cut", "search_seconds",
+                 "refit_seconds", ...}],
+     "planning": {"time_budget", "cuts", "trial_seconds", "estimated_seconds", "estimated_total", "trial"},
+     "threads": {"cores", "workers", "threads_per_worker", "worker_threads", "max_busy_threads", "oversubscribed"},
      "comparison": {"classical", "neural", "difference", "ci", "ci_method", "p_value", "test",
                     "discordant", "n_test", "significant"},
      "repeats": {"k", "seeds", "splits", "models": {name: {"accuracies", "mean", "std", "first"}},
@@ -44,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from classical.report.curve import curve_markdown, curve_rows, curve_verdict
+from classical.report.strategy import strategy_lines
 from classical.report.uncertainty import CI_NAME, TEST_NAME, paired_comparison
 from embedder import utc_now
 
@@ -337,6 +342,7 @@ def write_report(report: dict[str, Any], run: Path) -> None:
                      *_markdown_table(repeats)]
     curve = curve_rows(report)
     markdown += curve_markdown(report, _markdown_table(curve) if curve else [])
+    markdown += strategy_lines(report)
     markdown += [
         "", "Best hyper-parameters:", "",
         *(f"- **{row['name']}** ({row.get('selection', '')}): `{json.dumps(row.get('params'))}`" for row in report["models"]),

@@ -37,6 +37,7 @@ def test_sweep_then_report(cache: Path, tmp_path: Path) -> None:
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert [row["name"] for row in report["models"]] == ["lr", "knn"]
     assert "over 2 candidates" in report["models"][0]["selection"]
+    assert [row["strategy"] for row in report["models"]] == ["exact", "exact"]  # small sets: today's search
     (tmp_path / "run" / "plots" / "per_class_f1.png").unlink()
     code, output = run("report", tmp_path / "run")
     assert code == 0 and "Best on the test split" in output
@@ -50,10 +51,12 @@ def test_sweep_then_report(cache: Path, tmp_path: Path) -> None:
         (["sweep", "{cache}", "--out", "{tmp}/run", "--models", "lr,xgb"], "unknown models ['xgb']"),
         (["sweep", "{cache}", "--out", "{tmp}/run", "--fractions", "0.5,0.5"], "fractions must be three"),
         (["sweep", "{cache}", "--out", "{tmp}/run", "--grid", "{tmp}/none.json"], "grid file"),
+        (["sweep", "{cache}", "--out", "{tmp}/run", "--models", "lr,knn", "--no-audit", "--no-embedding-cost",
+          "--time-budget", "0.001"], "too small for one fit per model: it needs about"),
         (["report", "{tmp}/nothing"], "no report in"),
         (["predict", "{tmp}/nothing/lr", "{tmp}"], "does not exist"),
     ],
-    ids=["missing-cache", "unknown-model", "bad-fractions", "missing-grid", "no-report", "missing-model"],
+    ids=["missing-cache", "unknown-model", "bad-fractions", "missing-grid", "tiny-budget", "no-report", "missing-model"],
 )
 def test_bad_input_exits_2(cache: Path, tmp_path: Path, args: list[str], message: str) -> None:
     code, output = run(*(a.format(tmp=tmp_path, cache=cache) for a in args))
