@@ -41,6 +41,7 @@ from classical.data import LabeledEmbeddings
 from classical.errors import DataError
 from classical.report import paired_comparison
 from classical.selection import fit_by_cv, fit_on_validation
+from classical.strategies import choose_plan
 from classical.semi import DESCRIPTION as SEMI_DESCRIPTION
 from classical.semi import (
     LABEL_SPREADING,
@@ -142,14 +143,19 @@ def fit_point(name: str, data: LabeledEmbeddings, subset: np.ndarray, n: int | s
               overrides: dict[str, dict[str, list[Any]]] | None, folds: int, n_jobs: int, seed: int) -> tuple[Any, dict]:
     """One model selected and fitted on the subset alone; returns the model and its selection record."""
     spec, grid = ZOO[name], grid_for(name, overrides)
+    search = "auto" if n == ALL else "grid"  # the whole pool as the sweep searches it; a subset exactly
     if spec.kind == "neural":
-        return fit_on_validation(spec, grid, data, hold_out(subset, data.y, n, parts, seed=seed), seed=seed)
+        split = hold_out(subset, data.y, n, parts, seed=seed)
+        plan = choose_plan(spec, grid, len(split["train"]), search=search)
+        return fit_on_validation(spec, grid, data, split, seed=seed, plan=plan)
     if n == ALL:
-        return fit_by_cv(spec, grid, data.X[subset], data.y[subset], folds=folds, search="grid", n_jobs=n_jobs, seed=seed)
+        return fit_by_cv(spec, grid, data.X[subset], data.y[subset], folds=folds, n_jobs=n_jobs, seed=seed,
+                         plan=choose_plan(spec, grid, len(subset), search=search))
     k = min(folds, int(n))
     fold_rows = len(subset) - -(-len(subset) // k)  # the fewest rows a CV fold trains on
-    return fit_by_cv(spec, clip_grid(grid, fold_rows), data.X[subset], data.y[subset], folds=k, search="grid",
-                     n_jobs=n_jobs, seed=seed)
+    grid = clip_grid(grid, fold_rows)
+    return fit_by_cv(spec, grid, data.X[subset], data.y[subset], folds=k, n_jobs=n_jobs, seed=seed,
+                     plan=choose_plan(spec, grid, len(subset), search=search))
 
 
 def clip_grid(grid: dict[str, list[Any]], rows: int) -> dict[str, list[Any]]:
