@@ -2,8 +2,9 @@
 
 Costs what the batches hold (plus 48 bytes per cached row for the lookup tables), whatever the
 size of the cache: the cached rows stay in their segments. Rows are keyed by path: a changed file's
-old row is left out of its run and its new row appended; a row reusing an embedding by content hash
-gets a copy of that embedding, so every row of a segment is self-contained.
+row keeps its position and now points into the new segment; a new file's row is appended; a row that
+became a failure is dropped. A row reusing an embedding by content hash gets a copy of that
+embedding, so every row of a segment is self-contained.
 """
 
 from __future__ import annotations
