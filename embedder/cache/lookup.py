@@ -41,9 +41,13 @@ class RowLookup:
     @classmethod
     def build(cls, paths: Iterable[str], shas: Iterable[str | bytes], rows: np.ndarray) -> RowLookup:
         """Tables for rows `rows` with these paths and hashes."""
-        hashes, raw = path_hashes(paths), digests(shas)
-        by_path, by_sha = np.argsort(hashes, kind="stable"), np.argsort(raw, kind="stable")
-        return cls(hashes[by_path], rows[by_path], raw[by_sha], rows[by_sha])
+        return cls.from_entries(path_hashes(paths), rows, digests(shas), rows)
+
+    @classmethod
+    def from_entries(cls, path_hash: np.ndarray, path_row: np.ndarray, sha: np.ndarray, sha_row: np.ndarray) -> RowLookup:
+        """Both tables from unsorted entries."""
+        by_path, by_sha = np.argsort(path_hash, kind="stable"), np.argsort(sha, kind="stable")
+        return cls(path_hash[by_path], path_row[by_path], sha[by_sha], sha_row[by_sha])
 
     @classmethod
     def read(cls, group: h5py.Group) -> RowLookup:
@@ -65,9 +69,8 @@ class RowLookup:
 
     def sha_row_of(self, sha: str) -> int | None:
         """A row holding content hash `sha`, or None."""
-        key = digests([sha])[0]
-        at = int(np.searchsorted(self.sha, key))
-        return int(self.sha_row[at]) if at < len(self.sha) and self.sha[at] == key else None
+        at = find_digest(self.sha, sha)
+        return None if at is None else int(self.sha_row[at])
 
     def without(self, forget: np.ndarray, removed: np.ndarray) -> RowLookup:
         """The tables without the entries of rows `forget`; rows after each of `removed` (sorted) move up."""
@@ -78,30 +81,25 @@ class RowLookup:
 
     def plus(self, other: RowLookup) -> RowLookup:
         """Both tables merged (their rows must not overlap)."""
-        hashes, path_row = np.concatenate([self.path_hash, other.path_hash]), np.concatenate([self.path_row, other.path_row])
-        raw, sha_row = np.concatenate([self.sha, other.sha]), np.concatenate([self.sha_row, other.sha_row])
-        by_path, by_sha = np.argsort(hashes, kind="stable"), np.argsort(raw, kind="stable")
-        return RowLookup(hashes[by_path], path_row[by_path], raw[by_sha], sha_row[by_sha])
+        return RowLookup.from_entries(*(np.concatenate([getattr(self, name), getattr(other, name)])
+                                  for name in ("path_hash", "path_row", "sha", "sha_row")))
+
+
+def find_digest(sorted_sha: np.ndarray, sha: str) -> int | None:
+    """The position of hex content hash `sha` in a sorted S32 table, or None (binary search)."""
+    key = digests([sha])[0]
+    at = int(np.searchsorted(sorted_sha, key))
+    return at if at < len(sorted_sha) and sorted_sha[at] == key else None
 
 
 class KnownHashes:
     """The content hashes a backbone already has embeddings for: a sorted array, `in` by binary search.
 
-    Compact (32 bytes per row) so it can travel to Ray actors; hashes added during a run go to a small set.
+    Compact (32 bytes per row) so it can travel to Ray actors.
     """
 
     def __init__(self, sha: np.ndarray) -> None:
         self._sha = sha
-        self._added: set[str] = set()
 
     def __contains__(self, sha: object) -> bool:
-        if not isinstance(sha, str) or len(sha) != 64:
-            return False
-        if sha in self._added:
-            return True
-        key = digests([sha])[0]
-        at = int(np.searchsorted(self._sha, key))
-        return at < len(self._sha) and self._sha[at] == key
-
-    def add(self, sha: str) -> None:
-        self._added.add(sha)
+        return isinstance(sha, str) and len(sha) == 64 and find_digest(self._sha, sha) is not None
