@@ -30,7 +30,6 @@ from embedder.extraction import ExtractSummary, connect, extract
 from embedder.inputs import DEFAULT_MAX_PIXELS, decode_image, encode_files, expand_inputs, list_source, load_files
 from embedder.provenance import library_versions, utc_now
 from embedder.runtimes import Encoder, keras_to_onnx, load_encoder, onnx_backbone, parity_images
-from embedder.transformer import Embedder
 
 __all__ = [
     # images -> embeddings
@@ -95,4 +94,8 @@ def __getattr__(name: str) -> Any:
         from embedder.extraction import extract_ray
 
         return extract_ray
+    if name == "Embedder":  # imports scikit-learn (about a second) only when asked for
+        from embedder.transformer import Embedder
+
+        return Embedder
     raise AttributeError(f"module 'embedder' has no attribute {name!r}")
