@@ -41,15 +41,15 @@ from classical.data import LabeledEmbeddings
 from classical.errors import DataError
 from classical.report import paired_comparison
 from classical.selection import fit_by_cv, fit_on_validation
-from classical.strategies import choose_plan
 from classical.semi import DESCRIPTION as SEMI_DESCRIPTION
 from classical.semi import (
     LABEL_SPREADING,
-    SELF_TRAINING,
+    SEMI_MODELS,
     Unlabeled,
     fit_semi,
     load_unlabeled,
 )
+from classical.strategies import choose_plan
 from classical.zoo import ZOO, grid_for
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def run_curve(plan: CurvePlan, data: LabeledEmbeddings, parts: dict[str, np.ndar
     classical = [name for name in models if ZOO[name].kind == "classical"]
     names = list(models)
     if plan.unlabeled is not None:
-        names += [LABEL_SPREADING] + ([SELF_TRAINING] if classical else [])
+        names += [name for name in SEMI_MODELS if classical or name == LABEL_SPREADING]
     accuracy = {name: np.full((len(plan.per_class), seeds), np.nan) for name in names}
     seconds = {name: np.zeros(len(plan.per_class)) for name in names}
     full: dict[str, np.ndarray] = {}  # test predictions at "all", seed 0
@@ -266,7 +266,7 @@ def full_label_tests(full: dict[str, np.ndarray], y_test: np.ndarray, *, head: s
         return {"unlabeled_rows": 0, "tests": [],
                 "not_run": "the cache holds no unlabelled rows: at 'all' no label is held back, nothing to learn from"}
     tests = []
-    for semi in (SELF_TRAINING, LABEL_SPREADING):
+    for semi in SEMI_MODELS:
         if semi in full and head in full:
             paired = paired_comparison(y_test, full[semi], full[head])
             tests.append({"semi": semi, "supervised": head, **paired,

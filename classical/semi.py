@@ -8,6 +8,12 @@ training rows whose labels the point holds back. Two scikit-learn models use the
   the best CV accuracy at that point and seed, with its selected hyper-parameters): it fits the head,
   adds the unlabelled rows it predicts with probability >= `SELF_TRAINING_THRESHOLD` as labelled,
   and refits, at most `SELF_TRAINING_ITERATIONS` times.
+- `semi-agreement`: the same head self-trained on the rows where it and label spreading agree
+  (`AgreementSelfTraining`): in each of `AGREEMENT_ROUNDS` rounds the head, refitted from scratch,
+  takes the agreed rows it and label spreading are together most sure of, class by class in
+  proportion to the labelled classes, a growing share of the unlabelled rows each round. Two views
+  that err differently (a linear boundary, a neighbourhood graph) filter each other's mistakes, which
+  neither `SelfTrainingClassifier` (the head's own confidence) nor the graph alone do.
 - `semi-label-spreading`: `LabelSpreading` on a kNN graph (`LABEL_SPREADING_NEIGHBOURS` neighbours,
   `LABEL_SPREADING_ALPHA` of each node's labels from its neighbours) of the embeddings power-normalised
   (signed square root, then unit L2 norm: the audit's similarity, the Hellinger kernel on ReLU6
@@ -33,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer
@@ -49,8 +55,9 @@ from embedder import open_cache
 
 logger = logging.getLogger(__name__)
 
-SELF_TRAINING, LABEL_SPREADING = "semi-self-training", "semi-label-spreading"
-SEMI_MODELS = (SELF_TRAINING, LABEL_SPREADING)
+SELF_TRAINING, AGREEMENT, LABEL_SPREADING = "semi-self-training", "semi-agreement", "semi-label-spreading"
+SEMI_MODELS = (SELF_TRAINING, AGREEMENT, LABEL_SPREADING)
+AGREEMENT_ROUNDS = (0.2, 0.4, 0.6, 0.8, 1.0)  # share of the unlabelled rows each round may add
 SELF_TRAINING_THRESHOLD = 0.75
 SELF_TRAINING_ITERATIONS = 10
 LABEL_SPREADING_NEIGHBOURS = 10
@@ -58,7 +65,10 @@ LABEL_SPREADING_ALPHA = 0.9
 LABEL_SPREADING_COMPONENTS = 64
 DESCRIPTION = (f"{SELF_TRAINING}: SelfTrainingClassifier (threshold {SELF_TRAINING_THRESHOLD}, at most "
                f"{SELF_TRAINING_ITERATIONS} iterations) around the point's classical head with the best CV accuracy, "
-               f"with its selected parameters; {LABEL_SPREADING}: LabelSpreading on a {LABEL_SPREADING_NEIGHBOURS}-NN "
+               f"with its selected parameters; {AGREEMENT}: that head refitted {len(AGREEMENT_ROUNDS)} times on the labelled "
+               "rows plus the unlabelled rows where it and label spreading agree, most confident first, per class in "
+               f"proportion to the labelled classes, up to {AGREEMENT_ROUNDS[0]:.0%}..{AGREEMENT_ROUNDS[-1]:.0%} of the "
+               f"unlabelled rows; {LABEL_SPREADING}: LabelSpreading on a {LABEL_SPREADING_NEIGHBOURS}-NN "
                f"graph of the power-normalised embeddings, PCA to {LABEL_SPREADING_COMPONENTS} dimensions, L2 norm "
                f"(alpha {LABEL_SPREADING_ALPHA}); both fixed, not searched, "
                "and fed the cache's unlabelled rows plus the training rows whose labels the point holds back")
@@ -115,14 +125,62 @@ def self_training(head: BaseEstimator) -> SelfTrainingClassifier:
     return SelfTrainingClassifier(clone(head), threshold=SELF_TRAINING_THRESHOLD, max_iter=SELF_TRAINING_ITERATIONS)
 
 
-def fit_semi(X: np.ndarray, y: np.ndarray, X_unlabeled: np.ndarray, head: BaseEstimator | None) -> dict[str, Any]:
-    """Both semi-supervised models fitted on the labelled rows (X, y) plus the unlabelled rows; by curve name.
+class AgreementSelfTraining(ClassifierMixin, BaseEstimator):
+    """Self-training of `head` on the unlabelled rows (label -1) where it and `spreading` agree, most confident first.
 
-    `head`: the classical head self-training wraps (None: no classical model in the sweep, no self-training).
+    `spreading`: a label-spreading pipeline (`label_spreading`); its fitted last step gives each
+    unlabelled row a label distribution. Each round the head, refitted from scratch on the labelled
+    rows plus the rows chosen, predicts the unlabelled rows again; the rows both give the same class
+    are ranked by the product of their probabilities, and each class takes its best, up to
+    `fraction` x unlabelled rows x its share of the labelled rows.
+    """
+
+    def __init__(self, head: BaseEstimator, spreading: Pipeline, rounds: tuple[float, ...] = AGREEMENT_ROUNDS) -> None:
+        self.head, self.spreading, self.rounds = head, spreading, rounds
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> AgreementSelfTraining:
+        labeled = y >= 0
+        X_labeled, y_labeled, X_unlabeled = X[labeled], y[labeled], X[~labeled]
+        graph = clone(self.spreading).fit(X, y)[-1]
+        spread = graph.label_distributions_[~labeled]
+        head = clone(self.head).fit(X_labeled, y_labeled)
+        if not np.array_equal(head.classes_, graph.classes_[graph.classes_ >= 0]):
+            raise ValueError(f"the head's classes {head.classes_} are not label spreading's {graph.classes_}")
+        share = np.bincount(np.searchsorted(head.classes_, y_labeled), minlength=len(head.classes_)) / len(y_labeled)
+        chosen = np.zeros(0, dtype=int)
+        for fraction in self.rounds:
+            probabilities = head.predict_proba(X_unlabeled)
+            joint = probabilities * spread
+            agreed = (probabilities.argmax(1) == spread.argmax(1)) & (spread.sum(1) > 0)
+            label = probabilities.argmax(1)
+            confidence = joint.max(1) / np.maximum(joint.sum(1), 1e-12)
+            quota = np.round(fraction * len(X_unlabeled) * share).astype(int)
+            chosen = np.concatenate([candidates[np.argsort(-confidence[candidates], kind="stable")][:quota[c]]
+                                     for c in range(len(share))
+                                     for candidates in [np.flatnonzero(agreed & (label == c))]])
+            head = clone(self.head).fit(np.concatenate([X_labeled, X_unlabeled[chosen]]),
+                                        np.concatenate([y_labeled, head.classes_[label[chosen]]]))
+        self.head_, self.classes_, self.pseudo_labeled_ = head, head.classes_, len(chosen)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.head_.predict(X)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.head_.predict_proba(X)
+
+
+def fit_semi(X: np.ndarray, y: np.ndarray, X_unlabeled: np.ndarray, head: BaseEstimator | None) -> dict[str, Any]:
+    """The semi-supervised models fitted on the labelled rows (X, y) plus the unlabelled rows; by curve name.
+
+    `head`: the classical head the self-training models wrap (None: no classical model in the sweep, label
+    spreading alone).
     """
     X_all = np.concatenate([X, X_unlabeled])
     y_all = np.concatenate([y, np.full(len(X_unlabeled), -1, dtype=y.dtype)])
-    fitted = {LABEL_SPREADING: label_spreading(*X_all.shape).fit(X_all, y_all)}
+    spreading = label_spreading(*X_all.shape)
+    fitted = {LABEL_SPREADING: clone(spreading).fit(X_all, y_all)}
     if head is not None:
         fitted[SELF_TRAINING] = self_training(head).fit(X_all, y_all)
+        fitted[AGREEMENT] = AgreementSelfTraining(clone(head), spreading).fit(X_all, y_all)
     return {name: fitted[name] for name in SEMI_MODELS if name in fitted}

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from classical import DataError, load_labeled, sweep
 from classical.cli import app
 from classical.curves import ALL, draw_subset, parse_points, plan_curve, run_curve
+from classical.semi import AgreementSelfTraining, label_spreading
 from classical.splits import load_or_make_split
 from classical.sweep import sorted_test
 
@@ -61,7 +62,7 @@ def semi_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_curve_rises_and_semi_supervision_helps_at_few_labels(semi_run: tuple[Path, dict]) -> None:
     curve = semi_run[1]["learning_curve"]
     assert curve["per_class"] == [2, 4, 25, ALL] and curve["seeds"] == 3 and curve["seed_values"] == [0, 1, 2]
-    assert set(curve["models"]) == {"lr", "knn", "semi-label-spreading", "semi-self-training"}
+    assert set(curve["models"]) == {"lr", "knn", "semi-label-spreading", "semi-self-training", "semi-agreement"}
     assert curve["images"][:3] == [6, 12, 75] and curve["folds"] == [2, 3, 3, 3]
     for name, means in curve["models"].items():
         assert len(means) == len(curve["std"][name]) == 4 and all(len(row) == 3 for row in curve["accuracies"][name])
@@ -70,8 +71,9 @@ def test_curve_rises_and_semi_supervision_helps_at_few_labels(semi_run: tuple[Pa
     for point, margin in ((0, 0.1), (1, 0.02)):  # 2 and 4 labels per class: unlabelled rows carry labels along strands
         supervised = max(curve["models"][name][point] for name in ("lr", "knn"))
         assert curve["models"]["semi-label-spreading"][point] > supervised + margin, curve["models"]
+        assert curve["models"]["semi-agreement"][point] > supervised + margin, curve["models"]
     assert curve["kinds"] == {"lr": "classical", "knn": "classical", "semi-label-spreading": "semi-supervised",
-                              "semi-self-training": "semi-supervised"}
+                              "semi-self-training": "semi-supervised", "semi-agreement": "semi-supervised"}
 
 
 def test_all_point_reuses_the_sweeps_rows(semi_run: tuple[Path, dict]) -> None:
@@ -92,7 +94,7 @@ def test_copies_of_test_images_are_left_out_and_the_full_label_test_is_paired(se
     assert unlabeled["used"] == 120 - unlabeled["left_out"]
     full = report["learning_curve"]["full_labels"]
     assert full["not_run"] is None and full["unlabeled_rows"] == unlabeled["used"]
-    assert {test["semi"] for test in full["tests"]} == {"semi-self-training", "semi-label-spreading"}
+    assert {test["semi"] for test in full["tests"]} == {"semi-self-training", "semi-agreement", "semi-label-spreading"}
     for test in full["tests"]:
         assert test["n_test"] == report["split"]["n_test"] and 0 <= test["p_value"] <= 1
         assert test["helped"] == (test["significant"] and test["difference"] > 0)
@@ -179,3 +181,21 @@ def test_dense_head_takes_part(tmp_path: Path) -> None:
     curve = report["learning_curve"]
     assert curve["kinds"] == {"dense": "neural"} and all(0 <= value <= 1 for value in curve["models"]["dense"])
     assert curve["std"]["dense"] == [None, None]  # one seed: no spread
+
+
+def test_agreement_self_training_adds_agreed_rows_and_keeps_the_labels_it_was_given() -> None:
+    """Labels 1, 4 and 7 (not 0..k-1), 2 labelled rows per strand: the agreed rows carry the head along its strands."""
+    X, y = strands(60, seed=3)
+    y = np.array([1, 4, 7])[y]
+    labelled = np.concatenate([np.flatnonzero(y == label)[:2] for label in (1, 4, 7)])
+    partial = np.full(len(y), -1)
+    partial[labelled] = y[labelled]
+    from sklearn.linear_model import LogisticRegression
+
+    head = LogisticRegression(C=1.0, max_iter=1000)
+    alone = head.fit(X[labelled], y[labelled]).score(X, y)
+    model = AgreementSelfTraining(head, label_spreading(len(X), X.shape[1])).fit(X, partial)
+    assert set(model.classes_) == {1, 4, 7} and set(model.predict(X)) <= {1, 4, 7}
+    assert 0 < model.pseudo_labeled_ <= len(X) - len(labelled)
+    assert model.predict_proba(X).shape == (len(X), 3)
+    assert model.score(X, y) > alone + 0.05, (model.score(X, y), alone)
