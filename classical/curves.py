@@ -41,14 +41,16 @@ from classical.data import LabeledEmbeddings
 from classical.errors import DataError
 from classical.report import paired_comparison
 from classical.selection import fit_by_cv, fit_on_validation
-from classical.semi import DESCRIPTION as SEMI_DESCRIPTION
 from classical.semi import (
+    AGREEMENT,
     LABEL_SPREADING,
+    LINEAR_HEADS,
     SEMI_MODELS,
     Unlabeled,
     fit_semi,
     load_unlabeled,
 )
+from classical.semi import DESCRIPTION as SEMI_DESCRIPTION
 from classical.strategies import choose_plan
 from classical.zoo import ZOO, grid_for
 
@@ -189,7 +191,8 @@ def run_curve(plan: CurvePlan, data: LabeledEmbeddings, parts: dict[str, np.ndar
     accuracy = {name: np.full((len(plan.per_class), seeds), np.nan) for name in names}
     seconds = {name: np.zeros(len(plan.per_class)) for name in names}
     full: dict[str, np.ndarray] = {}  # test predictions at "all", seed 0
-    head_at_full = None
+    heads: list[list[dict[str, str | None]]] = [[] for _ in plan.per_class]  # each semi model's head, per seed
+    heads_at_full: dict[str, str | None] = {}
     bar = tqdm(total=len(plan.per_class) * seeds, unit="subset", desc="learning curve",
                disable=None if progress is None else not progress)
     for p, n in enumerate(plan.per_class):
@@ -200,20 +203,13 @@ def run_curve(plan: CurvePlan, data: LabeledEmbeddings, parts: dict[str, np.ndar
             point = _fit_supervised(models, data, subset, n, parts, overrides=overrides, folds=folds, n_jobs=n_jobs,
                                     seed=seed + s, reuse=reuse)
             if plan.unlabeled is not None:
-                held_back = np.setdiff1d(plan.pool, subset)
-                X_unlabeled = np.concatenate([data.X[held_back], plan.unlabeled.X])
+                X_unlabeled = np.concatenate([data.X[np.setdiff1d(plan.pool, subset)], plan.unlabeled.X])
                 if len(X_unlabeled):  # at "all" without unlabelled rows there is nothing to add
-                    head = max(classical, key=lambda name: point.cv_mean[name], default=None)
-                    if head and head not in point.models:  # the sweep's row was reused: fit its twin to wrap it
-                        point.models[head], _ = fit_point(head, data, subset, n, parts, overrides=overrides,
-                                                          folds=folds, n_jobs=n_jobs, seed=seed + s)
-                    clock = time.perf_counter()
-                    semi = fit_semi(data.X[subset], data.y[subset], X_unlabeled, point.models.get(head))
-                    for name, model in semi.items():
-                        point.predictions[name] = model.predict(data.X[parts["test"]])
-                        point.seconds[name] = (time.perf_counter() - clock) / len(semi)
+                    used = _fit_semi_point(point, classical, data, subset, n, parts, X_unlabeled, overrides=overrides,
+                                           folds=folds, n_jobs=n_jobs, seed=seed + s)
+                    heads[p].append(used)
                     if n == ALL and s == 0:
-                        head_at_full = head
+                        heads_at_full = used
             for name, predicted in point.predictions.items():
                 accuracy[name][p, s] = float((predicted == data.y[parts["test"]]).mean())
                 seconds[name][p] += point.seconds[name] / seeds
@@ -225,7 +221,8 @@ def run_curve(plan: CurvePlan, data: LabeledEmbeddings, parts: dict[str, np.ndar
     bar.close()
     block = _block(plan, data, accuracy, seconds, seeds=seeds, seed=seed, folds=folds)
     if plan.unlabeled is not None:
-        block["full_labels"] = full_label_tests(full, data.y[parts["test"]], head=head_at_full,
+        block["semi_heads"] = heads
+        block["full_labels"] = full_label_tests(full, data.y[parts["test"]], heads=heads_at_full,
                                                 unlabeled=len(plan.unlabeled.X))
     block["seconds"] = time.perf_counter() - started
     return block
@@ -259,14 +256,40 @@ def _fit_supervised(models: Sequence[str], data: LabeledEmbeddings, subset: np.n
     return point
 
 
-def full_label_tests(full: dict[str, np.ndarray], y_test: np.ndarray, *, head: str | None,
+def _fit_semi_point(point: _Point, classical: Sequence[str], data: LabeledEmbeddings, subset: np.ndarray,
+                    n: int | str, parts: dict[str, np.ndarray], X_unlabeled: np.ndarray, *,
+                    overrides: dict[str, dict[str, list[Any]]] | None, folds: int, n_jobs: int,
+                    seed: int) -> dict[str, str | None]:
+    """The semi-supervised models of one subset, their test predictions and seconds added to `point`.
+
+    Returns the supervised model each one extends (the one its paired test at "all" compares it with):
+    self-training and label spreading the point's best-CV classical head, agreement the best-CV linear one.
+    """
+    head = max(classical, key=lambda name: point.cv_mean[name], default=None)
+    linear = max((name for name in classical if name in LINEAR_HEADS), key=lambda name: point.cv_mean[name],
+                 default=head)
+    for name in {head, linear} - {None} - set(point.models):  # the sweep's row was reused: fit its twin to wrap it
+        point.models[name], _ = fit_point(name, data, subset, n, parts, overrides=overrides, folds=folds,
+                                          n_jobs=n_jobs, seed=seed)
+    clock = time.perf_counter()
+    semi = fit_semi(data.X[subset], data.y[subset], X_unlabeled, point.models.get(head),
+                    agreement_head=point.models.get(linear))
+    for name, model in semi.items():
+        point.predictions[name] = model.predict(data.X[parts["test"]])
+        point.seconds[name] = (time.perf_counter() - clock) / len(semi)
+    return {name: linear if name == AGREEMENT else head for name in semi}
+
+
+def full_label_tests(full: dict[str, np.ndarray], y_test: np.ndarray, *, heads: dict[str, str | None],
                      unlabeled: int) -> dict[str, Any]:
-    """At "all": each semi-supervised model against the supervised head it extends, paired on the test images."""
+    """At "all": each semi-supervised model against the supervised head it extends (`heads`), paired on the test
+    images."""
     if not unlabeled:
         return {"unlabeled_rows": 0, "tests": [],
                 "not_run": "the cache holds no unlabelled rows: at 'all' no label is held back, nothing to learn from"}
     tests = []
     for semi in SEMI_MODELS:
+        head = heads.get(semi)
         if semi in full and head in full:
             paired = paired_comparison(y_test, full[semi], full[head])
             tests.append({"semi": semi, "supervised": head, **paired,

@@ -8,7 +8,8 @@ training rows whose labels the point holds back. Two scikit-learn models use the
   the best CV accuracy at that point and seed, with its selected hyper-parameters): it fits the head,
   adds the unlabelled rows it predicts with probability >= `SELF_TRAINING_THRESHOLD` as labelled,
   and refits, at most `SELF_TRAINING_ITERATIONS` times.
-- `semi-agreement`: the same head self-trained on the rows where it and label spreading agree
+- `semi-agreement`: the point's best-CV linear head (`LINEAR_HEADS`; the best classical one if the
+  sweep has none) self-trained on the rows where it and label spreading agree
   (`AgreementSelfTraining`): in each of `AGREEMENT_ROUNDS` rounds the head, refitted from scratch,
   takes the agreed rows it and label spreading are together most sure of, class by class in
   proportion to the labelled classes, a growing share of the unlabelled rows each round. Two views
@@ -58,6 +59,7 @@ logger = logging.getLogger(__name__)
 SELF_TRAINING, AGREEMENT, LABEL_SPREADING = "semi-self-training", "semi-agreement", "semi-label-spreading"
 SEMI_MODELS = (SELF_TRAINING, AGREEMENT, LABEL_SPREADING)
 AGREEMENT_ROUNDS = (0.2, 0.4, 0.6, 0.8, 1.0)  # share of the unlabelled rows each round may add
+LINEAR_HEADS = ("lr", "svm-linear")  # agreement's head: a view unlike the graph's (a k-NN head would echo it)
 SELF_TRAINING_THRESHOLD = 0.75
 SELF_TRAINING_ITERATIONS = 10
 LABEL_SPREADING_NEIGHBOURS = 10
@@ -65,12 +67,13 @@ LABEL_SPREADING_ALPHA = 0.9
 LABEL_SPREADING_COMPONENTS = 64
 DESCRIPTION = (f"{SELF_TRAINING}: SelfTrainingClassifier (threshold {SELF_TRAINING_THRESHOLD}, at most "
                f"{SELF_TRAINING_ITERATIONS} iterations) around the point's classical head with the best CV accuracy, "
-               f"with its selected parameters; {AGREEMENT}: that head refitted {len(AGREEMENT_ROUNDS)} times on the labelled "
+               f"with its selected parameters; {AGREEMENT}: the point's best-CV linear head ({', '.join(LINEAR_HEADS)}) refitted "
+               f"{len(AGREEMENT_ROUNDS)} times on the labelled "
                "rows plus the unlabelled rows where it and label spreading agree, most confident first, per class in "
                f"proportion to the labelled classes, up to {AGREEMENT_ROUNDS[0]:.0%}..{AGREEMENT_ROUNDS[-1]:.0%} of the "
                f"unlabelled rows; {LABEL_SPREADING}: LabelSpreading on a {LABEL_SPREADING_NEIGHBOURS}-NN "
                f"graph of the power-normalised embeddings, PCA to {LABEL_SPREADING_COMPONENTS} dimensions, L2 norm "
-               f"(alpha {LABEL_SPREADING_ALPHA}); both fixed, not searched, "
+               f"(alpha {LABEL_SPREADING_ALPHA}); all fixed, not searched, "
                "and fed the cache's unlabelled rows plus the training rows whose labels the point holds back")
 
 
@@ -170,11 +173,12 @@ class AgreementSelfTraining(ClassifierMixin, BaseEstimator):
         return self.head_.predict_proba(X)
 
 
-def fit_semi(X: np.ndarray, y: np.ndarray, X_unlabeled: np.ndarray, head: BaseEstimator | None) -> dict[str, Any]:
+def fit_semi(X: np.ndarray, y: np.ndarray, X_unlabeled: np.ndarray, head: BaseEstimator | None, *,
+             agreement_head: BaseEstimator | None = None) -> dict[str, Any]:
     """The semi-supervised models fitted on the labelled rows (X, y) plus the unlabelled rows; by curve name.
 
-    `head`: the classical head the self-training models wrap (None: no classical model in the sweep, label
-    spreading alone).
+    `head`: the classical head self-training wraps (None: no classical model in the sweep, label spreading
+    alone); `agreement_head`: the one agreement self-trains (default: `head`).
     """
     X_all = np.concatenate([X, X_unlabeled])
     y_all = np.concatenate([y, np.full(len(X_unlabeled), -1, dtype=y.dtype)])
@@ -182,5 +186,5 @@ def fit_semi(X: np.ndarray, y: np.ndarray, X_unlabeled: np.ndarray, head: BaseEs
     fitted = {LABEL_SPREADING: clone(spreading).fit(X_all, y_all)}
     if head is not None:
         fitted[SELF_TRAINING] = self_training(head).fit(X_all, y_all)
-        fitted[AGREEMENT] = AgreementSelfTraining(clone(head), spreading).fit(X_all, y_all)
+        fitted[AGREEMENT] = AgreementSelfTraining(clone(agreement_head or head), spreading).fit(X_all, y_all)
     return {name: fitted[name] for name in SEMI_MODELS if name in fitted}

@@ -7,6 +7,7 @@
      "accuracies": {name: [[one per seed] per point]}, "kinds": {name: "classical" | "neural" |
      "semi-supervised"}, "fit_seconds": {name: [mean seconds per subset]}, "folds": [CV folds per point],
      "capped": [{"requested", "used", "class"}], "unlabeled": {"in_cache", "used", "left_out", ...} | null,
+     "semi_heads": [[{semi model: the supervised model it extends} per seed] per point] (semi-supervised only),
      "full_labels": {"unlabeled_rows", "tests": [{"semi", "supervised", "difference", "ci", "p_value",
                      "discordant", "n_test", "significant", "helped", ...}], "not_run"} (semi-supervised only),
      "seconds", "method",

@@ -92,6 +92,12 @@ def test_copies_of_test_images_are_left_out_and_the_full_label_test_is_paired(se
     unlabeled = report["learning_curve"]["unlabeled"]
     assert unlabeled["in_cache"] == 120 and unlabeled["left_out"] >= copied_test
     assert unlabeled["used"] == 120 - unlabeled["left_out"]
+    heads = report["learning_curve"]["semi_heads"]
+    assert len(heads) == 4 and all(len(seeds) == 3 for seeds in heads)
+    for seeds in heads:
+        for used in seeds:
+            assert used["semi-agreement"] == "lr" and used["semi-self-training"] in ("lr", "knn")
+            assert used["semi-label-spreading"] == used["semi-self-training"]
     full = report["learning_curve"]["full_labels"]
     assert full["not_run"] is None and full["unlabeled_rows"] == unlabeled["used"]
     assert {test["semi"] for test in full["tests"]} == {"semi-self-training", "semi-agreement", "semi-label-spreading"}
