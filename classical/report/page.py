@@ -52,6 +52,7 @@ def render_page(report: dict[str, Any], run: Path, plots: list[Path]) -> Path:
             _repeats(report), _curve(report), _plots(run, plots), _errors(report, thumbnails)]
     if audit is not None:
         body.append(_audit(audit, run, thumbnails))
+    thumbnails.report_missing()
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(run.name)}: transfer-learning report</title><style>{STYLE}</style></head>\n<body>\n"
             + "\n".join(part for part in body if part) + "\n</body></html>\n")
@@ -217,6 +218,14 @@ class _Thumbnails:
 
     def __init__(self, run: Path, root: Path | None) -> None:
         self.run, self.root, self.folder = run, root, run / "thumbnails"
+        self.missing: dict[str, str] = {}  # path -> why its photo could not be read
+
+    def report_missing(self) -> None:
+        """One warning for every photo the page shows without a thumbnail (not one line per photo)."""
+        if self.missing:
+            path, why = next(iter(self.missing.items()))
+            logger.warning("report.html: no thumbnail of %d photo(s), e.g. %s (%s); the cache's paths are read relative "
+                           "to %s, the source of its last extraction", len(self.missing), path, why, self.root)
 
     def get(self, path: str) -> str | None:
         if self.root is None:
@@ -234,6 +243,6 @@ class _Thumbnails:
                     with atomic_path(target) as tmp:
                         image.save(tmp, format="JPEG", quality=80)
             except OSError as exc:
-                logger.warning("no thumbnail of %s: %s", self.root / path, exc)
+                self.missing[path] = exc.strerror or str(exc)
                 return None
         return f"thumbnails/{name}"

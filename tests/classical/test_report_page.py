@@ -93,3 +93,22 @@ def test_page_says_so_when_the_photos_are_gone(browser, run: Path, tmp_path: Pat
     rerender(moved)
     page, problems = open_page(browser, moved / "report.html")
     assert "(photo not found)" in page.content() and problems == []
+
+
+def test_photos_that_cannot_be_read_are_one_warning(run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A cache whose photos moved away from its source: one warning with the count and an example, not one per photo."""
+    moved = tmp_path / "run"
+    shutil.copytree(run, moved, ignore=shutil.ignore_patterns("thumbnails"))
+    report = json.loads((moved / "report.json").read_text())
+    photos = Path(report["cache"]).parent / "photos"
+    shutil.move(photos, tmp_path / "elsewhere")
+    try:
+        photos.mkdir()  # the source still exists, its photos are gone
+        with caplog.at_level("WARNING", logger="classical.report.page"):
+            rerender(moved)
+    finally:
+        photos.rmdir()
+        shutil.move(tmp_path / "elsewhere", photos)
+    warnings = [record.getMessage() for record in caplog.records if "thumbnail" in record.getMessage()]
+    assert len(warnings) == 1 and "no thumbnail of" in warnings[0] and str(photos) in warnings[0], warnings
+    assert int(warnings[0].split("no thumbnail of ")[1].split()[0]) > 1
