@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import keras
 
 LOW_LEARNING_RATE = 1e-4
+VALIDATION_BATCH = 1024  # rows per step of the per-epoch validation pass (at 32: 19.5 s instead of 8.2 s, same epochs)
 
 
 class DenseHead(ClassifierMixin, BaseEstimator):
@@ -132,6 +133,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             self._encode(y_train),
             validation_data=(X_val.astype(np.float32), self._encode(y_val)),
             batch_size=self.batch_size,
+            validation_batch_size=max(self.batch_size, VALIDATION_BATCH),
             epochs=self.max_epochs,
             shuffle=True,
             callbacks=[stopper],

@@ -12,6 +12,7 @@ from conftest import blobs, write_cache
 from classical import budget, strategies, sweep
 from classical.budget import BudgetError, estimate, plan_sweep
 from classical.data import load_labeled
+from classical.modelfile import load_model
 from classical.selection import fit_by_cv
 from classical.strategies import Plan, choose_plan, stratified_rows
 from classical.threads import limited, measure, plan_threads
@@ -24,7 +25,7 @@ def small_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(strategies, "SEARCH_ROWS", 60)
     monkeypatch.setattr(strategies, "EXACT_ROWS", {"lr": 1000, "svm-linear": 60, "svm-rbf": 60, "rf": 60, "knn": 100,
                                                    "dense": 100})
-    monkeypatch.setattr(strategies, "APPROXIMATE_ROWS", {"svm-rbf": 150, "rf": 150})
+    monkeypatch.setattr(strategies, "APPROXIMATE_ROWS", {"svm-linear": 150, "svm-rbf": 150, "rf": 150})
     monkeypatch.setattr(strategies, "TREE_ROWS", 100)
 
 
@@ -78,14 +79,35 @@ def test_approximated_rbf_svm_and_forest(small_sizes: None) -> None:
     assert model.named_steps["clf"].max_samples == 100 and model.named_steps["clf"].n_jobs is None
 
 
+def test_linear_svm_is_approximated_by_sgd_above_its_size(small_sizes: None) -> None:
+    X, labels = blobs(per_class=70, dim=24)
+    y = np.searchsorted(sorted(set(labels)), labels)
+    grid = grid_for("svm-linear")
+    assert choose_plan(ZOO["svm-linear"], grid, 140).strategy == "subsample-then-refit"  # below 150: LinearSVC
+    assert choose_plan(ZOO["svm-linear"], {"clf__dual": [True]}, 210).strategy == "subsample-then-refit"  # no SGD dual
+    plan = choose_plan(ZOO["svm-linear"], grid, len(y))
+    assert plan.strategy == "approximated" and "SGDClassifier" in plan.approximation
+    model, selection = fit_by_cv(ZOO["svm-linear"], grid, X, y, folds=3, n_jobs=1, seed=0, plan=plan)
+    calibrated = model.named_steps["clf"]
+    assert type(calibrated.calibrated_classifiers_[0].estimator).__name__ == "SGDClassifier"
+    assert (model.predict(X) == y).mean() > 0.95 and np.allclose(model.predict_proba(X).sum(axis=1), 1)
+    chosen_c = 1 / (selection["params"]["clf__alpha"] * len(y))  # the refit's alpha is the searched C at all rows
+    assert min(abs(chosen_c - c) / c for c in grid["clf__C"]) < 1e-9
+    assert selection["strategy"] == "approximated" and "SGDClassifier" in selection["approximation"]
+
+
 def test_sweep_records_and_shows_the_strategies(tmp_path: Path, small_sizes: None) -> None:
     X, labels = blobs(per_class=60, dim=16)
     write_cache(tmp_path / "c.h5", X, labels)
-    report = sweep(tmp_path / "c.h5", tmp_path / "run", models=["lr", "knn"], grids={"knn": {"n_neighbors": [1, 5]}},
+    report = sweep(tmp_path / "c.h5", tmp_path / "run", models=["lr", "knn", "svm-linear"],
+                   grids={"knn": {"n_neighbors": [1, 5]}, "svm-linear": {"C": [0.05]}},
                    cv=3, n_jobs=2, progress=False, embedding_cost=False, audit=False)
     rows = {row["name"]: row for row in report["models"]}
     assert rows["lr"]["strategy"] == "exact" and rows["lr"]["search_rows"] == rows["lr"]["rows"]
     assert rows["knn"]["strategy"] == "subsample-then-refit" and rows["knn"]["search_rows"] == 60
+    assert rows["svm-linear"]["strategy"] == "approximated" and "SGD" in rows["svm-linear"]["approximation"]
+    saved = load_model(rows["svm-linear"]["model_path"])  # a model file that loads (its types trusted)
+    assert saved.model.predict_proba(X[:5]).shape == (5, 3)
     for row in rows.values():
         assert row["search_seconds"] > 0 and row["refit_seconds"] > 0
         assert row["fit_seconds"] >= row["search_seconds"] + row["refit_seconds"]
