@@ -14,24 +14,25 @@ Outside the exact strategy, the calibrated models (the SVMs) are calibrated on `
 (2) folds instead of the search's 5: at 12,755 rows the 5-fold calibration was 250 s of the linear
 SVM's 271 s.
 
-The linear SVM is approximated by `SGDClassifier(loss="hinge")`, its regularisation `alpha =
-1 / (C n)` (n: the rows it is given; LinearSVC's objective at the grid's C), stopped when its
-training loss falls by less than `SGD_TOL` for 5 epochs. liblinear does not scale here: on the
-50,000-row benchmark set (42,497 train+val rows x 1280, 13 classes; 2 cores shared, load average
-3-6), LinearSVC(dual=True) with its 2-fold calibration took 15 s at 1,700 rows, 95 s at 4,241,
-157 s at 12,755 and had not ended after 7 minutes at 42,497; the primal solver (dual=False) was
-slower still (one uncalibrated fit at 42,497 rows unfinished after 6 minutes: liblinear works on
-its own sparse copy of the dense rows). SGD with the same 2-fold calibration (early stopping on a
-held-out tenth): 5, 6, 9 and 18-22 s at those sizes, test accuracy within 0.002 of liblinear's at
-4,241 and 12,755 rows (0.885 / 0.884, 0.881 / 0.880), 0.877-0.883 at 42,497 for C from 0.0005 to
-0.05. Early stopping is not used: its held-out tenth must hold every class, which small folds and
-halving's first round do not guarantee; the training-loss stop costs 30-54 s at 42,497 rows for
-the same accuracy (0.877-0.879; with scikit-learn's tol of 1e-3, 160 s at C = 0.05). Calibrating
-on a held-out tenth instead of 2 folds halved the cost (10 s, accuracy 0.877) but is not needed.
-float32 rows change nothing (liblinear and SGD work in float64). The search on the subsample is
-SGD's too (7 s at 1,200 rows where LinearSVC's took 83 s). Above 1,500 rows (SGD 4-6 s against
-liblinear's 6-15 s at 1,700, and 15x cheaper from 4,000): on the 2,000-row benchmark split the
-approximation's test accuracy was 0.870 against the exact search's 0.857 [0.812, 0.892].
+The linear SVM is approximated by averaged SGD (`SGDClassifier(loss="hinge", average=True)`),
+its regularisation `alpha = 1 / (C n)` (n: the rows it is given; LinearSVC's objective at the
+grid's C), stopped when its training loss falls by less than `SGD_TOL` for 5 epochs. Measured on
+the benchmark's sets (`benchmarks/sweep.py`; 13 classes x 1280 dims; 2 cores shared, load average
+1-6), refit + 2-fold sigmoid calibration: liblinear's LinearSVC(dual=True) took 15 s at 1,700
+train+val rows, 95 s at 4,241, 49-157 s at 12,755 (C 0.0005-0.05) and had not ended after 7
+minutes at 42,497; its primal solver (dual=False) was slower still (one uncalibrated fit at 42,497
+rows unfinished after 6 minutes: liblinear works on its own sparse copy of the dense rows). SGD:
+5-9 s up to 12,755 rows and 11-46 s at 42,497. Test accuracy at 12,755 rows, liblinear / averaged
+SGD / plain SGD: 0.893 / 0.882 / 0.876 at C = 0.0005, 0.889 / 0.888 / 0.875 at 0.005, 0.880 /
+0.880 / 0.874 at 0.05 (plain SGD fell below liblinear's interval, hence the averaging); at 42,497,
+averaged SGD 0.878-0.883 over the grid. Not used: early stopping (as fast, but its held-out tenth
+must hold every class, which small folds and halving's first round do not guarantee),
+scikit-learn's tol of 1e-3 (80 epochs, 160 s at C = 0.05 and 42,497 rows), squared hinge (no
+better, 2-10x slower), calibration on a held-out tenth instead of 2 folds (half the cost, same
+accuracy, not needed at this cost). The rows stay float32 (the cache's dtype; SGD fits in it,
+liblinear copies to float64). The search on the subsample is SGD's too (1-7 s at 1,200 rows where
+LinearSVC's took up to 83 s). Above 1,500 rows: at 1,700 liblinear already cost 6-15 s against
+SGD's 4-6 s, and 15x more from 4,000 rows.
 
 The sizes are chosen from `benchmarks/sweep.py` (2 cores): below them the exact search of a
 model costs a few seconds; above them its cost grows as N^1.5..N^2 (kernel SVM, forest, kNN).
@@ -131,10 +132,10 @@ def _rbf_approximated(spec: ModelSpec, seed: int, rows: int) -> Pipeline:
 
 
 def _svm_linear_approximated(spec: ModelSpec, seed: int, rows: int) -> Pipeline:
-    """Standardize, a linear SVM fitted by SGD (hinge loss): linear in N where liblinear is not."""
+    """Standardize, a linear SVM fitted by averaged SGD (hinge loss): linear in N where liblinear is not."""
     scale, reduce = spec.build(seed).steps[:2]
-    return Pipeline([scale, reduce, ("clf", SGDClassifier(loss="hinge", tol=SGD_TOL, max_iter=SGD_EPOCHS,
-                                                          random_state=seed))])
+    return Pipeline([scale, reduce, ("clf", SGDClassifier(loss="hinge", average=True, tol=SGD_TOL,
+                                                          max_iter=SGD_EPOCHS, random_state=seed))])
 
 
 def _rf_approximated(spec: ModelSpec, seed: int, rows: int) -> BaseEstimator:
@@ -143,7 +144,7 @@ def _rf_approximated(spec: ModelSpec, seed: int, rows: int) -> BaseEstimator:
 
 
 APPROXIMATIONS = {
-    "svm-linear": "SGDClassifier (hinge loss) for LinearSVC, alpha = 1 / (C x rows)",
+    "svm-linear": "averaged SGDClassifier (hinge loss) for LinearSVC, alpha = 1 / (C x rows)",
     "svm-rbf": f"Nystroem RBF features ({NYSTROEM_COMPONENTS} components) + LinearSVC, same C and gamma",
     "rf": f"random forest, each tree on at most {TREE_ROWS} bootstrap rows (max_samples)",
 }
