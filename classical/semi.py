@@ -2,7 +2,7 @@
 
 At each learning-curve point the labelled subset is joined by the rows without a label: the cache's
 unlabelled rows (label -1: a flat folder extracted into the same cache with the same backbone) and the
-training rows whose labels the point holds back. Two scikit-learn models use them:
+training rows whose labels the point holds back. Three models, built on scikit-learn's, use them:
 
 - `semi-self-training`: `SelfTrainingClassifier` around the point's best classical head (the one with
   the best CV accuracy at that point and seed, with its selected hyper-parameters): it fits the head,
@@ -21,7 +21,7 @@ training rows whose labels the point holds back. Two scikit-learn models use the
   features), reduced by PCA to `LABEL_SPREADING_COMPONENTS` dimensions (fitted on the rows it is given,
   labelled and unlabelled: no label is used) and L2-normalised again.
 
-Both use fixed parameters: with a few labels per class there is no honest way to cross-validate
+All use fixed parameters: with a few labels per class there is no honest way to cross-validate
 them. The graph's were chosen on the flowers at 10 labels per class on a development split (seed 1),
 not on any run's test split (README, "Learning curves"): the PCA step gave +2.5 points over the same
 graph on the full embeddings there; alpha 0.9 instead of scikit-learn's 0.2 lets labels travel along
