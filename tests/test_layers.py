@@ -21,6 +21,15 @@ def test_importing_loads_no_heavy_library(package: str) -> None:
     assert loaded == "[]"
 
 
+@pytest.mark.parametrize("module", ["embedder", "embedder.cli"])
+def test_embedder_starts_without_scikit_learn(module: str) -> None:
+    """Every `embedder` command starts about a second sooner: scikit-learn loads with `embedder.Embedder` only."""
+    code = (f"import sys, {module}; before = 'sklearn' in sys.modules; from embedder import Embedder; "
+            "print(before, 'sklearn' in sys.modules, Embedder.__name__)")
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert printed == ["False", "True", "Embedder"]
+
+
 def test_loading_a_cache_for_the_classical_layer_needs_no_keras(tmp_path: Path) -> None:
     code = f"""
 import sys
