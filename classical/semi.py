@@ -135,7 +135,7 @@ class AgreementSelfTraining(ClassifierMixin, BaseEstimator):
     unlabelled row a label distribution. Each round the head, refitted from scratch on the labelled
     rows plus the rows chosen, predicts the unlabelled rows again; the rows both give the same class
     are ranked by the product of their probabilities, and each class takes its best, up to
-    `fraction` x unlabelled rows x its share of the labelled rows.
+    `fraction` x unlabelled rows x its share of the labelled rows. `spreading_`: the fitted pipeline.
     """
 
     def __init__(self, head: BaseEstimator, spreading: Pipeline, rounds: tuple[float, ...] = AGREEMENT_ROUNDS) -> None:
@@ -144,7 +144,8 @@ class AgreementSelfTraining(ClassifierMixin, BaseEstimator):
     def fit(self, X: np.ndarray, y: np.ndarray) -> AgreementSelfTraining:
         labeled = y >= 0
         X_labeled, y_labeled, X_unlabeled = X[labeled], y[labeled], X[~labeled]
-        graph = clone(self.spreading).fit(X, y)[-1]
+        self.spreading_ = clone(self.spreading).fit(X, y)
+        graph = self.spreading_[-1]
         spread = graph.label_distributions_[~labeled]
         head = clone(self.head).fit(X_labeled, y_labeled)
         if not np.array_equal(head.classes_, graph.classes_[graph.classes_ >= 0]):
@@ -183,8 +184,10 @@ def fit_semi(X: np.ndarray, y: np.ndarray, X_unlabeled: np.ndarray, head: BaseEs
     X_all = np.concatenate([X, X_unlabeled])
     y_all = np.concatenate([y, np.full(len(X_unlabeled), -1, dtype=y.dtype)])
     spreading = label_spreading(*X_all.shape)
-    fitted = {LABEL_SPREADING: clone(spreading).fit(X_all, y_all)}
-    if head is not None:
-        fitted[SELF_TRAINING] = self_training(head).fit(X_all, y_all)
-        fitted[AGREEMENT] = AgreementSelfTraining(clone(agreement_head or head), spreading).fit(X_all, y_all)
+    if head is None:
+        fitted = {LABEL_SPREADING: spreading.fit(X_all, y_all)}
+    else:
+        agreement = AgreementSelfTraining(clone(agreement_head or head), spreading).fit(X_all, y_all)
+        fitted = {SELF_TRAINING: self_training(head).fit(X_all, y_all), AGREEMENT: agreement,
+                  LABEL_SPREADING: agreement.spreading_}  # the graph agreement fitted on the same rows, not fitted twice
     return {name: fitted[name] for name in SEMI_MODELS if name in fitted}
