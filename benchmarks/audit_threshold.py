@@ -60,7 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, required=True, help="cache of the source folder (for the originals)")
     parser.add_argument("--source", type=Path, default=SHARED / "data" / "flowers")
-    parser.add_argument("--weights", default=str(SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"))
+    parser.add_argument(
+        "--weights", default=str(SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5")
+    )
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--keep", type=Path, help="also keep the copies' cache here")
     parser.add_argument("--plain", action="store_true", help="plain cosine instead of the audit's (power-normalised)")
@@ -110,8 +112,10 @@ def main() -> None:
         copy_cos[edit] = np.array(cos)
     print("cosine of each copy with its original:")
     for edit, cos in copy_cos.items():
-        print(f"  {edit:9} n={len(cos):3}  min {cos.min():.4f}  5% {np.quantile(cos, 0.05):.4f}  "
-              f"median {np.median(cos):.4f}  max {cos.max():.4f}")
+        print(
+            f"  {edit:9} n={len(cos):3}  min {cos.min():.4f}  5% {np.quantile(cos, 0.05):.4f}  "
+            f"median {np.median(cos):.4f}  max {cos.max():.4f}"
+        )
 
     S = X @ X.T
     np.fill_diagonal(S, -1)
@@ -120,16 +124,24 @@ def main() -> None:
     same_upper = S[np.triu_indices(len(X), 1)][same[np.triu_indices(len(X), 1)]]
     best_same = np.where(same, S, -1).max(axis=1)
     print(f"\ndistinct photos of the cache ({len(X)} rows, {len(upper):,} pairs, {len(same_upper):,} same-class):")
-    print(f"  highest cosine of any pair {upper.max():.4f}; top 10: {', '.join(f'{v:.3f}' for v in np.sort(upper)[-10:][::-1])}")
-    print(f"  same-class pairs: 99.9th percentile {np.quantile(same_upper, 0.999):.4f}, 99.99th "
-          f"{np.quantile(same_upper, 0.9999):.4f}, max {same_upper.max():.4f}")
-    print(f"  each photo's nearest same-class photo: median {np.median(best_same):.4f}, 99th percentile "
-          f"{np.quantile(best_same, 0.99):.4f}")
+    print(
+        f"  highest cosine of any pair {upper.max():.4f}; top 10: {', '.join(f'{v:.3f}' for v in np.sort(upper)[-10:][::-1])}"
+    )
+    print(
+        f"  same-class pairs: 99.9th percentile {np.quantile(same_upper, 0.999):.4f}, 99.99th "
+        f"{np.quantile(same_upper, 0.9999):.4f}, max {same_upper.max():.4f}"
+    )
+    print(
+        f"  each photo's nearest same-class photo: median {np.median(best_same):.4f}, 99th percentile "
+        f"{np.quantile(best_same, 0.99):.4f}"
+    )
     print("\nthreshold  recall jpeg / rescale / crop / combined   distinct pairs flagged (same class)")
     for threshold in (0.85, 0.88, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97):
         recalls = " / ".join(f"{(copy_cos[e] >= threshold).mean():.3f}" for e in EDITS)
-        print(f"  {threshold:.2f}     {recalls}        {int((upper >= threshold).sum()):5} "
-              f"({int((same_upper >= threshold).sum())})")
+        print(
+            f"  {threshold:.2f}     {recalls}        {int((upper >= threshold).sum()):5} "
+            f"({int((same_upper >= threshold).sum())})"
+        )
 
 
 if __name__ == "__main__":

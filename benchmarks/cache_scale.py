@@ -52,15 +52,27 @@ def build(out: Path, rows: int, source: Path) -> None:
             count = min(BUILD_BATCH, rows - start)
             picked = real[rng.integers(0, len(real), count)]
             embeddings = (picked + rng.normal(0, 0.01, picked.shape)).clip(0).astype(np.float32)
-            batch = [Row(f"earlier/{i // 1000:04d}/{i:07d}.jpg", rng.bytes(32).hex(), "earlier", 1, 1)
-                     for i in range(start, start + count)]
+            batch = [
+                Row(f"earlier/{i // 1000:04d}/{i:07d}.jpg", rng.bytes(32).hex(), "earlier", 1, 1)
+                for i in range(start, start + count)
+            ]
             writer.write_batch(key, Batch(embeddings=embeddings, rows=batch))
 
 
 def add(cache: Path, photos: Path, weights: str, env: dict[str, str]) -> dict[str, float]:
     """Time one `embedder extract` process adding `photos` to `cache`; its seconds and peak RSS."""
-    command = [sys.executable, "-c", RUN, "extract", str(photos), "--out", str(cache), "--weights", weights,
-               "--no-progress"]
+    command = [
+        sys.executable,
+        "-c",
+        RUN,
+        "extract",
+        str(photos),
+        "--out",
+        str(cache),
+        "--weights",
+        weights,
+        "--no-progress",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode:
         raise SystemExit(f"extract failed:\n{result.stderr}")
@@ -103,7 +115,9 @@ def main() -> None:
         measured = {name: float(np.median([run[name] for run in runs])) for name in ("seconds", "peak_mb")}
         with open_cache(cache) as opened:
             assert len(opened.backbone()) == rows + args.add * args.repeats, "every added photo is a new row"
-        disk = sum(p.stat().st_size for p in work.glob(f"cache-{rows}.h5*") for p in ([p] if p.is_file() else p.rglob("*")))
+        disk = sum(
+            p.stat().st_size for p in work.glob(f"cache-{rows}.h5*") for p in ([p] if p.is_file() else p.rglob("*"))
+        )
         results.append({"rows": rows, **measured, "disk_gb": disk / 1e9, "sound": verify(cache) == []})
         seconds = ", ".join(f"{run['seconds']:.2f}" for run in runs)
         peaks = ", ".join(f"{run['peak_mb']:.0f}" for run in runs)
@@ -113,8 +127,10 @@ def main() -> None:
     base = results[0]
     print(f"\n{'rows':>9}  {'seconds':>8}  {'x time':>6}  {'peak MB':>8}  {'+MB':>6}  {'disk GB':>7}  verify")
     for r in results:
-        print(f"{r['rows']:>9,}  {r['seconds']:>8.2f}  {r['seconds'] / base['seconds']:>6.2f}  {r['peak_mb']:>8.0f}  "
-              f"{r['peak_mb'] - base['peak_mb']:>+6.0f}  {r['disk_gb']:>7.2f}  {'ok' if r['sound'] else 'PROBLEMS'}")
+        print(
+            f"{r['rows']:>9,}  {r['seconds']:>8.2f}  {r['seconds'] / base['seconds']:>6.2f}  {r['peak_mb']:>8.0f}  "
+            f"{r['peak_mb'] - base['peak_mb']:>+6.0f}  {r['disk_gb']:>7.2f}  {'ok' if r['sound'] else 'PROBLEMS'}"
+        )
     for folder in photos:
         shutil.rmtree(folder)
 

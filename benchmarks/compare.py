@@ -26,7 +26,9 @@ SHARED = Path(os.environ.get("BOTTLENECK_LAB_SHARED", ROOT.parent / "shared"))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=SHARED / "data" / "flowers")
-    parser.add_argument("--weights", default=str(SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"))
+    parser.add_argument(
+        "--weights", default=str(SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5")
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "flowers")
     parser.add_argument("--variant", choices=["a", "b"], action="append", help="fine-tuning variants (default: a)")
     parser.add_argument("--unfreeze", type=int, default=None, help="layer groups to unfreeze (default: finetune's)")
@@ -53,15 +55,19 @@ def main() -> None:
     print()
     print(summary(report))
     plain = {} if args.no_plain else plain_epochs(args.source, args.out, options)
-    print("\nseconds per epoch (median after the first, which traces the graph), this run's way vs the plain "
-          "full-forward way (two epochs, same settings):")
+    print(
+        "\nseconds per epoch (median after the first, which traces the graph), this run's way vs the plain "
+        "full-forward way (two epochs, same settings):"
+    )
     for row in report["models"]:
         ours = steady_epoch_seconds(args.out / row["name"]) if row["name"].startswith("finetune") else {}
         for phase in row.get("phases", []):
             mine, other = ours.get(phase["name"], phase["seconds_per_epoch"]), plain.get(phase["name"])
             ratio = f"  ({other / mine:.1f}x faster)" if other and mine else ""
-            print(f"  {row['name']} {phase['name']:>14}: {mine:6.2f} s/epoch, {phase['method']}; "
-                  f"plain {other or float('nan'):6.1f} s/epoch{ratio}; {phase['epochs_run']} epochs run")
+            print(
+                f"  {row['name']} {phase['name']:>14}: {mine:6.2f} s/epoch, {phase['method']}; "
+                f"plain {other or float('nan'):6.1f} s/epoch{ratio}; {phase['epochs_run']} epochs run"
+            )
         if row.get("cache_seconds"):
             print(f"  {row['name']} caching what it trains on: {row['cache_seconds']:.1f} s (in its fit seconds)")
     print("\nwall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
@@ -74,8 +80,15 @@ def steady_epoch_seconds(folder: Path) -> dict[str, float]:
 
     epochs = json.loads((folder / "state.json").read_text())["epochs"].values()
     phases = {epoch["phase"] for epoch in epochs}
-    return {phase: float(np.median([e["seconds"] for e in epochs if e["phase"] == phase and e["epoch"] > 1] or
-                                   [e["seconds"] for e in epochs if e["phase"] == phase])) for phase in phases}
+    return {
+        phase: float(
+            np.median(
+                [e["seconds"] for e in epochs if e["phase"] == phase and e["epoch"] > 1]
+                or [e["seconds"] for e in epochs if e["phase"] == phase]
+            )
+        )
+        for phase in phases
+    }
 
 
 def plain_epochs(source: Path, run: Path, options: dict) -> dict[str, float]:

@@ -85,12 +85,19 @@ def main() -> None:
     for name in args.models.split(","):
         source = model_file(args.run, name)
         result, _ = timed(export_model, source, out / f"{name}.onnx")
-        pixels, decode_seconds = timed(lambda r=result: np.stack(
-            [item.pixels for item in load_files(files, size=r.image_size, resize=r.resize)]))
+        pixels, decode_seconds = timed(
+            lambda r=result: np.stack([item.pixels for item in load_files(files, size=r.image_size, resize=r.resize)])
+        )
         exported, per_second = throughput(runner(out / f"{name}.onnx", "onnx"), pixels)
-        row = {"model": name, "format": "onnx fp32", "export_s": result.seconds, "MB": result.bytes / 1e6,
-               "files_img_s": len(files) / (decode_seconds + len(files) / per_second), "pixels_img_s": per_second,
-               "accuracy": float(np.mean(exported.argmax(1) == truth))}
+        row = {
+            "model": name,
+            "format": "onnx fp32",
+            "export_s": result.seconds,
+            "MB": result.bytes / 1e6,
+            "files_img_s": len(files) / (decode_seconds + len(files) / per_second),
+            "pixels_img_s": per_second,
+            "accuracy": float(np.mean(exported.argmax(1) == truth)),
+        }
         if result.kind != "finetune":  # `classical predict` takes model files
             predicted, seconds = timed(predict, source, files)
             reference = np.array([list(r["probs"].values()) for r in predicted])
@@ -109,20 +116,37 @@ def main() -> None:
             extra = export_model(source, path, format=format, int8=int8, calibration=calibration)
             probabilities, per_second = throughput(runner(path, format), pixels)
             accuracy = float(np.mean(probabilities.argmax(1) == truth))
-            rows.append({"model": name, "format": f"{format} {extra.precision}", "export_s": extra.seconds,
-                         "MB": extra.bytes / 1e6, "pixels_img_s": per_second, "accuracy": accuracy,
-                         "accuracy_drop": row["accuracy"] - accuracy,
-                         "max_abs_diff": float(np.abs(probabilities - exported).max())})
+            rows.append(
+                {
+                    "model": name,
+                    "format": f"{format} {extra.precision}",
+                    "export_s": extra.seconds,
+                    "MB": extra.bytes / 1e6,
+                    "pixels_img_s": per_second,
+                    "accuracy": accuracy,
+                    "accuracy_drop": row["accuracy"] - accuracy,
+                    "max_abs_diff": float(np.abs(probabilities - exported).max()),
+                }
+            )
             print(rows[-1], flush=True)
-    print("\n| model | format | export s | MB | exported img/s (files) | exported img/s (pixels) "
-          "| `classical predict` img/s (files; Keras on pixels for fine-tuned) | max abs diff | test acc | int8 drop |")
+    print(
+        "\n| model | format | export s | MB | exported img/s (files) | exported img/s (pixels) "
+        "| `classical predict` img/s (files; Keras on pixels for fine-tuned) | max abs diff | test acc | int8 drop |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        cells = [r["model"], r["format"], f"{r['export_s']:.1f}", f"{r['MB']:.1f}",
-                 f"{r['files_img_s']:.0f}" if "files_img_s" in r else "", f"{r['pixels_img_s']:.0f}",
-                 f"{r['predict_img_s']:.0f}" if "predict_img_s" in r else "",
-                 f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "", f"{r['accuracy']:.3f}",
-                 f"{r['accuracy_drop'] * 100:+.1f} pt" if "int8" in r["format"] else ""]
+        cells = [
+            r["model"],
+            r["format"],
+            f"{r['export_s']:.1f}",
+            f"{r['MB']:.1f}",
+            f"{r['files_img_s']:.0f}" if "files_img_s" in r else "",
+            f"{r['pixels_img_s']:.0f}",
+            f"{r['predict_img_s']:.0f}" if "predict_img_s" in r else "",
+            f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "",
+            f"{r['accuracy']:.3f}",
+            f"{r['accuracy_drop'] * 100:+.1f} pt" if "int8" in r["format"] else "",
+        ]
         print("| " + " | ".join(cells) + " |")
 
 

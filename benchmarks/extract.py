@@ -37,6 +37,7 @@ BATCH = 32
 
 # ------------------------------------------------------------------ workers (one process each)
 
+
 def work_tutorial(source: Path, weights: str, out: Path) -> dict:
     import keras
     from keras.applications import mobilenet_v2
@@ -45,8 +46,9 @@ def work_tutorial(source: Path, weights: str, out: Path) -> dict:
     inputs = keras.Input((224, 224, 3))
     model = keras.Model(inputs, base(mobilenet_v2.preprocess_input(inputs), training=False))
     started = time.perf_counter()
-    dataset = keras.utils.image_dataset_from_directory(source, image_size=(224, 224), batch_size=BATCH, shuffle=False,
-                                                       verbose=False)
+    dataset = keras.utils.image_dataset_from_directory(
+        source, image_size=(224, 224), batch_size=BATCH, shuffle=False, verbose=False
+    )
     embeddings = model.predict(dataset.map(lambda x, y: x), verbose=0)
     np.save(out, embeddings)
     return {"images": len(embeddings), "seconds": time.perf_counter() - started}
@@ -105,15 +107,26 @@ def whole_process(command: list[str], env: dict[str, str]) -> tuple[str, str, fl
 
 def peak_rss_worker(*args: str) -> dict:
     """Run this script as a worker process; its JSON result plus wall time and its own peak RSS."""
-    output, _, seconds, rss = whole_process([sys.executable, __file__, "--worker", *args],
-                                            {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    output, _, seconds, rss = whole_process(
+        [sys.executable, __file__, "--worker", *args], {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    )
     return {**json.loads(output.strip().splitlines()[-1]), "process_seconds": seconds, "peak_rss_mb": rss}
 
 
 def first_run(source: Path, weights: str, out: Path, cache_dir: Path) -> dict:
     """`embedder extract` as a new user runs it, as a whole process, with an empty EMBEDDER_CACHE_DIR."""
-    command = [sys.executable, "-m", "embedder.cli", "extract", str(source), "--out", str(out), "--weights", weights,
-               "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "embedder.cli",
+        "extract",
+        str(source),
+        "--out",
+        str(out),
+        "--weights",
+        weights,
+        "--no-progress",
+    ]
     output, _, seconds, rss = whole_process(command, {**os.environ, "EMBEDDER_CACHE_DIR": str(cache_dir)})
     runtime = next(line for line in output.splitlines() if line.startswith("time")).split("runtime ", 1)[1][:-1]
     return {"process_seconds": seconds, "peak_rss_mb": rss, "runtime": runtime}
@@ -122,8 +135,12 @@ def first_run(source: Path, weights: str, out: Path, cache_dir: Path) -> dict:
 def cold_start(source: Path, weights: str, tmp: Path, pairs: int) -> list[str]:
     """The first run on a fresh machine vs the tutorial way, both whole processes, alternating pair after pair."""
     n = len(list(source.rglob("*.jpg")))
-    lines = [(f"first run on a fresh machine (empty EMBEDDER_CACHE_DIR), whole process incl. start-up, {n} photos of "
-              f"{source}, {pairs} pairs run side by side (alternating order):")]
+    lines = [
+        (
+            f"first run on a fresh machine (empty EMBEDDER_CACHE_DIR), whole process incl. start-up, {n} photos of "
+            f"{source}, {pairs} pairs run side by side (alternating order):"
+        )
+    ]
     ratios = []
     for pair in range(pairs):
         runs = {
@@ -134,12 +151,16 @@ def cold_start(source: Path, weights: str, tmp: Path, pairs: int) -> list[str]:
         done = {name: runs[name]() for name in order}
         tutorial, first = done["tutorial"], done["first"]
         ratios.append(tutorial["process_seconds"] / first["process_seconds"])
-        lines.append(f"  pair {pair + 1}: tutorial {tutorial['process_seconds']:5.1f} s "
-                     f"({n / tutorial['process_seconds']:4.0f} images/s, {tutorial['peak_rss_mb']:.0f} MB), "
-                     f"first extract {first['process_seconds']:5.1f} s ({n / first['process_seconds']:4.0f} images/s, "
-                     f"{first['peak_rss_mb']:.0f} MB): {ratios[-1]:.2f}x; runtime {first['runtime']}")
-    lines.append(f"  first run vs tutorial, whole process: median {float(np.median(ratios)):.2f}x "
-                 f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x) on {n} photos")
+        lines.append(
+            f"  pair {pair + 1}: tutorial {tutorial['process_seconds']:5.1f} s "
+            f"({n / tutorial['process_seconds']:4.0f} images/s, {tutorial['peak_rss_mb']:.0f} MB), "
+            f"first extract {first['process_seconds']:5.1f} s ({n / first['process_seconds']:4.0f} images/s, "
+            f"{first['peak_rss_mb']:.0f} MB): {ratios[-1]:.2f}x; runtime {first['runtime']}"
+        )
+    lines.append(
+        f"  first run vs tutorial, whole process: median {float(np.median(ratios)):.2f}x "
+        f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x) on {n} photos"
+    )
     return lines
 
 
@@ -153,6 +174,7 @@ def both_sets(folder: Path) -> Path:
 
 
 # ------------------------------------------------------------------ measurements in the parent
+
 
 def linear_probe(cache: Path, key: str, folds: dict[str, int]) -> float:
     """Linear-probe accuracy: logistic regression, 5-fold CV over every photo (the same folds for all)."""
@@ -194,8 +216,12 @@ def doubled(source: Path, folder: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=SHARED / "data" / "flowers")
-    parser.add_argument("--weights", default=str(SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"))
-    parser.add_argument("--skip-doubled", action="store_true", help="skip the 2,500-photo whole-process and memory runs")
+    parser.add_argument(
+        "--weights", default=str(SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5")
+    )
+    parser.add_argument(
+        "--skip-doubled", action="store_true", help="skip the 2,500-photo whole-process and memory runs"
+    )
     parser.add_argument("--cold-pairs", type=int, default=3, help="first-run vs tutorial pairs (0: skip)")
     parser.add_argument("--only-cold", action="store_true", help="only the first-run comparison")
     parser.add_argument("--both-sets", action="store_true", help="first run on the flowers and blood cells together")
@@ -206,7 +232,9 @@ def main() -> None:
         if kind == "tutorial":
             print(json.dumps(work_tutorial(Path(rest[0]), rest[1], Path(rest[2]))))
         elif kind == "extract":
-            print(json.dumps(work_extract(Path(rest[0]), rest[1], Path(rest[2]), rest[3], rest[4], int(rest[5]) or None)))
+            print(
+                json.dumps(work_extract(Path(rest[0]), rest[1], Path(rest[2]), rest[3], rest[4], int(rest[5]) or None))
+            )
         else:
             print(json.dumps(work_pure(Path(rest[0]), rest[1], rest[2], rest[3], rest[4])))
         return
@@ -223,11 +251,16 @@ def main() -> None:
         print("\n".join(cold_start(cold_source, weights, tmp, max(1, args.cold_pairs))) + "\n", flush=True)
     if args.only_cold:
         return
-    lines = [f"{len(list(source.rglob('*.jpg')))} photos of {source}, MobileNetV2 1.0/224 avg-pooled, batch {BATCH}, "
-             f"{os.cpu_count()} cores; each contender in its own process", ""]
+    lines = [
+        f"{len(list(source.rglob('*.jpg')))} photos of {source}, MobileNetV2 1.0/224 avg-pooled, batch {BATCH}, "
+        f"{os.cpu_count()} cores; each contender in its own process",
+        "",
+    ]
     # warm-up: exports, quantization and the runtime choice are one-time costs per backbone key
     for runtime, precision in [*CONTENDERS, ("auto", "fp32")]:
-        peak_rss_worker("extract", str(source), weights, str(tmp / f"warm-{runtime}-{precision}.h5"), runtime, precision, "0")
+        peak_rss_worker(
+            "extract", str(source), weights, str(tmp / f"warm-{runtime}-{precision}.h5"), runtime, precision, "0"
+        )
     tutorials = [peak_rss_worker("tutorial", str(source), weights, str(tmp / "tutorial.npy"))]
     rows, probes = [], {}
     for runtime, precision in CONTENDERS:
@@ -245,43 +278,68 @@ def main() -> None:
     tutorial = min(tutorials, key=lambda run: run["seconds"])
     n = tutorial["images"]
     data = load_labeled(probes[("onnx", "fp32")][0])
-    fold_of = {path: k for k, (_, test) in enumerate(StratifiedKFold(5, shuffle=True, random_state=0).split(data.X, data.y))
-               for path in data.paths[test]}
+    fold_of = {
+        path: k
+        for k, (_, test) in enumerate(StratifiedKFold(5, shuffle=True, random_state=0).split(data.X, data.y))
+        for path in data.paths[test]
+    }
     accuracy = {contender: linear_probe(out, key, fold_of) for contender, (out, key) in probes.items()}
 
-    lines.append(f"{'':30}{'in-process':>11}{'images/s':>10}{'x tutorial':>11}{'pure inf.':>10}{'e2e/pure':>9}"
-                 f"{'process':>9}{'peak RSS':>10}{'probe acc':>10}  (tutorial: best of 2, onnx fp32: best of 2)")
-    lines.append(f"{'tutorial (tf.data + predict)':30}{tutorial['seconds']:>9.2f} s{n / tutorial['seconds']:>10.0f}"
-                 f"{1:>10.2f}x{'':>10}{'':>9}{tutorial['process_seconds']:>7.1f} s{tutorial['peak_rss_mb']:>7.0f} MB")
+    lines.append(
+        f"{'':30}{'in-process':>11}{'images/s':>10}{'x tutorial':>11}{'pure inf.':>10}{'e2e/pure':>9}"
+        f"{'process':>9}{'peak RSS':>10}{'probe acc':>10}  (tutorial: best of 2, onnx fp32: best of 2)"
+    )
+    lines.append(
+        f"{'tutorial (tf.data + predict)':30}{tutorial['seconds']:>9.2f} s{n / tutorial['seconds']:>10.0f}"
+        f"{1:>10.2f}x{'':>10}{'':>9}{tutorial['process_seconds']:>7.1f} s{tutorial['peak_rss_mb']:>7.0f} MB"
+    )
     for runtime, precision, extracted, pure in rows:
         rate = extracted["images"] / extracted["seconds"]
         lines.append(
             f"{'extract ' + runtime + ' ' + precision:30}{extracted['seconds']:>9.2f} s{rate:>10.0f}"
             f"{rate / (n / tutorial['seconds']):>10.2f}x{pure['images_per_second']:>10.0f}{rate / pure['images_per_second']:>9.2f}"
-            f"{extracted['process_seconds']:>7.1f} s{extracted['peak_rss_mb']:>7.0f} MB{accuracy[(runtime, precision)]:>10.3f}")
+            f"{extracted['process_seconds']:>7.1f} s{extracted['peak_rss_mb']:>7.0f} MB{accuracy[(runtime, precision)]:>10.3f}"
+        )
     base = accuracy[("onnx", "fp32")]
     lines.append("")
-    lines.append("linear-probe accuracy (5-fold CV over all photos) drop vs fp32, points: " + ", ".join(
-        f"{r} {p} {100 * (base - a):+.1f}" for (r, p), a in accuracy.items() if p != "fp32"))
+    lines.append(
+        "linear-probe accuracy (5-fold CV over all photos) drop vs fp32, points: "
+        + ", ".join(f"{r} {p} {100 * (base - a):+.1f}" for (r, p), a in accuracy.items() if p != "fp32")
+    )
     default = rows[0][2]
-    lines.append(f"cached rerun (onnx fp32): {1000 * default['rerun_seconds']:.0f} ms, "
-                 f"{default['seconds'] / default['rerun_seconds']:.0f}x faster than extraction")
-    lines.append(f"open the cache and load all {n} embeddings, labels and paths: {1000 * open_and_load_seconds(probes[('onnx', 'fp32')][0]):.0f} ms")
+    lines.append(
+        f"cached rerun (onnx fp32): {1000 * default['rerun_seconds']:.0f} ms, "
+        f"{default['seconds'] / default['rerun_seconds']:.0f}x faster than extraction"
+    )
+    lines.append(
+        f"open the cache and load all {n} embeddings, labels and paths: {1000 * open_and_load_seconds(probes[('onnx', 'fp32')][0]):.0f} ms"
+    )
 
     if not args.skip_doubled:
         big = doubled(source, tmp / "doubled")
-        tutorial_big = min((peak_rss_worker("tutorial", str(big), weights, str(tmp / "tutorial-big.npy")) for _ in range(2)),
-                           key=lambda run: run["process_seconds"])
-        ours_big = min((peak_rss_worker("extract", str(big), weights, str(tmp / f"big-{k}.h5"), "auto", "fp32", "0")
-                        for k in range(2)), key=lambda run: run["process_seconds"])
+        tutorial_big = min(
+            (peak_rss_worker("tutorial", str(big), weights, str(tmp / "tutorial-big.npy")) for _ in range(2)),
+            key=lambda run: run["process_seconds"],
+        )
+        ours_big = min(
+            (
+                peak_rss_worker("extract", str(big), weights, str(tmp / f"big-{k}.h5"), "auto", "fp32", "0")
+                for k in range(2)
+            ),
+            key=lambda run: run["process_seconds"],
+        )
         ours_1k = peak_rss_worker("extract", str(big), weights, str(tmp / "big-1k.h5"), "auto", "fp32", "1000")
         lines.append("")
-        lines.append(f"{tutorial_big['images']} photos (flowers + mirror images), whole process incl. start-up, best of 2: tutorial "
-                     f"{tutorial_big['process_seconds']:.1f} s, extract (auto fp32) {ours_big['process_seconds']:.1f} s: "
-                     f"{tutorial_big['process_seconds'] / ours_big['process_seconds']:.2f}x")
-        lines.append(f"peak RSS of extract: {ours_1k['images']} photos {ours_1k['peak_rss_mb']:.0f} MB, "
-                     f"{ours_big['images']} photos {ours_big['peak_rss_mb']:.0f} MB "
-                     f"(tutorial on {tutorial_big['images']}: {tutorial_big['peak_rss_mb']:.0f} MB)")
+        lines.append(
+            f"{tutorial_big['images']} photos (flowers + mirror images), whole process incl. start-up, best of 2: tutorial "
+            f"{tutorial_big['process_seconds']:.1f} s, extract (auto fp32) {ours_big['process_seconds']:.1f} s: "
+            f"{tutorial_big['process_seconds'] / ours_big['process_seconds']:.2f}x"
+        )
+        lines.append(
+            f"peak RSS of extract: {ours_1k['images']} photos {ours_1k['peak_rss_mb']:.0f} MB, "
+            f"{ours_big['images']} photos {ours_big['peak_rss_mb']:.0f} MB "
+            f"(tutorial on {tutorial_big['images']}: {tutorial_big['peak_rss_mb']:.0f} MB)"
+        )
     print("\n".join(lines))
 
 

@@ -44,10 +44,25 @@ def main() -> None:
         row = next(row for row in report["models"] if row["name"] == "finetune-a")
         dense = next((r for r in report["models"] if r["name"] == "dense"), None)
         unfrozen = row["phases"][-1]
-        rows.append((name, row["test_accuracy"], row["cv_mean"], unfrozen["epochs_run"], unfrozen["seconds_per_epoch"],
-                     row["fit_seconds"], wall, dense["test_accuracy"] if dense else float("nan")))
-        print(f"{name}: test {row['test_accuracy']:.3f}, val {row['cv_mean']:.3f}, fit {row['fit_seconds']:.0f} s", flush=True)
-    print(f"\n{'variant':<18}{'test acc':>9}{'val acc':>9}{'epochs':>8}{'s/epoch':>9}{'fit s':>8}{'wall s':>8}{'dense':>8}")
+        rows.append(
+            (
+                name,
+                row["test_accuracy"],
+                row["cv_mean"],
+                unfrozen["epochs_run"],
+                unfrozen["seconds_per_epoch"],
+                row["fit_seconds"],
+                wall,
+                dense["test_accuracy"] if dense else float("nan"),
+            )
+        )
+        print(
+            f"{name}: test {row['test_accuracy']:.3f}, val {row['cv_mean']:.3f}, fit {row['fit_seconds']:.0f} s",
+            flush=True,
+        )
+    print(
+        f"\n{'variant':<18}{'test acc':>9}{'val acc':>9}{'epochs':>8}{'s/epoch':>9}{'fit s':>8}{'wall s':>8}{'dense':>8}"
+    )
     for name, test, val, epochs, per_epoch, fit, wall, dense in rows:
         print(f"{name:<18}{test:>9.3f}{val:>9.3f}{epochs:>8}{per_epoch:>9.1f}{fit:>8.0f}{wall:>8.0f}{dense:>8.3f}")
 

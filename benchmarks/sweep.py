@@ -74,8 +74,13 @@ def write(path: Path, rows: tuple) -> None:
         writer.begin(provenance["backbone_key"], provenance)
         for start in range(0, len(y), 4096):
             part = slice(start, start + 4096)
-            writer.write_batch(provenance["backbone_key"], Batch(
-                embeddings=X[part], rows=[Row(p, s, names[label], 1, 1) for p, s, label in zip(paths[part], shas[part], y[part])]))
+            writer.write_batch(
+                provenance["backbone_key"],
+                Batch(
+                    embeddings=X[part],
+                    rows=[Row(p, s, names[label], 1, 1) for p, s, label in zip(paths[part], shas[part], y[part])],
+                ),
+            )
 
 
 def run(cache: Path, out: Path, split_file: Path, search: str, models: list[str]) -> tuple[float, dict]:
@@ -103,8 +108,11 @@ def main() -> None:
 
     models = args.models.split(",")
     real = real_rows([Path(c) for c in args.caches.split(",")])
-    print(f"{len(real[1])} real rows ({', '.join(args.caches.split(','))}), {len(real[2])} classes; "
-          f"{cores()} cores, load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} at start", flush=True)
+    print(
+        f"{len(real[1])} real rows ({', '.join(args.caches.split(','))}), {len(real[2])} classes; "
+        f"{cores()} cores, load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} at start",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(s) for s in args.sizes.split(",")):
             folder = Path(tmp) / str(n)
@@ -115,25 +123,41 @@ def main() -> None:
             split = make_split(data.paths, data.sha256, data.y, data.class_names, backbone_key=data.backbone_key)
             split.save(folder / "split.json")
             how = "real rows" if n <= len(real[1]) else f"real rows repeated, noise exp(N(0, {args.noise}))"
-            print(f"\n== {n} rows ({how}); split {split.summary()['n_train']}/{split.summary()['n_val']}/"
-                  f"{split.summary()['n_test']}; load {os.getloadavg()[0]:.1f}", flush=True)
+            print(
+                f"\n== {n} rows ({how}); split {split.summary()['n_train']}/{split.summary()['n_val']}/"
+                f"{split.summary()['n_test']}; load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
             seconds, scaled = run(folder / "c.h5", folder / "auto", folder / "split.json", "auto", models)
-            exact_seconds, exact = (run(folder / "c.h5", folder / "grid", folder / "split.json", "grid", models)
-                                    if n <= args.exact_max_rows else (None, None))
+            exact_seconds, exact = (
+                run(folder / "c.h5", folder / "grid", folder / "split.json", "grid", models)
+                if n <= args.exact_max_rows
+                else (None, None)
+            )
             exact_rows = {row["name"]: row for row in (exact or {}).get("models", [])}
-            print(f"scaled sweep {seconds:.0f} s" + (f", exact sweep {exact_seconds:.0f} s "
-                  f"(x{exact_seconds / seconds:.1f})" if exact else f" (exact search skipped above "
-                  f"{args.exact_max_rows} rows)") + f"; load {os.getloadavg()[0]:.1f}; threads {scaled['threads']}")
+            print(
+                f"scaled sweep {seconds:.0f} s"
+                + (
+                    f", exact sweep {exact_seconds:.0f} s (x{exact_seconds / seconds:.1f})"
+                    if exact
+                    else f" (exact search skipped above {args.exact_max_rows} rows)"
+                )
+                + f"; load {os.getloadavg()[0]:.1f}; threads {scaled['threads']}"
+            )
             for row in scaled["models"]:
-                line = (f"  {row['name']:10} {row['strategy']:21} search {row['search_rows']:>6}/{row['rows']:<6} "
-                        f"fit {row['fit_seconds']:6.1f} s (search {row['search_seconds']:6.1f}, refit "
-                        f"{row['refit_seconds']:5.1f})  test acc {row['test_accuracy']:.3f}")
+                line = (
+                    f"  {row['name']:10} {row['strategy']:21} search {row['search_rows']:>6}/{row['rows']:<6} "
+                    f"fit {row['fit_seconds']:6.1f} s (search {row['search_seconds']:6.1f}, refit "
+                    f"{row['refit_seconds']:5.1f})  test acc {row['test_accuracy']:.3f}"
+                )
                 if row["name"] in exact_rows:
                     ref = exact_rows[row["name"]]
                     low, high = wilson_interval(round(ref["test_accuracy"] * ref["n_test"]), ref["n_test"])
                     inside = "inside" if low <= row["test_accuracy"] <= high else "OUTSIDE"
-                    line += (f" | exact fit {ref['fit_seconds']:6.1f} s  acc {ref['test_accuracy']:.3f} "
-                             f"[{low:.3f}, {high:.3f}] {inside}")
+                    line += (
+                        f" | exact fit {ref['fit_seconds']:6.1f} s  acc {ref['test_accuracy']:.3f} "
+                        f"[{low:.3f}, {high:.3f}] {inside}"
+                    )
                 print(line, flush=True)
 
 

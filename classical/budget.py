@@ -55,8 +55,9 @@ def model_rows(spec: ModelSpec, parts: dict[str, np.ndarray]) -> np.ndarray:
     return parts["train"] if spec.kind == "neural" else np.concatenate([parts["train"], parts["val"]])
 
 
-def _neural_trial(spec: ModelSpec, first: dict[str, Any], data: LabeledEmbeddings, parts: dict[str, np.ndarray],
-                  seed: int) -> tuple[float, float, int]:
+def _neural_trial(
+    spec: ModelSpec, first: dict[str, Any], data: LabeledEmbeddings, parts: dict[str, np.ndarray], seed: int
+) -> tuple[float, float, int]:
     """The Dense head: seconds per epoch from fits of a few and a few more epochs, counted as EXPECTED_EPOCHS."""
     rows = parts["train"][stratified_rows(data.y[parts["train"]], min(len(parts["train"]), 2 * TRIAL_ROWS), seed)]
     val = parts["val"][: max(len(rows) // 4, 1)]
@@ -71,8 +72,14 @@ def _neural_trial(spec: ModelSpec, first: dict[str, Any], data: LabeledEmbedding
     return EXPECTED_EPOCHS * per_epoch, 1.0, len(rows)
 
 
-def trial(spec: ModelSpec, plan: Plan, grid: dict[str, list[Any]], data: LabeledEmbeddings,
-          parts: dict[str, np.ndarray], seed: int) -> tuple[float, float, int]:
+def trial(
+    spec: ModelSpec,
+    plan: Plan,
+    grid: dict[str, list[Any]],
+    data: LabeledEmbeddings,
+    parts: dict[str, np.ndarray],
+    seed: int,
+) -> tuple[float, float, int]:
     """Seconds of one fit (+ a quarter-size prediction) at m2 rows, the scaling exponent, and m2."""
     first = ParameterGrid(grid_for_plan(spec, plan, grid, data.X.shape[1]))[0]
     if spec.kind == "neural":
@@ -93,8 +100,9 @@ def trial(spec: ModelSpec, plan: Plan, grid: dict[str, list[Any]], data: Labeled
     return seconds[-1], float(np.clip(exponent, *EXPONENT_RANGE)), sizes[-1]
 
 
-def estimate(spec: ModelSpec, plan: Plan, candidates: int, cost: tuple[float, float, int], *, folds: int,
-             workers: int) -> dict[str, float]:
+def estimate(
+    spec: ModelSpec, plan: Plan, candidates: int, cost: tuple[float, float, int], *, folds: int, workers: int
+) -> dict[str, float]:
     """Estimated search and refit seconds of a plan from its trial cost."""
     seconds, exponent, measured = cost
 
@@ -108,8 +116,10 @@ def estimate(spec: ModelSpec, plan: Plan, candidates: int, cost: tuple[float, fl
     if plan.search == "halving":  # HalvingGridSearchCV, factor 3, min_resources="exhaust"
         rounds = 1 + math.floor(math.log(candidates, 3)) if candidates > 1 else 1
         smallest = plan.search_rows / 3 ** (rounds - 1)
-        search = sum(math.ceil(candidates / 3**i) * folds * t(smallest * 3**i * (folds - 1) / folds)
-                     for i in range(rounds)) / workers
+        search = (
+            sum(math.ceil(candidates / 3**i) * folds * t(smallest * 3**i * (folds - 1) / folds) for i in range(rounds))
+            / workers
+        )
     else:
         search = math.ceil(candidates * folds / workers) * t(fold_rows)
     refit = t(plan.rows)
@@ -130,12 +140,22 @@ def next_cut(spec: ModelSpec, plan: Plan, candidates: int) -> Plan | None:
     return None
 
 
-def plan_sweep(models: dict[str, tuple[ModelSpec, dict[str, list[Any]]]], data: LabeledEmbeddings,
-               parts: dict[str, np.ndarray], *, folds: int, search: str, workers: int, seed: int,
-               time_budget: float | None = None) -> tuple[dict[str, Plan], dict[str, Any]]:
+def plan_sweep(
+    models: dict[str, tuple[ModelSpec, dict[str, list[Any]]]],
+    data: LabeledEmbeddings,
+    parts: dict[str, np.ndarray],
+    *,
+    folds: int,
+    search: str,
+    workers: int,
+    seed: int,
+    time_budget: float | None = None,
+) -> tuple[dict[str, Plan], dict[str, Any]]:
     """Each model's plan and the report's `planning` block; with a budget, plans cut to fit it (or a BudgetError)."""
-    plans = {name: choose_plan(spec, grid, len(model_rows(spec, parts)), search=search)
-             for name, (spec, grid) in models.items()}
+    plans = {
+        name: choose_plan(spec, grid, len(model_rows(spec, parts)), search=search)
+        for name, (spec, grid) in models.items()
+    }
     record: dict[str, Any] = {"time_budget": time_budget, "cuts": []}
     if time_budget is None:
         return plans, record
@@ -148,23 +168,33 @@ def plan_sweep(models: dict[str, tuple[ModelSpec, dict[str, list[Any]]]], data: 
     left = time_budget - trial_seconds
 
     def estimates() -> dict[str, dict[str, float]]:
-        return {name: estimate(spec, plans[name], candidates[name], costs[name], folds=folds, workers=workers)
-                for name, (spec, _) in models.items()}
+        return {
+            name: estimate(spec, plans[name], candidates[name], costs[name], folds=folds, workers=workers)
+            for name, (spec, _) in models.items()
+        }
 
     planned = estimates()
     before = {name: sum(e.values()) for name, e in planned.items()}
-    one_fit = {name: estimate(spec, replace(plans[name], search_rows=plans[name].rows), 1, costs[name],
-                              folds=folds, workers=workers)["refit"] or costs[name][0]
-               for name, (spec, _) in models.items()}
+    one_fit = {
+        name: estimate(
+            spec, replace(plans[name], search_rows=plans[name].rows), 1, costs[name], folds=folds, workers=workers
+        )["refit"]
+        or costs[name][0]
+        for name, (spec, _) in models.items()
+    }
     if sum(one_fit.values()) > left:
         needed = trial_seconds + sum(one_fit.values())
         raise BudgetError(
             f"--time-budget {time_budget:g} s is too small for one fit per model: it needs about {needed:.0f} s "
             f"({', '.join(f'{n} {s:.1f} s' for n, s in one_fit.items())}, trial fits {trial_seconds:.1f} s); "
-            f"give --time-budget {math.ceil(needed * 1.5)} or more, or fewer --models.")
+            f"give --time-budget {math.ceil(needed * 1.5)} or more, or fewer --models."
+        )
     while sum(sum(e.values()) for e in planned.values()) > left:
-        cuttable = [(planned[name]["search"], name) for name, (spec, _) in models.items()
-                    if next_cut(spec, plans[name], candidates[name]) is not None]
+        cuttable = [
+            (planned[name]["search"], name)
+            for name, (spec, _) in models.items()
+            if next_cut(spec, plans[name], candidates[name]) is not None
+        ]
         if not cuttable:
             total = sum(sum(e.values()) for e in planned.values())
             worst = max(planned, key=lambda name: planned[name]["search"])
@@ -172,17 +202,24 @@ def plan_sweep(models: dict[str, tuple[ModelSpec, dict[str, list[Any]]]], data: 
                 f"the grids cannot fit --time-budget {time_budget:g} s: even cut, the sweep needs about "
                 f"{total + trial_seconds:.0f} s; the grid of '{worst}' ({candidates[worst]} candidates) alone needs "
                 f"about {planned[worst]['search']:.0f} s of search. Shrink its grid (--grid) or give --time-budget "
-                f"{math.ceil((total + trial_seconds) * 1.2)}.")
+                f"{math.ceil((total + trial_seconds) * 1.2)}."
+            )
         _, name = max(cuttable)
         plans[name] = next_cut(models[name][0], plans[name], candidates[name])
         planned = estimates()
-    record.update({
-        "trial_seconds": trial_seconds,
-        "estimated_seconds": {name: {"search": e["search"], "refit": e["refit"], "uncut": before[name]}
-                              for name, e in planned.items()},
-        "estimated_total": trial_seconds + sum(sum(e.values()) for e in planned.values()),
-        "cuts": [f"{name}: {plan.cut} (estimated {before[name]:.0f} s -> {sum(planned[name].values()):.0f} s)"
-                 for name, plan in plans.items() if plan.cut],
-        "trial": {name: {"seconds": c[0], "rows": c[2], "exponent": c[1]} for name, c in costs.items()},
-    })
+    record.update(
+        {
+            "trial_seconds": trial_seconds,
+            "estimated_seconds": {
+                name: {"search": e["search"], "refit": e["refit"], "uncut": before[name]} for name, e in planned.items()
+            },
+            "estimated_total": trial_seconds + sum(sum(e.values()) for e in planned.values()),
+            "cuts": [
+                f"{name}: {plan.cut} (estimated {before[name]:.0f} s -> {sum(planned[name].values()):.0f} s)"
+                for name, plan in plans.items()
+                if plan.cut
+            ],
+            "trial": {name: {"seconds": c[0], "rows": c[2], "exponent": c[1]} for name, c in costs.items()},
+        }
+    )
     return plans, record

@@ -31,8 +31,14 @@ MIN_SECONDS = 1.0
 
 
 def not_measured(reason: str) -> dict[str, Any]:
-    return {"ms_per_image": None, "runtime": None, "images": 0, "pixels": None, "seconds": None,
-            "method": f"not measured: {reason}"}
+    return {
+        "ms_per_image": None,
+        "runtime": None,
+        "images": 0,
+        "pixels": None,
+        "seconds": None,
+        "method": f"not measured: {reason}",
+    }
 
 
 def _encoder(provenance: dict[str, Any], runtime: str) -> Any:
@@ -43,8 +49,13 @@ def _encoder(provenance: dict[str, Any], runtime: str) -> Any:
     if precision == "fp32":
         return load_encoder(backbone, runtime)
     calibration = [Path(f) for f in json.loads(provenance.get("calibration_files", "[]") or "[]")]
-    return load_encoder(backbone, provenance.get("runtime", runtime), precision=precision, calibration=calibration,
-                        calibration_digest=provenance.get("calibration_digest"))
+    return load_encoder(
+        backbone,
+        provenance.get("runtime", runtime),
+        precision=precision,
+        calibration=calibration,
+        calibration_digest=provenance.get("calibration_digest"),
+    )
 
 
 def _pixels(provenance: dict[str, Any], paths: Sequence[str], count: int) -> tuple[np.ndarray, str, float | None]:
@@ -61,7 +72,7 @@ def _pixels(provenance: dict[str, Any], paths: Sequence[str], count: int) -> tup
         for path in paths[:count]:
             try:
                 decoded.append(decode_image((source / path).read_bytes(), size=size, resize=resize))
-            except Exception as exc:  # noqa: BLE001 - any unreadable file: synthetic images instead
+            except Exception as exc:
                 logger.info("cannot decode %s for the backbone timing (%s): synthetic images instead", path, exc)
                 decoded = []
                 break
@@ -70,12 +81,22 @@ def _pixels(provenance: dict[str, Any], paths: Sequence[str], count: int) -> tup
         batch = np.stack([decoded[i % len(decoded)] for i in range(count)])
         return batch, f"{len(decoded)} test images of {source}, decoded beforehand", decode_ms
     rng = np.random.default_rng(0)
-    return (rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8),
-            f"synthetic uint8 images {size}x{size} (source files not reachable)", None)
+    return (
+        rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8),
+        f"synthetic uint8 images {size}x{size} (source files not reachable)",
+        None,
+    )
 
 
-def measure_embedding(data: LabeledEmbeddings, test_paths: Sequence[str], *, n_trainval: int,
-                      runtime: str = "auto", batch: int = BATCH, min_seconds: float = MIN_SECONDS) -> dict[str, Any]:
+def measure_embedding(
+    data: LabeledEmbeddings,
+    test_paths: Sequence[str],
+    *,
+    n_trainval: int,
+    runtime: str = "auto",
+    batch: int = BATCH,
+    min_seconds: float = MIN_SECONDS,
+) -> dict[str, Any]:
     """The report's `embedding` block: the backbone's ms per image from pixels, and what all cached rows cost.
 
     Never fails a sweep: when the backbone cannot be loaded (weights file moved, runtime missing)
@@ -87,18 +108,26 @@ def measure_embedding(data: LabeledEmbeddings, test_paths: Sequence[str], *, n_t
         pixels, how, decode_ms = _pixels(data.provenance, list(test_paths), batch)
         encoder(pixels)  # warm-up on the full batch
         ms = latency_ms(encoder, pixels, min_seconds=min_seconds)
-    except Exception as exc:  # noqa: BLE001 - a cost we cannot measure is reported as such
+    except Exception as exc:
         logger.warning("cannot measure the backbone's cost from pixels: %s", exc)
         return not_measured(f"{type(exc).__name__}: {exc}")
     rows = len(data.y)
     block = {
-        "ms_per_image": ms, "runtime": f"{encoder.runtime} {encoder.precision}", "images": int(batch), "pixels": how,
-        "decode_ms_per_image": decode_ms, "rows": rows, "seconds": rows * ms / 1000,
-        "train_images": int(n_trainval), "train_seconds": n_trainval * ms / 1000,
+        "ms_per_image": ms,
+        "runtime": f"{encoder.runtime} {encoder.precision}",
+        "images": int(batch),
+        "pixels": how,
+        "decode_ms_per_image": decode_ms,
+        "rows": rows,
+        "seconds": rows * ms / 1000,
+        "train_images": int(n_trainval),
+        "train_seconds": n_trainval * ms / 1000,
         "measured_seconds": time.perf_counter() - started,
-        "method": (f"backbone alone ({encoder.runtime} {encoder.precision}, the cache's runtime) on batches of {batch} "
-                   f"decoded uint8 images, repeated for at least {min_seconds:g} s after a warm-up; decoding not "
-                   "included. seconds = cached rows x ms/image; train_seconds = train+val images x ms/image"),
+        "method": (
+            f"backbone alone ({encoder.runtime} {encoder.precision}, the cache's runtime) on batches of {batch} "
+            f"decoded uint8 images, repeated for at least {min_seconds:g} s after a warm-up; decoding not "
+            "included. seconds = cached rows x ms/image; train_seconds = train+val images x ms/image"
+        ),
     }
     if getattr(encoder, "key", data.backbone_key) != data.backbone_key:
         block["note"] = f"timed backbone {encoder.key} (same architecture and size as {data.backbone_key})"

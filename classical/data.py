@@ -73,6 +73,12 @@ def load_labeled(cache: str | os.PathLike, backbone: str | None = None) -> Label
     remap = np.full(len(names), -1)
     remap[present] = np.arange(len(present))
     return LabeledEmbeddings(
-        X=np.ascontiguousarray(X, dtype=np.float32), y=remap[labels], class_names=[names[i] for i in present],
-        paths=paths, sha256=sha256, backbone_key=key, provenance=provenance, cache=str(cache),
+        X=np.ascontiguousarray(X, dtype=np.float32),
+        y=remap[labels],
+        class_names=[names[i] for i in present],
+        paths=paths,
+        sha256=sha256,
+        backbone_key=key,
+        provenance=provenance,
+        cache=str(cache),
     )

@@ -41,8 +41,19 @@ MODEL_FORMAT = 2  # 1: a joblib pickle of {"format", "model", "metadata"} (earli
 MODEL_SUFFIX = ".model"
 LEGACY_SUFFIX = ".joblib"
 # provenance of the embeddings a model is fitted on: enough to embed new images the same way
-EMBEDDING_FIELDS = ("alpha", "size", "weights", "pooling", "resize", "weights_file", "weights_sha256",
-                    "precision", "runtime", "calibration_digest", "calibration_files")
+EMBEDDING_FIELDS = (
+    "alpha",
+    "size",
+    "weights",
+    "pooling",
+    "resize",
+    "weights_file",
+    "weights_sha256",
+    "precision",
+    "runtime",
+    "calibration_digest",
+    "calibration_files",
+)
 VERSIONED_PACKAGES = ("bottleneck-lab", "scikit-learn", "numpy", "skops")
 KERAS_PACKAGES = ("bottleneck-lab", "keras", "tensorflow", "numpy")
 REQUIRED = {"backbone_key", "backbone", "class_names"}
@@ -88,12 +99,15 @@ class SavedModel:
         if self.takes_pixels:
             side = self.metadata["backbone"]["size"]
             if X.ndim != 4 or X.shape[1:] != (side, side, 3):
-                raise ModelFileError(f"model '{self.path}' expects uint8 images of shape (n, {side}, {side}, 3); "
-                                     f"got shape {X.shape}.")
+                raise ModelFileError(
+                    f"model '{self.path}' expects uint8 images of shape (n, {side}, {side}, 3); got shape {X.shape}."
+                )
             return np.asarray(self.model.predict(X, batch_size=32, verbose=0), dtype=np.float64)
         expected = self.metadata["dim"]
         if X.ndim != 2 or X.shape[1] != expected:
-            raise ModelFileError(f"model '{self.path}' expects embeddings of dimension {expected}; got shape {X.shape}.")
+            raise ModelFileError(
+                f"model '{self.path}' expects embeddings of dimension {expected}; got shape {X.shape}."
+            )
         return self.model.predict_proba(X)
 
 
@@ -124,14 +138,18 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> SavedM
     """
     path = resolve_model_path(path)
     if not path.is_file():
-        raise ModelFileError(f"model file '{path}' does not exist; models of a run are runs/NAME/<model>{MODEL_SUFFIX}.")
+        raise ModelFileError(
+            f"model file '{path}' does not exist; models of a run are runs/NAME/<model>{MODEL_SUFFIX}."
+        )
     if is_archive(path):
         metadata, model = read_archive(path)
     elif is_pickle(path):
         metadata, model = _read_legacy(path, trust_pickle)
     else:
-        raise ModelFileError(f"'{path}' is not a bottleneck-lab model file (neither a {MODEL_SUFFIX} archive nor a "
-                             f"{LEGACY_SUFFIX} of an earlier release).")
+        raise ModelFileError(
+            f"'{path}' is not a bottleneck-lab model file (neither a {MODEL_SUFFIX} archive nor a "
+            f"{LEGACY_SUFFIX} of an earlier release)."
+        )
     required = REQUIRED if metadata.get("input") == "pixels" else REQUIRED | {"dim"}
     missing = required - set(metadata)
     if missing:

@@ -58,8 +58,10 @@ def encode_payload(model: Any) -> tuple[str, bytes]:
     data = sio.dumps(model, compression=zipfile.ZIP_DEFLATED)
     untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
     if untrusted:  # refuse now what loading would refuse later
-        raise ModelFileError(f"the model holds types a model file does not trust: {', '.join(untrusted)}; "
-                             "add them to classical.modelformat.TRUSTED_TYPES if they are plain data.")
+        raise ModelFileError(
+            f"the model holds types a model file does not trust: {', '.join(untrusted)}; "
+            "add them to classical.modelformat.TRUSTED_TYPES if they are plain data."
+        )
     return SKOPS_PAYLOAD, data
 
 
@@ -87,11 +89,15 @@ def read_archive(path: Path) -> tuple[dict[str, Any], Any]:
     try:
         metadata = json.loads(members[METADATA])
     except (KeyError, ValueError) as exc:
-        raise ModelFileError(f"'{path}' is not a bottleneck-lab model file ({METADATA} is missing or unreadable).") from exc
+        raise ModelFileError(
+            f"'{path}' is not a bottleneck-lab model file ({METADATA} is missing or unreadable)."
+        ) from exc
     payload = metadata.get("payload")
     if payload not in (SKOPS_PAYLOAD, KERAS_PAYLOAD) or payload not in members:
-        raise ModelFileError(f"model file '{path}' has no model of a known format (payload {payload!r}); "
-                             "re-run the sweep or fine-tuning that made it.")
+        raise ModelFileError(
+            f"model file '{path}' has no model of a known format (payload {payload!r}); "
+            "re-run the sweep or fine-tuning that made it."
+        )
     decode = _decode_skops if payload == SKOPS_PAYLOAD else _decode_keras
     return metadata, decode(path, members[payload])
 
@@ -120,12 +126,16 @@ def _checked_members(path: Path) -> dict[str, bytes]:
     except ValueError as exc:
         raise ModelFileError(f"model file '{path}' is damaged (its {MANIFEST} is unreadable); restore it.") from exc
     if not isinstance(recorded, dict) or set(recorded) != set(members):
-        raise ModelFileError(f"model file '{path}' is damaged: its members {sorted(members)} are not the ones its "
-                             f"{MANIFEST} lists; restore it, or re-run what made it.")
+        raise ModelFileError(
+            f"model file '{path}' is damaged: its members {sorted(members)} are not the ones its "
+            f"{MANIFEST} lists; restore it, or re-run what made it."
+        )
     for name, data in members.items():
         if sha256(data) != recorded[name]:
-            raise ModelFileError(f"model file '{path}' is damaged: {name} has sha256 {sha256(data)[:12]}..., "
-                                 f"recorded {str(recorded[name])[:12]}...; restore it, or re-run what made it.")
+            raise ModelFileError(
+                f"model file '{path}' is damaged: {name} has sha256 {sha256(data)[:12]}..., "
+                f"recorded {str(recorded[name])[:12]}...; restore it, or re-run what made it."
+            )
     return members
 
 
@@ -135,8 +145,10 @@ def _decode_skops(path: Path, data: bytes) -> Any:
     try:
         untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
         if untrusted:
-            raise ModelFileError(f"model file '{path}' holds types that are not trusted: {', '.join(untrusted)}; "
-                                 "it was not written by this project's sweep, so it is not loaded.")
+            raise ModelFileError(
+                f"model file '{path}' holds types that are not trusted: {', '.join(untrusted)}; "
+                "it was not written by this project's sweep, so it is not loaded."
+            )
         return sio.loads(data, trusted=TRUSTED_TYPES)
     except ModelFileError:
         raise
@@ -155,4 +167,6 @@ def _decode_keras(path: Path, data: bytes) -> Any:
         try:
             return keras.saving.load_model(network, compile=False, safe_mode=True)
         except Exception as exc:  # safe mode refuses code (lambda layers); Keras fails in many other ways
-            raise ModelFileError(f"model file '{path}' holds a Keras network that cannot be loaded safely ({exc}).") from exc
+            raise ModelFileError(
+                f"model file '{path}' holds a Keras network that cannot be loaded safely ({exc})."
+            ) from exc

@@ -22,9 +22,13 @@ def model_encoder(saved: SavedModel, runtime: str = "auto") -> tuple[Backbone, E
     if precision == "fp32":
         encoder = load_encoder(backbone, runtime) if backbone.key == saved.backbone_key else None
     else:  # reduced precision: its own runtime and calibration, named in its key
-        encoder = load_encoder(backbone, spec["runtime"], precision=precision,
-                               calibration=[Path(f) for f in json.loads(spec.get("calibration_files", "[]"))],
-                               calibration_digest=spec.get("calibration_digest"))
+        encoder = load_encoder(
+            backbone,
+            spec["runtime"],
+            precision=precision,
+            calibration=[Path(f) for f in json.loads(spec.get("calibration_files", "[]"))],
+            calibration_digest=spec.get("calibration_digest"),
+        )
     key = encoder.key if encoder is not None else backbone.key
     if key != saved.backbone_key:
         raise ModelFileError(
@@ -54,7 +58,9 @@ def predict(
     else:
         backbone, encode = model_encoder(saved, runtime)
         key = encode.key
-    rows = list(encode_files(expand_inputs(inputs), encode, size=backbone.size, resize=backbone.resize, batch_size=batch_size))
+    rows = list(
+        encode_files(expand_inputs(inputs), encode, size=backbone.size, resize=backbone.resize, batch_size=batch_size)
+    )
     embedded = [row for row in rows if row.error is None]
     probs = saved.predict_proba(np.stack([row.output for row in embedded]), backbone_key=key) if embedded else []
     row_probs = iter(probs)
@@ -66,6 +72,12 @@ def predict(
             continue
         p = next(row_probs)
         best = int(p.argmax())
-        results.append({"path": str(row.path), "label": names[best], "prob": float(p[best]),
-                        "probs": {name: float(value) for name, value in zip(names, p)}})
+        results.append(
+            {
+                "path": str(row.path),
+                "label": names[best],
+                "prob": float(p[best]),
+                "probs": {name: float(value) for name, value in zip(names, p)},
+            }
+        )
     return results

@@ -50,14 +50,29 @@ def cv_folds(y: np.ndarray, cv: int, class_names: list[str]) -> int:
             "cross-validation needs at least 2 per class. Add images to it."
         )
     if smallest < cv:
-        logger.warning("class '%s' has only %d images in train + validation: using %d-fold CV instead of %d",
-                       class_names[int(counts.argmin())], smallest, smallest, cv)
+        logger.warning(
+            "class '%s' has only %d images in train + validation: using %d-fold CV instead of %d",
+            class_names[int(counts.argmin())],
+            smallest,
+            smallest,
+            cv,
+        )
         return smallest
     return cv
 
 
-def select_and_fit(spec: ModelSpec, grid: dict[str, list[Any]], data: LabeledEmbeddings, parts: dict[str, np.ndarray],
-                   *, folds: int, search: str, n_jobs: int, seed: int, plan: Plan | None = None) -> tuple[Any, dict[str, Any]]:
+def select_and_fit(
+    spec: ModelSpec,
+    grid: dict[str, list[Any]],
+    data: LabeledEmbeddings,
+    parts: dict[str, np.ndarray],
+    *,
+    folds: int,
+    search: str,
+    n_jobs: int,
+    seed: int,
+    plan: Plan | None = None,
+) -> tuple[Any, dict[str, Any]]:
     """The selected model fitted on the split's train (+ validation) rows, and how it was selected.
 
     `plan` (`classical.strategies`): how the search scales with N; None is `search` on all rows.
@@ -79,16 +94,28 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def fit_by_cv(spec: ModelSpec, grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray,
-              *, folds: int, n_jobs: int, seed: int, plan: Plan) -> tuple[Any, dict[str, Any]]:
+def fit_by_cv(
+    spec: ModelSpec,
+    grid: dict[str, list[Any]],
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    folds: int,
+    n_jobs: int,
+    seed: int,
+    plan: Plan,
+) -> tuple[Any, dict[str, Any]]:
     """Search the plan's grid by stratified k-fold CV on its rows, then fit the chosen configuration on all rows."""
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     subsampled = plan.search_rows < len(y)
     estimator = estimator_for(spec, plan, seed, plan.search_rows)
     searched = grid_for_plan(spec, plan, grid, X.shape[1])
     options = {"cv": splitter, "scoring": "accuracy", "n_jobs": n_jobs, "refit": False, "error_score": "raise"}
-    searcher = (HalvingGridSearchCV(estimator, searched, factor=3, random_state=seed, **options) if plan.search == "halving"
-                else GridSearchCV(estimator, searched, **options))
+    searcher = (
+        HalvingGridSearchCV(estimator, searched, factor=3, random_state=seed, **options)
+        if plan.search == "halving"
+        else GridSearchCV(estimator, searched, **options)
+    )
     rows = stratified_rows(y, plan.search_rows, seed) if subsampled else slice(None)
     started = time.perf_counter()
     searcher.fit(X[rows], y[rows])
@@ -97,22 +124,32 @@ def fit_by_cv(spec: ModelSpec, grid: dict[str, list[Any]], X: np.ndarray, y: np.
     model = clone(estimator_for(spec, plan, seed, len(y))).set_params(**chosen)
     if spec.calibrated:  # sigmoid calibration of the chosen configuration gives probabilities
         name, classifier = model.steps[-1]
-        calibration = splitter if plan.strategy == "exact" else StratifiedKFold(CALIBRATION_FOLDS, shuffle=True,
-                                                                                random_state=seed)
-        model.steps[-1] = (name, CalibratedClassifierCV(classifier, method="sigmoid", cv=calibration, ensemble=False,
-                                                        n_jobs=n_jobs))
+        calibration = (
+            splitter
+            if plan.strategy == "exact"
+            else StratifiedKFold(CALIBRATION_FOLDS, shuffle=True, random_state=seed)
+        )
+        model.steps[-1] = (
+            name,
+            CalibratedClassifierCV(classifier, method="sigmoid", cv=calibration, ensemble=False, n_jobs=n_jobs),
+        )
     model = refit(model, {}, X, y, n_jobs)
     refit_seconds = time.perf_counter() - started
     candidates = len(ParameterGrid(grid))
-    where = (f"a stratified subsample of {plan.search_rows} of the {len(y)} train+val rows, then one refit on all"
-             if subsampled else "train+val")
+    where = (
+        f"a stratified subsample of {plan.search_rows} of the {len(y)} train+val rows, then one refit on all"
+        if subsampled
+        else "train+val"
+    )
     model_name = f" of the approximation ({plan.approximation})" if plan.approximation else ""
     return model, {
         "cv_mean": float(searcher.cv_results_["mean_test_score"][searcher.best_index_]),
         "cv_std": float(searcher.cv_results_["std_test_score"][searcher.best_index_]),
         "params": {key: jsonable(value) for key, value in chosen.items()},
         "selection": f"{folds}-fold stratified CV on {where}, {plan.search} search over {candidates} candidates{model_name}",
-        **plan.record(), "search_seconds": search_seconds, "refit_seconds": refit_seconds,
+        **plan.record(),
+        "search_seconds": search_seconds,
+        "refit_seconds": refit_seconds,
     }
 
 
@@ -130,12 +167,21 @@ def refit(estimator: Any, params: dict[str, Any], X: np.ndarray, y: np.ndarray, 
 
 def describe_grid(grid: dict[str, list[Any]]) -> str:
     """`learning_rate ∈ {0.001, 0.003} × dropout ∈ {0, 0.2}`."""
-    return " × ".join(f"{key} ∈ {{{', '.join(f'{jsonable(v):g}' if isinstance(v, float) else str(jsonable(v)) for v in values)}}}"
-                      for key, values in grid.items())
+    return " × ".join(
+        f"{key} ∈ {{{', '.join(f'{jsonable(v):g}' if isinstance(v, float) else str(jsonable(v)) for v in values)}}}"
+        for key, values in grid.items()
+    )
 
 
-def fit_on_validation(spec: ModelSpec, grid: dict[str, list[Any]], data: LabeledEmbeddings,
-                      parts: dict[str, np.ndarray], *, seed: int, plan: Plan) -> tuple[Any, dict[str, Any]]:
+def fit_on_validation(
+    spec: ModelSpec,
+    grid: dict[str, list[Any]],
+    data: LabeledEmbeddings,
+    parts: dict[str, np.ndarray],
+    *,
+    seed: int,
+    plan: Plan,
+) -> tuple[Any, dict[str, Any]]:
     """Every candidate trained on train (or the plan's stratified subsample of it), the best on validation kept."""
     train, val = parts["train"], parts["val"]
     searched = train[stratified_rows(data.y[train], plan.search_rows, seed)]
@@ -145,23 +191,36 @@ def fit_on_validation(spec: ModelSpec, grid: dict[str, list[Any]], data: Labeled
         model = clone(spec.build(seed)).set_params(**params)
         model.fit(data.X[searched], data.y[searched], validation_data=(data.X[val], data.y[val]))
         if best is None or (model.best_val_accuracy_, -min(model.history_["val_loss"])) > (
-                best.best_val_accuracy_, -min(best.history_["val_loss"])):
+            best.best_val_accuracy_,
+            -min(best.history_["val_loss"]),
+        ):
             best, best_params = model, params
     search_seconds, started = time.perf_counter() - started, time.perf_counter()
     if len(searched) < len(train):  # one refit of the chosen candidate on all train rows
         best = clone(spec.build(seed)).set_params(**best_params)
         best.fit(data.X[train], data.y[train], validation_data=(data.X[val], data.y[val]))
     refit_seconds = time.perf_counter() - started
-    subsample = (f" trained on a stratified subsample of {len(searched)} of the {len(train)} train rows, the chosen "
-                 "one retrained on all" if len(searched) < len(train) else "")
+    subsample = (
+        f" trained on a stratified subsample of {len(searched)} of the {len(train)} train rows, the chosen "
+        "one retrained on all"
+        if len(searched) < len(train)
+        else ""
+    )
     fixed = spec.build(seed).get_params()
-    training = (f"each trained on train with Adam (batch {fixed.get('batch_size')}), at most {fixed.get('max_epochs')} "
-                f"epochs, early stopping on validation loss (patience {fixed.get('patience')}, the best epoch's "
-                f"weights kept), seed {seed} (initialisation, dropout, shuffling)")
+    training = (
+        f"each trained on train with Adam (batch {fixed.get('batch_size')}), at most {fixed.get('max_epochs')} "
+        f"epochs, early stopping on validation loss (patience {fixed.get('patience')}, the best epoch's "
+        f"weights kept), seed {seed} (initialisation, dropout, shuffling)"
+    )
     return best, {
-        "cv_mean": float(best.best_val_accuracy_), "cv_std": None,
+        "cv_mean": float(best.best_val_accuracy_),
+        "cv_std": None,
         "params": {key: jsonable(value) for key, value in best_params.items()} | {"epochs": best.best_epoch_},
-        "selection": (f"validation accuracy (ties: lower validation loss) over {len(ParameterGrid(grid))} candidates "
-                      f"({describe_grid(grid)}){subsample}; {training}"),
-        **plan.record(), "search_seconds": search_seconds, "refit_seconds": refit_seconds,
+        "selection": (
+            f"validation accuracy (ties: lower validation loss) over {len(ParameterGrid(grid))} candidates "
+            f"({describe_grid(grid)}){subsample}; {training}"
+        ),
+        **plan.record(),
+        "search_seconds": search_seconds,
+        "refit_seconds": refit_seconds,
     }

@@ -65,16 +65,18 @@ SELF_TRAINING_ITERATIONS = 10
 LABEL_SPREADING_NEIGHBOURS = 10
 LABEL_SPREADING_ALPHA = 0.9
 LABEL_SPREADING_COMPONENTS = 64
-DESCRIPTION = (f"{SELF_TRAINING}: SelfTrainingClassifier (threshold {SELF_TRAINING_THRESHOLD}, at most "
-               f"{SELF_TRAINING_ITERATIONS} iterations) around the point's classical head with the best CV accuracy, "
-               f"with its selected parameters; {AGREEMENT}: the point's best-CV linear head ({', '.join(LINEAR_HEADS)}) refitted "
-               f"{len(AGREEMENT_ROUNDS)} times on the labelled "
-               "rows plus the unlabelled rows where it and label spreading agree, most confident first, per class in "
-               f"proportion to the labelled classes, up to {AGREEMENT_ROUNDS[0]:.0%}..{AGREEMENT_ROUNDS[-1]:.0%} of the "
-               f"unlabelled rows; {LABEL_SPREADING}: LabelSpreading on a {LABEL_SPREADING_NEIGHBOURS}-NN "
-               f"graph of the power-normalised embeddings, PCA to {LABEL_SPREADING_COMPONENTS} dimensions, L2 norm "
-               f"(alpha {LABEL_SPREADING_ALPHA}); all fixed, not searched, "
-               "and fed the cache's unlabelled rows plus the training rows whose labels the point holds back")
+DESCRIPTION = (
+    f"{SELF_TRAINING}: SelfTrainingClassifier (threshold {SELF_TRAINING_THRESHOLD}, at most "
+    f"{SELF_TRAINING_ITERATIONS} iterations) around the point's classical head with the best CV accuracy, "
+    f"with its selected parameters; {AGREEMENT}: the point's best-CV linear head ({', '.join(LINEAR_HEADS)}) refitted "
+    f"{len(AGREEMENT_ROUNDS)} times on the labelled "
+    "rows plus the unlabelled rows where it and label spreading agree, most confident first, per class in "
+    f"proportion to the labelled classes, up to {AGREEMENT_ROUNDS[0]:.0%}..{AGREEMENT_ROUNDS[-1]:.0%} of the "
+    f"unlabelled rows; {LABEL_SPREADING}: LabelSpreading on a {LABEL_SPREADING_NEIGHBOURS}-NN "
+    f"graph of the power-normalised embeddings, PCA to {LABEL_SPREADING_COMPONENTS} dimensions, L2 norm "
+    f"(alpha {LABEL_SPREADING_ALPHA}); all fixed, not searched, "
+    "and fed the cache's unlabelled rows plus the training rows whose labels the point holds back"
+)
 
 
 @dataclass
@@ -87,17 +89,25 @@ class Unlabeled:
     left_out: int  # of those: non-finite, or copies / near-duplicates of a test image
 
     def record(self) -> dict[str, Any]:
-        return {"in_cache": self.in_cache, "used": len(self.X), "left_out": self.left_out,
-                "left_out_why": "non-finite embeddings, or copies / near-duplicates of a test image"}
+        return {
+            "in_cache": self.in_cache,
+            "used": len(self.X),
+            "left_out": self.left_out,
+            "left_out_why": "non-finite embeddings, or copies / near-duplicates of a test image",
+        }
 
 
-def load_unlabeled(cache: str | os.PathLike, backbone: str, *, test_X: np.ndarray, test_sha256: np.ndarray) -> Unlabeled:
+def load_unlabeled(
+    cache: str | os.PathLike, backbone: str, *, test_X: np.ndarray, test_sha256: np.ndarray
+) -> Unlabeled:
     """The unlabelled rows of `backbone` in `cache`, without those that duplicate a test image."""
     with open_cache(cache) as opened:
         rows = backbone_rows(opened, backbone)
         unlabeled = rows.labels < 0
         if not unlabeled.any():
-            return Unlabeled(X=np.zeros((0, rows.dim), np.float32), paths=np.array([], dtype=str), in_cache=0, left_out=0)
+            return Unlabeled(
+                X=np.zeros((0, rows.dim), np.float32), paths=np.array([], dtype=str), in_cache=0, left_out=0
+            )
         X, paths, sha256 = rows.load()[unlabeled], rows.paths[unlabeled], rows.sha256[unlabeled]
     keep = np.isfinite(X).all(axis=1) & ~np.isin(sha256, test_sha256)
     if len(test_X) and keep.any():
@@ -108,19 +118,35 @@ def load_unlabeled(cache: str | os.PathLike, backbone: str, *, test_X: np.ndarra
         keep[np.flatnonzero(keep)[near]] = False
     left_out = int((~keep).sum())
     if left_out:
-        logger.warning("semi-supervised: %d of %d unlabelled rows of %s left out (non-finite, or copies of test images)",
-                       left_out, len(keep), cache)
-    return Unlabeled(X=np.ascontiguousarray(X[keep], np.float32), paths=paths[keep], in_cache=len(keep),
-                     left_out=left_out)
+        logger.warning(
+            "semi-supervised: %d of %d unlabelled rows of %s left out (non-finite, or copies of test images)",
+            left_out,
+            len(keep),
+            cache,
+        )
+    return Unlabeled(
+        X=np.ascontiguousarray(X[keep], np.float32), paths=paths[keep], in_cache=len(keep), left_out=left_out
+    )
 
 
 def label_spreading(rows: int, dim: int) -> Pipeline:
     """LabelSpreading on a kNN graph of the power-normalised, PCA-reduced embeddings (for `rows` x `dim` inputs)."""
-    return Pipeline([("normalise", FunctionTransformer(normalise)),
-                     ("reduce", PCA(n_components=min(LABEL_SPREADING_COMPONENTS, rows, dim), random_state=0)),
-                     ("unit", Normalizer()),
-                     ("spread", LabelSpreading(kernel="knn", n_neighbors=min(LABEL_SPREADING_NEIGHBOURS, rows - 1),
-                                               alpha=LABEL_SPREADING_ALPHA, max_iter=1000))])
+    return Pipeline(
+        [
+            ("normalise", FunctionTransformer(normalise)),
+            ("reduce", PCA(n_components=min(LABEL_SPREADING_COMPONENTS, rows, dim), random_state=0)),
+            ("unit", Normalizer()),
+            (
+                "spread",
+                LabelSpreading(
+                    kernel="knn",
+                    n_neighbors=min(LABEL_SPREADING_NEIGHBOURS, rows - 1),
+                    alpha=LABEL_SPREADING_ALPHA,
+                    max_iter=1000,
+                ),
+            ),
+        ]
+    )
 
 
 def self_training(head: BaseEstimator) -> SelfTrainingClassifier:
@@ -159,11 +185,17 @@ class AgreementSelfTraining(ClassifierMixin, BaseEstimator):
             label = probabilities.argmax(1)
             confidence = joint.max(1) / np.maximum(joint.sum(1), 1e-12)
             quota = np.round(fraction * len(X_unlabeled) * share).astype(int)
-            chosen = np.concatenate([candidates[np.argsort(-confidence[candidates], kind="stable")][:quota[c]]
-                                     for c in range(len(share))
-                                     for candidates in [np.flatnonzero(agreed & (label == c))]])
-            head = clone(self.head).fit(np.concatenate([X_labeled, X_unlabeled[chosen]]),
-                                        np.concatenate([y_labeled, head.classes_[label[chosen]]]))
+            chosen = np.concatenate(
+                [
+                    candidates[np.argsort(-confidence[candidates], kind="stable")][: quota[c]]
+                    for c in range(len(share))
+                    for candidates in [np.flatnonzero(agreed & (label == c))]
+                ]
+            )
+            head = clone(self.head).fit(
+                np.concatenate([X_labeled, X_unlabeled[chosen]]),
+                np.concatenate([y_labeled, head.classes_[label[chosen]]]),
+            )
         self.head_, self.classes_, self.pseudo_labeled_ = head, head.classes_, len(chosen)
         return self
 
@@ -174,8 +206,14 @@ class AgreementSelfTraining(ClassifierMixin, BaseEstimator):
         return self.head_.predict_proba(X)
 
 
-def fit_semi(X: np.ndarray, y: np.ndarray, X_unlabeled: np.ndarray, head: BaseEstimator | None, *,
-             agreement_head: BaseEstimator | None = None) -> dict[str, Any]:
+def fit_semi(
+    X: np.ndarray,
+    y: np.ndarray,
+    X_unlabeled: np.ndarray,
+    head: BaseEstimator | None,
+    *,
+    agreement_head: BaseEstimator | None = None,
+) -> dict[str, Any]:
     """The semi-supervised models fitted on the labelled rows (X, y) plus the unlabelled rows; by curve name.
 
     `head`: the classical head self-training wraps (None: no classical model in the sweep, label spreading
@@ -188,6 +226,9 @@ def fit_semi(X: np.ndarray, y: np.ndarray, X_unlabeled: np.ndarray, head: BaseEs
         fitted = {LABEL_SPREADING: spreading.fit(X_all, y_all)}
     else:
         agreement = AgreementSelfTraining(clone(agreement_head or head), spreading).fit(X_all, y_all)
-        fitted = {SELF_TRAINING: self_training(head).fit(X_all, y_all), AGREEMENT: agreement,
-                  LABEL_SPREADING: agreement.spreading_}  # the graph agreement fitted on the same rows, not fitted twice
+        fitted = {
+            SELF_TRAINING: self_training(head).fit(X_all, y_all),
+            AGREEMENT: agreement,
+            LABEL_SPREADING: agreement.spreading_,
+        }  # the graph agreement fitted on the same rows, not fitted twice
     return {name: fitted[name] for name in SEMI_MODELS if name in fitted}

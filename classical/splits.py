@@ -68,31 +68,55 @@ class Split:
     def summary(self) -> dict[str, Any]:
         """The split as the report records it: id, sizes, seed and fractions."""
         counts = self.counts()
-        return {"id": self.id, "n_train": counts["train"], "n_val": counts["val"], "n_test": counts["test"],
-                "seed": self.seed, "fractions": list(self.fractions)}
+        return {
+            "id": self.id,
+            "n_train": counts["train"],
+            "n_val": counts["val"],
+            "n_test": counts["test"],
+            "seed": self.seed,
+            "fractions": list(self.fractions),
+        }
 
     def save(self, path: Path) -> None:
-        record = {"id": self.id, "seed": self.seed, "fractions": list(self.fractions),
-                  "backbone_key": self.backbone_key, "counts": self.counts(), "assignment": self.assignment,
-                  "near_duplicates_grouped": self.near_duplicates_grouped,
-                  "near_duplicate_clusters": self.near_duplicate_clusters,
-                  "near_duplicate_threshold": self.near_duplicate_threshold}
+        record = {
+            "id": self.id,
+            "seed": self.seed,
+            "fractions": list(self.fractions),
+            "backbone_key": self.backbone_key,
+            "counts": self.counts(),
+            "assignment": self.assignment,
+            "near_duplicates_grouped": self.near_duplicates_grouped,
+            "near_duplicate_clusters": self.near_duplicate_clusters,
+            "near_duplicate_threshold": self.near_duplicate_threshold,
+        }
         path.write_text(json.dumps(record, indent=1, sort_keys=True))
 
     @classmethod
     def load(cls, path: Path) -> Split:
         record = json.loads(path.read_text())
-        return cls(id=record["id"], seed=record["seed"], fractions=tuple(record["fractions"]),
-                   backbone_key=record["backbone_key"], assignment=record["assignment"],
-                   near_duplicates_grouped=bool(record.get("near_duplicates_grouped", False)),
-                   near_duplicate_clusters=int(record.get("near_duplicate_clusters", 0)),
-                   near_duplicate_threshold=record.get("near_duplicate_threshold"))
+        return cls(
+            id=record["id"],
+            seed=record["seed"],
+            fractions=tuple(record["fractions"]),
+            backbone_key=record["backbone_key"],
+            assignment=record["assignment"],
+            near_duplicates_grouped=bool(record.get("near_duplicates_grouped", False)),
+            near_duplicate_clusters=int(record.get("near_duplicate_clusters", 0)),
+            near_duplicate_threshold=record.get("near_duplicate_threshold"),
+        )
 
 
 def make_split(
-    paths: Sequence[str], sha256: Sequence[str], y: np.ndarray, class_names: list[str], *,
-    backbone_key: str = "", fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, seed: int = 0,
-    X: np.ndarray | None = None, near_duplicate_threshold: float = DEFAULT_THRESHOLD,
+    paths: Sequence[str],
+    sha256: Sequence[str],
+    y: np.ndarray,
+    class_names: list[str],
+    *,
+    backbone_key: str = "",
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    X: np.ndarray | None = None,
+    near_duplicate_threshold: float = DEFAULT_THRESHOLD,
 ) -> Split:
     """Stratified split of images (paths with content hashes and class indices), grouping identical bytes.
 
@@ -101,7 +125,9 @@ def make_split(
     pair is found, the split is the same as without `X`.
     """
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"fractions must be three positive numbers summing to 1 (train, val, test). Received: {fractions}")
+        raise ValueError(
+            f"fractions must be three positive numbers summing to 1 (train, val, test). Received: {fractions}"
+        )
     keys = [str(sha) for sha in sha256]
     clusters = 0
     if X is not None:
@@ -114,14 +140,22 @@ def make_split(
         largest = max(10, round(MAX_CLUSTER_FRACTION * len(keys)))
         oversized = {r for r, shas in members.items() if len(shas) > largest}
         for r in oversized:
-            logger.warning("split: a near-duplicate cluster of %d images at >= %.2f is too large to be copies "
-                           "of one image; its images are not grouped", len(members[r]), near_duplicate_threshold)
+            logger.warning(
+                "split: a near-duplicate cluster of %d images at >= %.2f is too large to be copies "
+                "of one image; its images are not grouped",
+                len(members[r]),
+                near_duplicate_threshold,
+            )
         # a cluster is named by its smallest content hash, so groups without near-duplicates keep their sha
         keys = [keys[row] if r in oversized else min(members[r]) for row, r in enumerate(root)]
         clusters = sum(len(shas) > 1 for r, shas in members.items() if r not in oversized)
         if clusters:
-            logger.info("split: %d near-duplicate clusters (%d pairs at >= %.2f) kept in one part each",
-                        clusters, len(found.i), near_duplicate_threshold)
+            logger.info(
+                "split: %d near-duplicate clusters (%d pairs at >= %.2f) kept in one part each",
+                clusters,
+                len(found.i),
+                near_duplicate_threshold,
+            )
     groups: dict[str, list[int]] = {}
     for row, sha in enumerate(keys):
         groups.setdefault(sha, []).append(row)
@@ -139,11 +173,20 @@ def make_split(
             f"cannot split {len(shas)} distinct images into {fractions} stratified by class ({exc}); "
             f"images per class: {dict(sorted(counts.items()))}. Add images to the small classes."
         ) from exc
-    assignment = {paths[row]: part for part, members in zip(PARTS, (train, val, test)) for sha in members for row in groups[sha]}
+    assignment = {
+        paths[row]: part for part, members in zip(PARTS, (train, val, test)) for sha in members for row in groups[sha]
+    }
     digest = hashlib.sha256(json.dumps(sorted(assignment.items())).encode()).hexdigest()[:12]
-    return Split(id=digest, seed=seed, fractions=tuple(fractions), backbone_key=backbone_key, assignment=assignment,
-                 near_duplicates_grouped=X is not None, near_duplicate_clusters=clusters,
-                 near_duplicate_threshold=float(near_duplicate_threshold) if X is not None else None)
+    return Split(
+        id=digest,
+        seed=seed,
+        fractions=tuple(fractions),
+        backbone_key=backbone_key,
+        assignment=assignment,
+        near_duplicates_grouped=X is not None,
+        near_duplicate_clusters=clusters,
+        near_duplicate_threshold=float(near_duplicate_threshold) if X is not None else None,
+    )
 
 
 def load_or_make_split(run: Path, data: LabeledEmbeddings, **options: Any) -> Split:
@@ -160,8 +203,9 @@ def load_or_make_split(run: Path, data: LabeledEmbeddings, **options: Any) -> Sp
                 "Use another --out directory for another backbone."
             )
         return split
-    split = make_split(data.paths, data.sha256, data.y, data.class_names, backbone_key=data.backbone_key, X=data.X,
-                       **options)
+    split = make_split(
+        data.paths, data.sha256, data.y, data.class_names, backbone_key=data.backbone_key, X=data.X, **options
+    )
     run.mkdir(parents=True, exist_ok=True)
     split.save(path)
     return split

@@ -53,15 +53,25 @@ from sklearn.svm import LinearSVC
 
 from classical.zoo import ModelSpec
 
-STRATEGY_FIELDS = ("strategy", "search", "rows", "search_rows", "approximation", "cut", "search_seconds",
-                   "refit_seconds")  # copied into each report row
+STRATEGY_FIELDS = (
+    "strategy",
+    "search",
+    "rows",
+    "search_rows",
+    "approximation",
+    "cut",
+    "search_seconds",
+    "refit_seconds",
+)  # copied into each report row
 STRATEGIES = ("exact", "halving", "subsample-then-refit", "approximated")
 AUTO = "auto"
 SEARCH_ROWS = 1200  # rows of the stratified subsample searched above a model's exact size
 EXACT_ROWS = {"lr": 2500, "svm-linear": 1200, "svm-rbf": 1200, "rf": 1200, "knn": 6000, "dense": 3000}
 APPROXIMATE_ROWS = {"svm-linear": 1500, "svm-rbf": 3000, "rf": 3000}  # above these, the cheaper model itself
 HALVING_CANDIDATES = 9  # grids with more candidates than this are searched by successive halving
-HALVED = frozenset({"lr", "svm-linear", "svm-rbf", "rf"})  # kNN's k depends on N: not searched on halving's small rounds
+HALVED = frozenset(
+    {"lr", "svm-linear", "svm-rbf", "rf"}
+)  # kNN's k depends on N: not searched on halving's small rounds
 SEARCH_TREES = 100  # a forest's single n_estimators value is searched with at most this many trees
 NYSTROEM_COMPONENTS = 800
 NYSTROEM_TOL = 1e-2  # liblinear's primal tolerance on the Nystroem features (its 1e-4: 1.5x the refit, same accuracy)
@@ -83,12 +93,19 @@ class Plan:
     cut: str | None = None  # what a time budget cut, if anything
 
     def record(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "search": self.search, "rows": self.rows, "search_rows": self.search_rows,
-                "approximation": self.approximation, "cut": self.cut}
+        return {
+            "strategy": self.strategy,
+            "search": self.search,
+            "rows": self.rows,
+            "search_rows": self.search_rows,
+            "approximation": self.approximation,
+            "cut": self.cut,
+        }
 
 
-def choose_plan(spec: ModelSpec, grid: dict[str, list[Any]], rows: int, *, search: str = AUTO,
-                search_rows: int | None = None) -> Plan:
+def choose_plan(
+    spec: ModelSpec, grid: dict[str, list[Any]], rows: int, *, search: str = AUTO, search_rows: int | None = None
+) -> Plan:
     """The plan of `spec` at `rows` rows: `search="grid"`/"halving" force today's search on all rows."""
     search_rows = search_rows or SEARCH_ROWS
     candidates = len(ParameterGrid(grid))
@@ -127,15 +144,29 @@ def stratified_rows(y: np.ndarray, size: int, seed: int) -> np.ndarray:
 def _rbf_approximated(spec: ModelSpec, seed: int, rows: int) -> Pipeline:
     """Standardize, Nystroem RBF features, a linear SVM on them: linear in N where SVC is quadratic."""
     scale, reduce = spec.build(seed).steps[:2]
-    return Pipeline([scale, reduce, ("map", Nystroem(kernel="rbf", n_components=min(NYSTROEM_COMPONENTS, max(rows // 2, 1)), random_state=seed)),
-                     ("clf", LinearSVC(dual=False, tol=NYSTROEM_TOL, max_iter=5000, random_state=seed))])
+    return Pipeline(
+        [
+            scale,
+            reduce,
+            (
+                "map",
+                Nystroem(kernel="rbf", n_components=min(NYSTROEM_COMPONENTS, max(rows // 2, 1)), random_state=seed),
+            ),
+            ("clf", LinearSVC(dual=False, tol=NYSTROEM_TOL, max_iter=5000, random_state=seed)),
+        ]
+    )
 
 
 def _svm_linear_approximated(spec: ModelSpec, seed: int, rows: int) -> Pipeline:
     """Standardize, a linear SVM fitted by averaged SGD (hinge loss): linear in N where liblinear is not."""
     scale, reduce = spec.build(seed).steps[:2]
-    return Pipeline([scale, reduce, ("clf", SGDClassifier(loss="hinge", average=True, tol=SGD_TOL,
-                                                          max_iter=SGD_EPOCHS, random_state=seed))])
+    return Pipeline(
+        [
+            scale,
+            reduce,
+            ("clf", SGDClassifier(loss="hinge", average=True, tol=SGD_TOL, max_iter=SGD_EPOCHS, random_state=seed)),
+        ]
+    )
 
 
 def _rf_approximated(spec: ModelSpec, seed: int, rows: int) -> BaseEstimator:
@@ -171,8 +202,12 @@ def grid_for_plan(spec: ModelSpec, plan: Plan, grid: dict[str, list[Any]], n_fea
         grid = {**grid, "clf__n_estimators": [SEARCH_TREES]}
     if plan.strategy != "approximated":
         return grid
-    return {_TRANSLATED.get((spec.name, key), key): [_translate(spec.name, key, value, n_features, plan.search_rows)
-                                                    for value in values] for key, values in grid.items()}
+    return {
+        _TRANSLATED.get((spec.name, key), key): [
+            _translate(spec.name, key, value, n_features, plan.search_rows) for value in values
+        ]
+        for key, values in grid.items()
+    }
 
 
 _TRANSLATED = {("svm-rbf", "clf__gamma"): "map__gamma", ("svm-linear", "clf__C"): "clf__alpha"}

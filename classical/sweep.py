@@ -103,7 +103,9 @@ def sweep(
         raise ValueError(f"repeats must be 0 (none) or a number of re-splits >= 1. Received: repeats={repeats!r}")
     points = None if learning_curve is None and not semi_supervised else parse_points(learning_curve or ALL)
     if points is not None and (curve_seeds is None or curve_seeds < 1):
-        raise ValueError(f"curve_seeds must be a number of subsets per point >= 1. Received: curve_seeds={curve_seeds!r}")
+        raise ValueError(
+            f"curve_seeds must be a number of subsets per point >= 1. Received: curve_seeds={curve_seeds!r}"
+        )
     overrides = load_grids(grids) if isinstance(grids, (str, os.PathLike)) else grids
     run = Path(out)
     data = load_labeled(cache, backbone)
@@ -113,26 +115,43 @@ def sweep(
     plan = None if points is None else plan_curve(points, data, parts, semi_supervised=semi_supervised)
     threads = plan_threads(n_jobs)
     with limited(threads, local=engine == "local"):  # before the audit: a budget that cannot fit fails first
-        plans, planning = plan_sweep({name: (ZOO[name], grid_for(name, overrides)) for name in models}, data, parts,
-                                     folds=folds, search=search, workers=threads["workers"], seed=seed,
-                                     time_budget=time_budget)
+        plans, planning = plan_sweep(
+            {name: (ZOO[name], grid_for(name, overrides)) for name in models},
+            data,
+            parts,
+            folds=folds,
+            search=search,
+            workers=threads["workers"],
+            seed=seed,
+            time_budget=time_budget,
+        )
         measured = measure(threads) if engine == "local" else {}
     for cut in planning["cuts"]:
         logger.warning("time budget %s s: %s", time_budget, cut)
-    record = split.summary() | {"test_paths": [str(p) for p in data.paths[parts["test"]]],
-                                "test_labels": [int(label) for label in data.y[parts["test"]]]}
-    report = load_report(run) if (run / "report.json").is_file() else new_report(
-        backbone=data.backbone_key, cache=str(cache), class_names=data.class_names, split=record)
+    record = split.summary() | {
+        "test_paths": [str(p) for p in data.paths[parts["test"]]],
+        "test_labels": [int(label) for label in data.y[parts["test"]]],
+    }
+    report = (
+        load_report(run)
+        if (run / "report.json").is_file()
+        else new_report(backbone=data.backbone_key, cache=str(cache), class_names=data.class_names, split=record)
+    )
     if report["split"]["id"] != split.id or report["class_names"] != data.class_names:
         raise DataError(f"report in '{run}' belongs to another split or class list; use another --out directory.")
     report["split"].update(record)  # reports written before the test paths were recorded get them
     if audit:
         audited = run_audit(cache, run, backbone=data.backbone_key, cv=cv, seed=seed)
-        report["audit"] = {"path": "audit.json", "seconds": audited["seconds"], **audited["summary"],
-                           "label_issues_skipped": audited["label_issues_skipped"]}
+        report["audit"] = {
+            "path": "audit.json",
+            "seconds": audited["seconds"],
+            **audited["summary"],
+            "label_issues_skipped": audited["label_issues_skipped"],
+        }
     if embedding_cost:
-        report["embedding"] = measure_embedding(data, record["test_paths"],
-                                                n_trainval=len(parts["train"]) + len(parts["val"]))
+        report["embedding"] = measure_embedding(
+            data, record["test_paths"], n_trainval=len(parts["train"]) + len(parts["val"])
+        )
     elif not (report.get("embedding") or {}).get("ms_per_image"):
         report["embedding"] = not_measured("embedding_cost=False")
     report["planning"], report["threads"] = planning, threads | measured
@@ -142,9 +161,19 @@ def sweep(
     with joblib_backend(engine, address), limited(threads, local=engine == "local"):
         for name in bar:
             bar.set_postfix_str(name)
-            row = fit_and_score(ZOO[name], grid_for(name, overrides), data, parts, split, run=run, folds=folds,
-                                search=search, n_jobs=threads["workers"] if engine == "local" else n_jobs, seed=seed,
-                                plan=plans[name])
+            row = fit_and_score(
+                ZOO[name],
+                grid_for(name, overrides),
+                data,
+                parts,
+                split,
+                run=run,
+                folds=folds,
+                search=search,
+                n_jobs=threads["workers"] if engine == "local" else n_jobs,
+                seed=seed,
+                plan=plans[name],
+            )
             add_rows(report, [row])
             fitted[name], rows[name] = row["test_accuracy"], row
             logger.info("%s: test accuracy %.3f, fit %.1f s", name, row["test_accuracy"], row["fit_seconds"])
@@ -152,14 +181,34 @@ def sweep(
         if repeats:
             from classical.repeats import run_repeats
 
-            report["repeats"] = run_repeats(data, list(models), overrides, k=repeats, seed=seed, fractions=fractions,
-                                            cv=cv, search=search, n_jobs=n_jobs, run=run, progress=progress,
-                                            fitted=(split.id, fitted))
+            report["repeats"] = run_repeats(
+                data,
+                list(models),
+                overrides,
+                k=repeats,
+                seed=seed,
+                fractions=fractions,
+                cv=cv,
+                search=search,
+                n_jobs=n_jobs,
+                run=run,
+                progress=progress,
+                fitted=(split.id, fitted),
+            )
         if plan is not None:
-            report["learning_curve"] = run_curve(plan, data, parts, list(models), overrides=overrides, seeds=curve_seeds,
-                                                 folds=folds, n_jobs=n_jobs, seed=seed, progress=progress,
-                                                 fitted={name: row for name, row in rows.items()
-                                                         if plans[name].strategy == "exact"})
+            report["learning_curve"] = run_curve(
+                plan,
+                data,
+                parts,
+                list(models),
+                overrides=overrides,
+                seeds=curve_seeds,
+                folds=folds,
+                n_jobs=n_jobs,
+                seed=seed,
+                progress=progress,
+                fitted={name: row for name, row in rows.items() if plans[name].strategy == "exact"},
+            )
     write_report(report, run)
     return report
 
@@ -185,8 +234,18 @@ def joblib_backend(engine: str, address: str | None) -> contextlib.AbstractConte
 
 
 def fit_and_score(
-    spec: ModelSpec, grid: dict[str, list[Any]], data: LabeledEmbeddings, parts: dict[str, np.ndarray], split: Split,
-    *, run: Path, folds: int, search: str, n_jobs: int, seed: int, plan: Plan | None = None,
+    spec: ModelSpec,
+    grid: dict[str, list[Any]],
+    data: LabeledEmbeddings,
+    parts: dict[str, np.ndarray],
+    split: Split,
+    *,
+    run: Path,
+    folds: int,
+    search: str,
+    n_jobs: int,
+    seed: int,
+    plan: Plan | None = None,
 ) -> dict[str, Any]:
     """Select, fit, score on test and save one model; returns its report row.
 
@@ -194,26 +253,42 @@ def fit_and_score(
     `embedding` block when the row is added (see `classical.report.files`).
     """
     started = time.perf_counter()
-    model, selection = select_and_fit(spec, grid, data, parts, folds=folds, search=search, n_jobs=n_jobs, seed=seed,
-                                      plan=plan)
+    model, selection = select_and_fit(
+        spec, grid, data, parts, folds=folds, search=search, n_jobs=n_jobs, seed=seed, plan=plan
+    )
     fit_seconds = time.perf_counter() - started
     X_test, y_test = data.X[parts["test"]], data.y[parts["test"]]
     metrics = score(y_test, model.predict_proba(X_test), data.class_names)
     path = run / f"{spec.name}{MODEL_SUFFIX}"
     metadata = {
-        "name": spec.name, "kind": spec.kind, "backbone_key": data.backbone_key,
+        "name": spec.name,
+        "kind": spec.kind,
+        "backbone_key": data.backbone_key,
         "backbone": {field: data.provenance[field] for field in EMBEDDING_FIELDS if field in data.provenance},
-        "class_names": data.class_names, "dim": int(data.X.shape[1]), "split_id": split.id,
+        "class_names": data.class_names,
+        "dim": int(data.X.shape[1]),
+        "split_id": split.id,
         "params": selection["params"],
-        "metrics": {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "test_predictions", "test_confidence")},
+        "metrics": {
+            k: v for k, v in metrics.items() if k not in ("confusion_matrix", "test_predictions", "test_confidence")
+        },
     }
     model_bytes = save_model(path, model, metadata)
     return {
-        "name": spec.name, "kind": spec.kind, "description": spec.description, **metrics,
-        "cv_mean": selection["cv_mean"], "cv_std": selection["cv_std"], "selection": selection["selection"],
-        "fit_seconds": fit_seconds, "fit_seconds_with_embedding": None, "predict_ms_per_image": None,
+        "name": spec.name,
+        "kind": spec.kind,
+        "description": spec.description,
+        **metrics,
+        "cv_mean": selection["cv_mean"],
+        "cv_std": selection["cv_std"],
+        "selection": selection["selection"],
+        "fit_seconds": fit_seconds,
+        "fit_seconds_with_embedding": None,
+        "predict_ms_per_image": None,
         "head_ms_per_image": latency_ms(model.predict_proba, X_test[:LATENCY_ROWS]),
-        "model_bytes": model_bytes, "params": selection["params"], "model_path": str(path),
+        "model_bytes": model_bytes,
+        "params": selection["params"],
+        "model_path": str(path),
         **{key: selection[key] for key in STRATEGY_FIELDS},
     }
 
@@ -229,4 +304,3 @@ def rerender(out: str | os.PathLike) -> dict[str, Any]:
 def summary(report: dict[str, Any]) -> str:
     """The console table and the verdict."""
     return f"{format_table(report)}\n\n{verdict(report)}"
-

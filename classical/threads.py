@@ -37,11 +37,17 @@ def _pool_threads() -> int:
 
 def measure(plan: dict[str, int]) -> dict[str, Any]:
     """Threads held by the thread pools of the parent and of each joblib worker, asked inside them."""
-    in_workers = joblib.Parallel(n_jobs=plan["workers"])(joblib.delayed(_pool_threads)() for _ in range(plan["workers"]))
+    in_workers = joblib.Parallel(n_jobs=plan["workers"])(
+        joblib.delayed(_pool_threads)() for _ in range(plan["workers"])
+    )
     busy = max(max(in_workers) * plan["workers"], _pool_threads())  # workers run together; the parent alone
-    return {"parent_threads": _pool_threads(), "worker_threads": sorted(set(in_workers)),
-            "max_busy_threads": busy, "oversubscribed": busy > plan["cores"],
-            "method": "threadpoolctl.threadpool_info() in the parent and in each joblib worker (largest BLAS/OpenMP pool)"}
+    return {
+        "parent_threads": _pool_threads(),
+        "worker_threads": sorted(set(in_workers)),
+        "max_busy_threads": busy,
+        "oversubscribed": busy > plan["cores"],
+        "method": "threadpoolctl.threadpool_info() in the parent and in each joblib worker (largest BLAS/OpenMP pool)",
+    }
 
 
 @contextlib.contextmanager
@@ -50,7 +56,14 @@ def limited(plan: dict[str, int], local: bool = True) -> Iterator[None]:
 
     `local=False` (the jobs run on a Ray cluster, whose nodes have their own cores): the parent only.
     """
-    with threadpool_limits(limits=plan["cores"]), (joblib.parallel_config(
-            backend="loky", n_jobs=plan["workers"], inner_max_num_threads=plan["threads_per_worker"])
-            if local else contextlib.nullcontext()):
+    with (
+        threadpool_limits(limits=plan["cores"]),
+        (
+            joblib.parallel_config(
+                backend="loky", n_jobs=plan["workers"], inner_max_num_threads=plan["threads_per_worker"]
+            )
+            if local
+            else contextlib.nullcontext()
+        ),
+    ):
         yield

@@ -44,17 +44,29 @@ class ModelSpec:
 
 
 def _lr(seed: int) -> Pipeline:
-    return Pipeline([("scale", StandardScaler()), ("reduce", "passthrough"),
-                     ("clf", LogisticRegression(max_iter=2000, random_state=seed))])
+    return Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("reduce", "passthrough"),
+            ("clf", LogisticRegression(max_iter=2000, random_state=seed)),
+        ]
+    )
 
 
 def _svm_linear(seed: int) -> Pipeline:
-    return Pipeline([("scale", StandardScaler()), ("reduce", "passthrough"),
-                     ("clf", LinearSVC(dual=True, max_iter=20000, random_state=seed))])
+    return Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("reduce", "passthrough"),
+            ("clf", LinearSVC(dual=True, max_iter=20000, random_state=seed)),
+        ]
+    )
 
 
 def _svm_rbf(seed: int) -> Pipeline:
-    return Pipeline([("scale", StandardScaler()), ("reduce", "passthrough"), ("clf", SVC(kernel="rbf", random_state=seed))])
+    return Pipeline(
+        [("scale", StandardScaler()), ("reduce", "passthrough"), ("clf", SVC(kernel="rbf", random_state=seed))]
+    )
 
 
 def _rf(seed: int) -> Pipeline:
@@ -62,8 +74,13 @@ def _rf(seed: int) -> Pipeline:
 
 
 def _knn(seed: int) -> Pipeline:
-    return Pipeline([("normalize", Normalizer()), ("reduce", "passthrough"),
-                     ("clf", KNeighborsClassifier(metric="cosine", algorithm="brute"))])
+    return Pipeline(
+        [
+            ("normalize", Normalizer()),
+            ("reduce", "passthrough"),
+            ("clf", KNeighborsClassifier(metric="cosine", algorithm="brute")),
+        ]
+    )
 
 
 def _dense(seed: int) -> DenseHead:
@@ -73,20 +90,50 @@ def _dense(seed: int) -> DenseHead:
 ZOO = {
     spec.name: spec
     for spec in (
-        ModelSpec("lr", "classical", _lr, {"clf__C": [0.01, 0.1, 1.0, 10.0]},
-                  description="standardize, multinomial logistic regression"),
-        ModelSpec("svm-linear", "classical", _svm_linear, {"clf__C": [0.0005, 0.005, 0.05]}, calibrated=True,
-                  description="standardize, linear SVM (LinearSVC), sigmoid-calibrated probabilities"),
-        ModelSpec("svm-rbf", "classical", _svm_rbf, {"clf__C": [1.0, 10.0], "clf__gamma": ["scale", 0.0002, 0.0001]},
-                  calibrated=True, description="standardize, RBF SVM, sigmoid-calibrated probabilities"),
-        ModelSpec("rf", "classical", _rf,
-                  {"clf__n_estimators": [300], "clf__max_features": ["sqrt", 0.05]},
-                  description="random forest on the raw embeddings"),
-        ModelSpec("knn", "classical", _knn,
-                  {"clf__n_neighbors": [1, 5, 15], "clf__weights": ["uniform", "distance"]},
-                  description="L2-normalize, k-nearest neighbours, cosine distance"),
-        ModelSpec("dense", "neural", _dense, {"learning_rate": [1e-3, 3e-3], "dropout": [0.0, 0.2]},
-                  description="Keras Dense softmax head on the frozen base's embeddings (recipe 2)"),
+        ModelSpec(
+            "lr",
+            "classical",
+            _lr,
+            {"clf__C": [0.01, 0.1, 1.0, 10.0]},
+            description="standardize, multinomial logistic regression",
+        ),
+        ModelSpec(
+            "svm-linear",
+            "classical",
+            _svm_linear,
+            {"clf__C": [0.0005, 0.005, 0.05]},
+            calibrated=True,
+            description="standardize, linear SVM (LinearSVC), sigmoid-calibrated probabilities",
+        ),
+        ModelSpec(
+            "svm-rbf",
+            "classical",
+            _svm_rbf,
+            {"clf__C": [1.0, 10.0], "clf__gamma": ["scale", 0.0002, 0.0001]},
+            calibrated=True,
+            description="standardize, RBF SVM, sigmoid-calibrated probabilities",
+        ),
+        ModelSpec(
+            "rf",
+            "classical",
+            _rf,
+            {"clf__n_estimators": [300], "clf__max_features": ["sqrt", 0.05]},
+            description="random forest on the raw embeddings",
+        ),
+        ModelSpec(
+            "knn",
+            "classical",
+            _knn,
+            {"clf__n_neighbors": [1, 5, 15], "clf__weights": ["uniform", "distance"]},
+            description="L2-normalize, k-nearest neighbours, cosine distance",
+        ),
+        ModelSpec(
+            "dense",
+            "neural",
+            _dense,
+            {"learning_rate": [1e-3, 3e-3], "dropout": [0.0, 0.2]},
+            description="Keras Dense softmax head on the frozen base's embeddings (recipe 2)",
+        ),
     )
 }
 MODEL_NAMES = tuple(ZOO)
@@ -127,8 +174,10 @@ def check_grid(spec: ModelSpec, grid: dict[str, list[Any]]) -> None:
         short = "pca" if key == "reduce" else key.removeprefix("clf__")
         if key not in known:
             own = sorted(k.removeprefix("clf__") for k in known if k.startswith("clf__") and k.count("__") == 1)
-            raise ValueError(f"grid for '{spec.name}': unknown parameter '{short}'; "
-                             f"its parameters: {', '.join(own or sorted(known))}")
+            raise ValueError(
+                f"grid for '{spec.name}': unknown parameter '{short}'; "
+                f"its parameters: {', '.join(own or sorted(known))}"
+            )
         for value in values:
             step, parameter = _step_of(clone(spec.build(0)), key)
             if isinstance(step, str):  # "passthrough" placeholder: replaced by the value itself
@@ -140,8 +189,10 @@ def check_grid(spec: ModelSpec, grid: dict[str, list[Any]]) -> None:
                 raise ValueError(f"grid for '{spec.name}': parameter '{short}' cannot be {value!r}: {exc}") from None
             except TypeError:
                 default = known[key]
-                raise ValueError(f"grid for '{spec.name}': parameter '{short}' cannot be {value!r} (a "
-                                 f"{type(value).__name__}); give values like its default {default!r}.") from None
+                raise ValueError(
+                    f"grid for '{spec.name}': parameter '{short}' cannot be {value!r} (a "
+                    f"{type(value).__name__}); give values like its default {default!r}."
+                ) from None
 
 
 def load_grids(path: str | Path) -> dict[str, dict[str, list[Any]]]:
@@ -153,13 +204,15 @@ def load_grids(path: str | Path) -> dict[str, dict[str, list[Any]]]:
     try:
         grids = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"grid file '{path}' is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {exc}") from exc
+        raise ValueError(
+            f"grid file '{path}' is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {exc}"
+        ) from exc
     unknown = set(grids) - set(ZOO)
     if unknown:
         raise ValueError(f"grid file '{path}' names unknown models {sorted(unknown)}; known: {', '.join(ZOO)}")
     for name, grid in grids.items():
         if not isinstance(grid, dict):
-            raise ValueError(f"grid file '{path}': '{name}' must map parameters to lists of values. Received: {grid!r}")  # noqa: TRY004
+            raise ValueError(f"grid file '{path}': '{name}' must map parameters to lists of values. Received: {grid!r}")
         try:
             expand_grid(ZOO[name], grid)
         except ValueError as exc:

@@ -11,8 +11,15 @@ from embedder import native_logs
 native_logs.quiet()  # before anything can load TensorFlow
 
 from embedder.atomic import atomic_path
-from embedder.backbone import Backbone, build_classifier, build_mobilenet_v2, load_class_names, predict_imagenet
-from embedder.backbone import top_classes, uint8_function
+from embedder.backbone import (
+    Backbone,
+    build_classifier,
+    build_mobilenet_v2,
+    load_class_names,
+    predict_imagenet,
+    top_classes,
+    uint8_function,
+)
 from embedder.cache import Cache, CachedBackbone, Failure, info, open_cache
 from embedder.cli_options import Alpha, Engine, Pooling, Resize, Size, Verbose, Weights, fail, setup_logging
 from embedder.errors import (
@@ -32,23 +39,35 @@ from embedder.provenance import library_versions, utc_now
 from embedder.runtimes import Encoder, keras_to_onnx, load_encoder, onnx_backbone, parity_images
 
 __all__ = [
-    # images -> embeddings
-    "Backbone",
-    "Embedder",
-    "Encoder",
-    "ExtractSummary",
-    "extract",
-    "extract_ray",
-    "load_encoder",
-    "predict_imagenet",
-    # the cache
-    "Cache",
-    "CachedBackbone",
-    "Failure",
-    "info",
-    "open_cache",
     # building blocks for the layers above
     "DEFAULT_MAX_PIXELS",
+    # command-line options shared by the project's CLIs
+    "Alpha",
+    # images -> embeddings
+    "Backbone",
+    # the cache
+    "Cache",
+    # errors
+    "CacheError",
+    "CacheLockedError",
+    "CachedBackbone",
+    "Embedder",
+    "EmbedderError",
+    "Encoder",
+    "Engine",
+    "ExtractSummary",
+    "Failure",
+    "ImageError",
+    "ImageTooLargeError",
+    "InputRangeError",
+    "Pooling",
+    "Resize",
+    "RuntimeUnavailableError",
+    "Size",
+    "SourceError",
+    "Verbose",
+    "Weights",
+    "WeightsError",
     "atomic_path",
     "build_classifier",
     "build_mobilenet_v2",
@@ -56,36 +75,24 @@ __all__ = [
     "decode_image",
     "encode_files",
     "expand_inputs",
+    "extract",
+    "extract_ray",
+    "fail",
+    "info",
     "keras_to_onnx",
     "library_versions",
     "list_source",
     "load_class_names",
+    "load_encoder",
     "load_files",
     "onnx_backbone",
+    "open_cache",
     "parity_images",
+    "predict_imagenet",
+    "setup_logging",
     "top_classes",
     "uint8_function",
     "utc_now",
-    # command-line options shared by the project's CLIs
-    "Alpha",
-    "Engine",
-    "Pooling",
-    "Resize",
-    "Size",
-    "Verbose",
-    "Weights",
-    "fail",
-    "setup_logging",
-    # errors
-    "CacheError",
-    "CacheLockedError",
-    "EmbedderError",
-    "ImageError",
-    "ImageTooLargeError",
-    "InputRangeError",
-    "RuntimeUnavailableError",
-    "SourceError",
-    "WeightsError",
 ]
 
 

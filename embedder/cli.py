@@ -6,7 +6,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -35,31 +35,68 @@ def main(verbose: Verbose = False) -> None:
 
 @app.command()
 def extract(
-    source: Annotated[str, typer.Argument(help="Folder (one sub-folder per class, or flat), .csv/.txt list, or image; "
-                                                "with --engine ray also a URI (s3://..., gs://...).")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="Folder (one sub-folder per class, or flat), .csv/.txt list, or image; "
+            "with --engine ray also a URI (s3://..., gs://...)."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="HDF5 cache file to create or extend.")],
     alpha: Alpha = 1.0,
     size: Size = 224,
     weights: Weights = "imagenet",
     pooling: Pooling = "avg",
     resize: Resize = "crop",
-    runtime: Annotated[str, typer.Option(help="'auto' (fastest measured), 'onnx', 'openvino' or 'keras' (reference).")] = "auto",
-    precision: Annotated[str, typer.Option(help="'fp32' (exact), or opt-in 'bf16' / 'int8' (faster, own cache key).")] = "fp32",
-    calibration: Annotated[Optional[Path], typer.Option(help="int8: images to calibrate on (default: see README).")] = None,
+    runtime: Annotated[
+        str, typer.Option(help="'auto' (fastest measured), 'onnx', 'openvino' or 'keras' (reference).")
+    ] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="'fp32' (exact), or opt-in 'bf16' / 'int8' (faster, own cache key).")
+    ] = "fp32",
+    calibration: Annotated[
+        Path | None, typer.Option(help="int8: images to calibrate on (default: see README).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 32,
-    workers: Annotated[Optional[int], typer.Option(help="Threads that decode batches and hand them to the runtime (default: one per core).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Threads that decode batches and hand them to the runtime (default: one per core)."),
+    ] = None,
     labels: Annotated[str, typer.Option(help="'auto', 'folders' (class sub-folders) or 'none'.")] = "auto",
-    max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = DEFAULT_MAX_PIXELS,
+    max_pixels: Annotated[
+        int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")
+    ] = DEFAULT_MAX_PIXELS,
     rehash: Annotated[bool, typer.Option(help="Hash every file even if its size and mtime are unchanged.")] = False,
-    retry_failed: Annotated[bool, typer.Option(help="Re-attempt every recorded failure (by default only those a larger --max-pixels may now admit).")] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            help="Re-attempt every recorded failure (by default only those a larger --max-pixels may now admit)."
+        ),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    engine: Annotated[Engine, typer.Option(help="'local' (this process) or 'ray' (a Ray cluster; pip extra [ray]).")] = Engine.local,
-    address: Annotated[Optional[str], typer.Option(help="ray: 'auto', 'ray://HOST:PORT' or HOST:PORT (default: a local Ray).")] = None,
-    actors: Annotated[Optional[int], typer.Option(help="ray: embedding actors (default: cluster CPUs / --cpus-per-actor).")] = None,
+    engine: Annotated[
+        Engine, typer.Option(help="'local' (this process) or 'ray' (a Ray cluster; pip extra [ray]).")
+    ] = Engine.local,
+    address: Annotated[
+        str | None, typer.Option(help="ray: 'auto', 'ray://HOST:PORT' or HOST:PORT (default: a local Ray).")
+    ] = None,
+    actors: Annotated[
+        int | None, typer.Option(help="ray: embedding actors (default: cluster CPUs / --cpus-per-actor).")
+    ] = None,
     cpus_per_actor: Annotated[float, typer.Option(help="ray: CPUs declared (and inference threads) per actor.")] = 1.0,
-    gpus_per_actor: Annotated[Optional[float], typer.Option(help="ray: GPUs per actor, run by the Keras runtime (default: 1 when the cluster has GPUs, else 0).")] = None,
-    block_size: Annotated[Optional[int], typer.Option(help="ray: images per block, i.e. per shard file (default: <= 256, >= 4 blocks per actor).")] = None,
-    shards: Annotated[Optional[Path], typer.Option(help="ray: folder for shard files, seen by every node (default: OUT.shards).")] = None,
+    gpus_per_actor: Annotated[
+        float | None,
+        typer.Option(
+            help="ray: GPUs per actor, run by the Keras runtime (default: 1 when the cluster has GPUs, else 0)."
+        ),
+    ] = None,
+    block_size: Annotated[
+        int | None,
+        typer.Option(help="ray: images per block, i.e. per shard file (default: <= 256, >= 4 blocks per actor)."),
+    ] = None,
+    shards: Annotated[
+        Path | None, typer.Option(help="ray: folder for shard files, seen by every node (default: OUT.shards).")
+    ] = None,
 ) -> None:
     """Embed every image of SOURCE into the cache OUT; only images not cached yet are computed."""
     try:
@@ -70,16 +107,39 @@ def extract(
             if precision != "fp32":
                 raise ValueError(f"--engine ray embeds in fp32 only; run --precision {precision} with --engine local.")
             summary = extract_ray(
-                source, out, backbone, address=address, actors=actors, cpus_per_actor=cpus_per_actor,
-                gpus_per_actor=gpus_per_actor, runtime=runtime, batch_size=batch_size, block_size=block_size,
-                labels=labels, max_pixels=max_pixels, rehash=rehash, retry_failed=retry_failed, shards=shards, progress=None if progress else False,
+                source,
+                out,
+                backbone,
+                address=address,
+                actors=actors,
+                cpus_per_actor=cpus_per_actor,
+                gpus_per_actor=gpus_per_actor,
+                runtime=runtime,
+                batch_size=batch_size,
+                block_size=block_size,
+                labels=labels,
+                max_pixels=max_pixels,
+                rehash=rehash,
+                retry_failed=retry_failed,
+                shards=shards,
+                progress=None if progress else False,
             )
         else:
             if "://" in source:
                 raise ValueError(f"'{source}' is a URI: the local engine reads local paths; use --engine ray for URIs.")
             summary = run_extract(
-                source, out, backbone, runtime=runtime, batch_size=batch_size, workers=workers, labels=labels,
-                max_pixels=max_pixels, rehash=rehash, retry_failed=retry_failed, precision=precision, calibration=calibration,
+                source,
+                out,
+                backbone,
+                runtime=runtime,
+                batch_size=batch_size,
+                workers=workers,
+                labels=labels,
+                max_pixels=max_pixels,
+                rehash=rehash,
+                retry_failed=retry_failed,
+                precision=precision,
+                calibration=calibration,
                 progress=None if progress else False,
             )
     except (EmbedderError, ValueError) as exc:
@@ -100,8 +160,10 @@ def info(
     if format is Format.json:
         typer.echo(json.dumps(described, indent=2))
         return
-    typer.echo(f"cache {described['path']}: {described['bytes'] / 1e6:.1f} MB, schema {described['schema_version']}, "
-               f"created {described['created']}, updated {described['updated']}")
+    typer.echo(
+        f"cache {described['path']}: {described['bytes'] / 1e6:.1f} MB, schema {described['schema_version']}, "
+        f"created {described['created']}, updated {described['updated']}"
+    )
     for backbone in described["backbones"]:
         typer.echo(f"\nbackbone {backbone['key']}\n  rows      {backbone['rows']} x {backbone['dim']} float32")
         classes = ", ".join(f"{name} {count}" for name, count in backbone["classes"].items())
@@ -129,7 +191,9 @@ def verify(cache: Annotated[Path, typer.Argument(help="HDF5 cache file.")]) -> N
         typer.echo(note)
     with open_cache(cache) as opened:
         rows = sum(len(opened[key]) for key in opened.keys)
-        typer.echo(f"{cache}: sound ({rows} rows in {len(opened.keys)} backbone(s); checksums, values and lookup tables checked)")
+        typer.echo(
+            f"{cache}: sound ({rows} rows in {len(opened.keys)} backbone(s); checksums, values and lookup tables checked)"
+        )
 
 
 @app.command()
@@ -139,9 +203,13 @@ def predict(
     format: Annotated[Format, typer.Option("--format", help="'text', or 'json' (one object per line).")] = Format.text,
     alpha: Alpha = 1.0,
     size: Size = 224,
-    weights: Annotated[str, typer.Option(help="'imagenet' or a full (with top) MobileNetV2 weights file.")] = "imagenet",
+    weights: Annotated[
+        str, typer.Option(help="'imagenet' or a full (with top) MobileNetV2 weights file.")
+    ] = "imagenet",
     resize: Resize = "crop",
-    labels: Annotated[Optional[Path], typer.Option(envvar="EMBEDDER_IMAGENET_LABELS", help="ImageNet class names file.")] = None,
+    labels: Annotated[
+        Path | None, typer.Option(envvar="EMBEDDER_IMAGENET_LABELS", help="ImageNet class names file.")
+    ] = None,
 ) -> None:
     """Off-the-shelf ImageNet top-k classes of images (recipe 1: no training)."""
     from embedder.backbone import predict_imagenet

@@ -68,7 +68,9 @@ class _QuietLoader(importlib.abc.Loader):
 class _QuietFinder(importlib.abc.MetaPathFinder):
     """Finds `tensorflow` as the other finders do and wraps its loader; every other module is left alone."""
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname != "tensorflow":
             return None
         for finder in sys.meta_path:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
 
 def utc_now() -> str:
     """The current time in UTC, ISO 8601 to the second (e.g. 2026-12-01T08:36:06+00:00)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def library_versions(packages: tuple[str, ...]) -> dict[str, str]:

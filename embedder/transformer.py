@@ -78,7 +78,11 @@ class Embedder(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "backbone_")
         encode = self._encoder()
         if _is_path_list(X):
-            rows = list(encode_files([Path(p) for p in X], encode, size=self.size, resize=self.resize, batch_size=self.batch_size))
+            rows = list(
+                encode_files(
+                    [Path(p) for p in X], encode, size=self.size, resize=self.resize, batch_size=self.batch_size
+                )
+            )
             failed = next((row for row in rows if row.error is not None), None)
             if failed is not None:
                 raise ImageError(failed.error, path=str(failed.path))
@@ -86,7 +90,11 @@ class Embedder(TransformerMixin, BaseEstimator):
             return np.stack(outputs) if outputs else np.empty((0, self.n_features_out_), np.float32)
         images = X if isinstance(X, np.ndarray) else [np.asarray(image) for image in X]
         if isinstance(images, list):
-            images = np.concatenate([self._as_uint8(image) for image in images]) if images else np.empty((0, self.size, self.size, 3), np.uint8)
+            images = (
+                np.concatenate([self._as_uint8(image) for image in images])
+                if images
+                else np.empty((0, self.size, self.size, 3), np.uint8)
+            )
         else:
             images = self._as_uint8(images)
         parts = [encode(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
@@ -104,7 +112,9 @@ class Embedder(TransformerMixin, BaseEstimator):
             calibration = None
             if self.calibration is not None:
                 calibration = [item.path for item in list_source(self.calibration, labels="none").items]
-            self.encoder_ = load_encoder(self.backbone_, self.runtime, precision=self.precision, calibration=calibration)
+            self.encoder_ = load_encoder(
+                self.backbone_, self.runtime, precision=self.precision, calibration=calibration
+            )
         return self.encoder_
 
     def __getstate__(self) -> dict[str, Any]:

@@ -31,7 +31,9 @@ try:
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.requests import ClientDisconnect
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(f"the embedding service needs the 'service' extra: pip install \"bottleneck-lab[service]\" ({exc})") from exc
+    raise ImportError(
+        f"the embedding service needs the 'service' extra: pip install \"bottleneck-lab[service]\" ({exc})"
+    ) from exc
 
 from embedder import top_classes
 from serving.requests import BodyLimit, ServiceError, read_images
@@ -65,10 +67,16 @@ def create_app(settings: ServiceSettings, service: Service | None = None) -> Fas
         yield
         service.stop()
 
-    app = FastAPI(title="bottleneck-lab embedding service", version="1", lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None,  # the schema is served below, behind the token
-                  description="MobileNetV2 embeddings, predictions of saved models and ImageNet top-k, with "
-                              "dynamic batching of concurrent requests.")
+    app = FastAPI(
+        title="bottleneck-lab embedding service",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # the schema is served below, behind the token
+        description="MobileNetV2 embeddings, predictions of saved models and ImageNet top-k, with "
+        "dynamic batching of concurrent requests.",
+    )
     app.state.service = service
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
@@ -82,8 +90,9 @@ def create_app(settings: ServiceSettings, service: Service | None = None) -> Fas
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.status,
-                              headers=exc.headers)
+        return JSONResponse(
+            {"error": {"code": exc.code, "message": exc.message}}, status_code=exc.status, headers=exc.headers
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -93,7 +102,9 @@ def create_app(settings: ServiceSettings, service: Service | None = None) -> Fas
     @app.exception_handler(ClientDisconnect)
     async def client_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
         logger.warning("%s %s: the client disconnected before sending the whole body", request.method, request.url.path)
-        return JSONResponse({"error": {"code": "client_disconnected", "message": "the body was cut off"}}, status_code=400)
+        return JSONResponse(
+            {"error": {"code": "client_disconnected", "message": "the body was cut off"}}, status_code=400
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -103,12 +114,20 @@ def create_app(settings: ServiceSettings, service: Service | None = None) -> Fas
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: backbone and models loaded and warm.", responses={503: {"model": ErrorResponse}})
+    @app.get(
+        "/readyz", summary="Readiness: backbone and models loaded and warm.", responses={503: {"model": ErrorResponse}}
+    )
     async def readyz() -> dict[str, Any]:
         if not service.ready:
             raise ServiceError(503, "not_ready", "the backbone and models are still loading")
-        return {"status": "ready", "backbone": service.key, "runtime": service.runtime, "models": len(service.models),
-                "batches": service.batcher.batches, "images": service.batcher.images}
+        return {
+            "status": "ready",
+            "backbone": service.key,
+            "runtime": service.runtime,
+            "models": len(service.models),
+            "batches": service.batcher.batches,
+            "images": service.batcher.images,
+        }
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorized)])
     async def openapi() -> JSONResponse:
@@ -116,39 +135,93 @@ def create_app(settings: ServiceSettings, service: Service | None = None) -> Fas
 
     @app.get("/v1/models", response_model=ModelsResponse, dependencies=[Depends(authorized)], responses=ERRORS)
     async def models() -> ModelsResponse:
-        return ModelsResponse(backbone=service.key, models=[
-            ModelInfo(name=name, kind=saved.metadata.get("kind"), backbone_key=saved.backbone_key,
-                      classes=saved.class_names, metrics=saved.metadata.get("metrics", {}))
-            for name, saved in service.models.items()])
+        return ModelsResponse(
+            backbone=service.key,
+            models=[
+                ModelInfo(
+                    name=name,
+                    kind=saved.metadata.get("kind"),
+                    backbone_key=saved.backbone_key,
+                    classes=saved.class_names,
+                    metrics=saved.metadata.get("metrics", {}),
+                )
+                for name, saved in service.models.items()
+            ],
+        )
 
-    @app.post("/v1/embeddings", response_model=EmbeddingsResponse, dependencies=[Depends(authorized)],
-              openapi_extra=IMAGES_BODY, responses=ERRORS, summary="Embeddings of the images.")
+    @app.post(
+        "/v1/embeddings",
+        response_model=EmbeddingsResponse,
+        dependencies=[Depends(authorized)],
+        openapi_extra=IMAGES_BODY,
+        responses=ERRORS,
+        summary="Embeddings of the images.",
+    )
     async def embeddings(request: Request, encoding: str = "json") -> EmbeddingsResponse:
         if encoding not in ("json", "base64"):
             raise ServiceError(422, "invalid_request", f"encoding must be 'json' or 'base64'. Received: {encoding!r}")
         parts = await read_images(request, settings.max_images)
         rows = await service.embed(parts)
-        return EmbeddingsResponse(backbone=service.key, dim=settings.backbone.dim, encoding=encoding, results=[
-            EmbeddingResult(index=i, name=name, sha256=sha, cached=cached,
-                            embedding=(base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode()
-                                       if encoding == "base64" else np.asarray(vector, np.float32).tolist()))
-            for i, ((name, _), (sha, vector, cached)) in enumerate(zip(parts, rows))])
+        return EmbeddingsResponse(
+            backbone=service.key,
+            dim=settings.backbone.dim,
+            encoding=encoding,
+            results=[
+                EmbeddingResult(
+                    index=i,
+                    name=name,
+                    sha256=sha,
+                    cached=cached,
+                    embedding=(
+                        base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode()
+                        if encoding == "base64"
+                        else np.asarray(vector, np.float32).tolist()
+                    ),
+                )
+                for i, ((name, _), (sha, vector, cached)) in enumerate(zip(parts, rows))
+            ],
+        )
 
-    @app.post("/v1/predict/{model}", response_model=PredictResponse, dependencies=[Depends(authorized)],
-              openapi_extra=IMAGES_BODY, responses=ERRORS, summary="Class probabilities from a loaded model.")
+    @app.post(
+        "/v1/predict/{model}",
+        response_model=PredictResponse,
+        dependencies=[Depends(authorized)],
+        openapi_extra=IMAGES_BODY,
+        responses=ERRORS,
+        summary="Class probabilities from a loaded model.",
+    )
     async def predict(model: str, request: Request) -> PredictResponse:
         if model not in service.models:
-            raise ServiceError(404, "unknown_model", f"no model '{model}'; loaded: {', '.join(service.models) or 'none'}")
+            raise ServiceError(
+                404, "unknown_model", f"no model '{model}'; loaded: {', '.join(service.models) or 'none'}"
+            )
         parts = await read_images(request, settings.max_images)
         shas, probs = await service.predict(model, parts)
         names = service.models[model].class_names
-        return PredictResponse(model=model, backbone=service.key, results=[
-            PredictionResult(index=i, name=name, sha256=sha, label=names[int(p.argmax())], prob=float(p.max()),
-                             probs={c: float(v) for c, v in zip(names, p)})
-            for i, ((name, _), sha, p) in enumerate(zip(parts, shas, probs))])
+        return PredictResponse(
+            model=model,
+            backbone=service.key,
+            results=[
+                PredictionResult(
+                    index=i,
+                    name=name,
+                    sha256=sha,
+                    label=names[int(p.argmax())],
+                    prob=float(p.max()),
+                    probs={c: float(v) for c, v in zip(names, p)},
+                )
+                for i, ((name, _), sha, p) in enumerate(zip(parts, shas, probs))
+            ],
+        )
 
-    @app.post("/v1/imagenet/top", response_model=TopResponse, dependencies=[Depends(authorized)],
-              openapi_extra=IMAGES_BODY, responses=ERRORS, summary="Off-the-shelf ImageNet top-k.")
+    @app.post(
+        "/v1/imagenet/top",
+        response_model=TopResponse,
+        dependencies=[Depends(authorized)],
+        openapi_extra=IMAGES_BODY,
+        responses=ERRORS,
+        summary="Off-the-shelf ImageNet top-k.",
+    )
     async def imagenet_top(request: Request, k: int = 5) -> TopResponse:
         if service.imagenet is None:
             raise ServiceError(404, "not_enabled", "ImageNet top-k is off; start the server with --imagenet")
@@ -157,8 +230,13 @@ def create_app(settings: ServiceSettings, service: Service | None = None) -> Fas
         parts = await read_images(request, settings.max_images)
         decoded = await service.decode(parts, use_cache=False)
         probs = await batched(service.imagenet, [pixels for _, pixels in decoded])
-        return TopResponse(results=[
-            TopResult(index=i, name=name, sha256=sha, top=[TopClass(**c) for c in top_classes(p, service.class_names, k)])
-            for i, ((name, _), (sha, _), p) in enumerate(zip(parts, decoded, probs))])
+        return TopResponse(
+            results=[
+                TopResult(
+                    index=i, name=name, sha256=sha, top=[TopClass(**c) for c in top_classes(p, service.class_names, k)]
+                )
+                for i, ((name, _), (sha, _), p) in enumerate(zip(parts, decoded, probs))
+            ]
+        )
 
     return app

@@ -29,11 +29,20 @@ class Saturated(Exception):
 class MicroBatcher:
     """Gathers single images into batches for one encode function (uint8 batch in, rows out)."""
 
-    def __init__(self, encode: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 32, max_wait_ms: float = 5.0,
-                 max_queue: int = 256, name: str = "batcher") -> None:
+    def __init__(
+        self,
+        encode: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 256,
+        name: str = "batcher",
+    ) -> None:
         if max_batch < 1 or max_queue < max_batch or max_wait_ms < 0:
-            raise ValueError(f"need max_batch >= 1, max_queue >= max_batch and max_wait_ms >= 0. Received: "
-                             f"max_batch={max_batch}, max_queue={max_queue}, max_wait_ms={max_wait_ms}")
+            raise ValueError(
+                f"need max_batch >= 1, max_queue >= max_batch and max_wait_ms >= 0. Received: "
+                f"max_batch={max_batch}, max_queue={max_queue}, max_wait_ms={max_wait_ms}"
+            )
         self._encode, self.max_batch, self.max_wait = encode, max_batch, max_wait_ms / 1000
         self.max_queue, self._name = max_queue, name
         self._queue: queue.Queue = queue.Queue()

@@ -10,16 +10,30 @@ import ctypes
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from embedder import DEFAULT_MAX_PIXELS, Alpha, Backbone, EmbedderError, Pooling, Resize, Size, Verbose, Weights, fail
-from embedder import setup_logging
+from embedder import (
+    DEFAULT_MAX_PIXELS,
+    Alpha,
+    Backbone,
+    EmbedderError,
+    Pooling,
+    Resize,
+    Size,
+    Verbose,
+    Weights,
+    fail,
+    setup_logging,
+)
 from embedder.cli import app as embedder_commands
 
-app = typer.Typer(help="The bottleneck-lab HTTP service: embeddings, model predictions, ImageNet top-k.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="The bottleneck-lab HTTP service: embeddings, model predictions, ImageNet top-k.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 @app.callback()
@@ -31,12 +45,22 @@ def main(verbose: Verbose = False) -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps the service local.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    models: Annotated[Optional[list[Path]], typer.Option(
-        "--models", help="Folder whose model files (*.model, *.onnx exports) to serve (repeatable).")] = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Also serve *.joblib model files of earlier "
-                                               "releases (pickles: they can run code; only files you trust).")] = False,
-    cache: Annotated[Optional[Path], typer.Option(help="Answer images already in this cache from it.")] = None,
-    token: Annotated[Optional[str], typer.Option(envvar="EMBEDDER_TOKEN", help="Require 'Authorization: Bearer TOKEN'.")] = None,
+    models: Annotated[
+        list[Path] | None,
+        typer.Option("--models", help="Folder whose model files (*.model, *.onnx exports) to serve (repeatable)."),
+    ] = None,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle",
+            help="Also serve *.joblib model files of earlier "
+            "releases (pickles: they can run code; only files you trust).",
+        ),
+    ] = False,
+    cache: Annotated[Path | None, typer.Option(help="Answer images already in this cache from it.")] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="EMBEDDER_TOKEN", help="Require 'Authorization: Bearer TOKEN'.")
+    ] = None,
     alpha: Alpha = 1.0,
     size: Size = 224,
     weights: Weights = "imagenet",
@@ -44,16 +68,20 @@ def serve(
     resize: Resize = "crop",
     runtime: Annotated[str, typer.Option(help="'auto', 'onnx', 'openvino' or 'keras'.")] = "auto",
     precision: Annotated[str, typer.Option(help="'fp32', or 'bf16' (int8 needs calibration: extract first).")] = "fp32",
-    threads: Annotated[Optional[int], typer.Option(help="Inference threads (default: one per core).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default: one per core).")] = None,
     max_batch: Annotated[int, typer.Option(help="Most images per inference call.")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more images.")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Most images waiting; beyond, 503 with Retry-After.")] = 256,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body.")] = 32.0,
     max_images: Annotated[int, typer.Option(help="Most images per request.")] = 64,
-    max_pixels: Annotated[int, typer.Option(help="Largest image, in pixels (decompression bombs).")] = DEFAULT_MAX_PIXELS,
+    max_pixels: Annotated[
+        int, typer.Option(help="Largest image, in pixels (decompression bombs).")
+    ] = DEFAULT_MAX_PIXELS,
     imagenet: Annotated[bool, typer.Option(help="Enable POST /v1/imagenet/top (loads the full network).")] = False,
     imagenet_weights: Annotated[str, typer.Option(help="Weights with the 1000-class top.")] = "imagenet",
-    imagenet_labels: Annotated[Optional[Path], typer.Option(envvar="EMBEDDER_IMAGENET_LABELS", help="ImageNet class names.")] = None,
+    imagenet_labels: Annotated[
+        Path | None, typer.Option(envvar="EMBEDDER_IMAGENET_LABELS", help="ImageNet class names.")
+    ] = None,
 ) -> None:
     """Serve embeddings, model predictions and ImageNet top-k over HTTP, batching concurrent requests."""
     try:
@@ -66,16 +94,29 @@ def serve(
     try:
         settings = ServiceSettings(
             backbone=Backbone(alpha=alpha, size=size, weights=weights, pooling=pooling, resize=resize),
-            runtime=runtime, precision=precision, threads=threads, model_dirs=list(models or []), cache=cache, token=token,
-            max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, max_body_bytes=int(max_body_mb * 2**20),
-            max_images=max_images, max_pixels=max_pixels, imagenet=imagenet,
-            imagenet_weights=imagenet_weights, imagenet_labels=imagenet_labels, trust_pickle=trust_pickle,
+            runtime=runtime,
+            precision=precision,
+            threads=threads,
+            model_dirs=list(models or []),
+            cache=cache,
+            token=token,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            max_body_bytes=int(max_body_mb * 2**20),
+            max_images=max_images,
+            max_pixels=max_pixels,
+            imagenet=imagenet,
+            imagenet_weights=imagenet_weights,
+            imagenet_labels=imagenet_labels,
+            trust_pickle=trust_pickle,
         )
     except ValueError as exc:
         fail(exc)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        logging.getLogger(__name__).warning("binding %s: reachable from other machines%s", host,
-                                            "" if token else " without a token (--token)")
+        logging.getLogger(__name__).warning(
+            "binding %s: reachable from other machines%s", host, "" if token else " without a token (--token)"
+        )
     limit_malloc_arenas()
     service = Service(settings)
     try:

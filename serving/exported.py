@@ -32,8 +32,10 @@ class ExportedModel:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own InvalidProtobuf, Fail, ... on bad files
-            raise ModelFileError(f"'{path}' is not a readable ONNX model ({str(exc).splitlines()[0]}); "
-                                 "export it again with `classical export`.") from exc
+            raise ModelFileError(
+                f"'{path}' is not a readable ONNX model ({str(exc).splitlines()[0]}); "
+                "export it again with `classical export`."
+            ) from exc
         self.path = path
         self.metadata = _metadata(path, self.session)
         self.size = _input_size(path, self.session)
@@ -54,8 +56,10 @@ class ExportedModel:
                 "start the server with that model's backbone (--alpha/--size/--weights/...), or leave it out."
             )
         if self.size not in (None, size) or self.metadata.get("resize", resize) != resize:
-            raise ModelFileError(f"model '{self.path}' takes {self.size}x{self.size} images resized by "
-                                 f"'{self.metadata.get('resize')}'; this server decodes {size}x{size} by '{resize}'.")
+            raise ModelFileError(
+                f"model '{self.path}' takes {self.size}x{self.size} images resized by "
+                f"'{self.metadata.get('resize')}'; this server decodes {size}x{size} by '{resize}'."
+            )
 
     def predict_proba(self, X: np.ndarray, *, backbone_key: str) -> np.ndarray:
         """Class probabilities (n, n_classes) of uint8 images decoded for `backbone_key`."""
@@ -89,7 +93,8 @@ def _input_size(path: Path, session: ort.InferenceSession) -> int | None:
         raise ModelFileError(f"ONNX model '{path}' has no input '{INPUT}' (inputs: {', '.join(inputs)}).")
     item = inputs[INPUT]
     if item.type != "tensor(uint8)" or len(item.shape) != 4 or item.shape[3] != 3:
-        raise ModelFileError(f"ONNX model '{path}': input '{INPUT}' must be uint8 [N, S, S, 3]; it is {item.type} "
-                             f"{item.shape}.")
+        raise ModelFileError(
+            f"ONNX model '{path}': input '{INPUT}' must be uint8 [N, S, S, 3]; it is {item.type} {item.shape}."
+        )
     side = item.shape[1]
     return side if isinstance(side, int) else None

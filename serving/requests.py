@@ -33,8 +33,12 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and int(declared) > self.limit:
-            return await _send_error(send, 413, "body_too_large", f"request body of {int(declared)} bytes exceeds "
-                                     f"the limit of {self.limit} bytes (--max-body-mb)")
+            return await _send_error(
+                send,
+                413,
+                "body_too_large",
+                f"request body of {int(declared)} bytes exceeds the limit of {self.limit} bytes (--max-body-mb)",
+            )
         received = 0
 
         async def limited() -> dict:
@@ -42,7 +46,9 @@ class BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:
-                raise ServiceError(413, "body_too_large", f"request body exceeds the limit of {self.limit} bytes (--max-body-mb)")
+                raise ServiceError(
+                    413, "body_too_large", f"request body exceeds the limit of {self.limit} bytes (--max-body-mb)"
+                )
             return message
 
         await self.app(scope, limited, send)
@@ -50,8 +56,13 @@ class BodyLimit:
 
 async def _send_error(send: Any, status: int, code: str, message: str) -> None:
     body = JSONResponse({"error": {"code": code, "message": message}}).body
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -76,7 +87,9 @@ async def read_images(request: Request, limit: int) -> list[tuple[str | None, by
         try:
             body = ImagesRequest.model_validate_json(await request.body())
         except ValueError as exc:
-            raise ServiceError(422, "invalid_request", f"JSON body must be {{\"images\": [{{\"name\", \"data\"}}]}}: {exc}") from exc
+            raise ServiceError(
+                422, "invalid_request", f'JSON body must be {{"images": [{{"name", "data"}}]}}: {exc}'
+            ) from exc
         parts = []
         for index, image in enumerate(body.images):
             try:
@@ -84,12 +97,17 @@ async def read_images(request: Request, limit: int) -> list[tuple[str | None, by
             except (binascii.Error, ValueError) as exc:
                 raise ServiceError(422, "invalid_base64", f"part {index}: 'data' is not valid base64 ({exc})") from exc
     else:
-        raise ServiceError(415, "unsupported_media_type",
-                           "send images as multipart/form-data parts named 'images', or as JSON {\"images\": [...]}")
+        raise ServiceError(
+            415,
+            "unsupported_media_type",
+            "send images as multipart/form-data parts named 'images', or as JSON {\"images\": [...]}",
+        )
     if not parts:
         raise ServiceError(422, "no_images", "the request holds no images (multipart parts must be named 'images')")
     if len(parts) > limit:
-        raise ServiceError(413, "too_many_images", f"the request holds {len(parts)} images; the limit is {limit} (--max-images)")
+        raise ServiceError(
+            413, "too_many_images", f"the request holds {len(parts)} images; the limit is {limit} (--max-images)"
+        )
     return parts
 
 
@@ -99,6 +117,9 @@ async def _multipart(request: Request, limit: int) -> Any:
         return await request.form(max_files=limit + 1, max_fields=limit + 1)
     except HTTPException as exc:  # Starlette's parser refuses extra parts with a 400 of its own
         if exc.status_code == 400 and str(exc.detail).startswith(("Too many files", "Too many fields")):
-            raise ServiceError(413, "too_many_images", f"the request holds more than {limit + 1} parts; the limit "
-                               f"is {limit} images (--max-images)") from exc
+            raise ServiceError(
+                413,
+                "too_many_images",
+                f"the request holds more than {limit + 1} parts; the limit is {limit} images (--max-images)",
+            ) from exc
         raise

@@ -21,7 +21,9 @@ class EmbeddingResult(BaseModel):
     name: str | None = Field(description="The image's name (file name of the part, or the JSON name).")
     sha256: str = Field(description="sha256 of the image file's bytes.")
     cached: bool = Field(description="True when the embedding came from the server's cache file.")
-    embedding: list[float] | str = Field(description="float list, or base64 of little-endian float32 with encoding=base64.")
+    embedding: list[float] | str = Field(
+        description="float list, or base64 of little-endian float32 with encoding=base64."
+    )
 
 
 class EmbeddingsResponse(BaseModel):
@@ -89,9 +91,18 @@ IMAGES_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "images": {"type": "array", "items": {"type": "string", "format": "binary"},
-                           "description": "One part per image, all named 'images'."}}}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "images": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One part per image, all named 'images'.",
+                        }
+                    },
+                }
+            },
             "application/json": {"schema": ImagesRequest.model_json_schema()},
         },
     }

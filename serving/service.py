@@ -15,8 +15,17 @@ import h5py
 import numpy as np
 
 from classical import ModelFileError, SavedModel, load_model
-from embedder import DEFAULT_MAX_PIXELS, Backbone, CacheError, ImageError, build_classifier, decode_image
-from embedder import load_class_names, load_encoder, open_cache
+from embedder import (
+    DEFAULT_MAX_PIXELS,
+    Backbone,
+    CacheError,
+    ImageError,
+    build_classifier,
+    decode_image,
+    load_class_names,
+    load_encoder,
+    open_cache,
+)
 from serving.batching import MicroBatcher, Saturated
 from serving.exported import ExportedModel
 from serving.requests import ServiceError, image_error
@@ -68,7 +77,9 @@ class Service:
         """Load the models (first: a damaged or untrusted file fails fast), the backbone, the cache; warm up."""
         settings = self.settings
         self.models = load_models(settings.model_dirs, trust_pickle=settings.trust_pickle, threads=settings.threads)
-        encoder = load_encoder(settings.backbone, settings.runtime, precision=settings.precision, threads=settings.threads)
+        encoder = load_encoder(
+            settings.backbone, settings.runtime, precision=settings.precision, threads=settings.threads
+        )
         self.key, self.runtime = encoder.key, encoder.runtime
         check_backbones(self.models, self.key, settings.backbone)
         if settings.cache is not None:
@@ -79,12 +90,14 @@ class Service:
         for name, model in self.models.items():
             if model.takes_pixels:
                 self.pixel_batchers[name] = self._batcher(
-                    lambda images, model=model: model.predict_proba(images, backbone_key=self.key), f"{name}-batcher")
+                    lambda images, model=model: model.predict_proba(images, backbone_key=self.key), f"{name}-batcher"
+                )
                 self.pixel_batchers[name].start()
         if settings.imagenet:
             self.class_names = load_class_names(settings.imagenet_labels)
-            classify = build_classifier(alpha=settings.backbone.alpha, size=settings.backbone.size,
-                                        weights=settings.imagenet_weights)
+            classify = build_classifier(
+                alpha=settings.backbone.alpha, size=settings.backbone.size, weights=settings.imagenet_weights
+            )
             classify(np.zeros((1, settings.backbone.size, settings.backbone.size, 3), np.uint8))  # warm
             self.imagenet = self._batcher(classify, "imagenet-batcher")
             self.imagenet.start()
@@ -93,8 +106,13 @@ class Service:
 
     def _batcher(self, encode: Any, name: str) -> MicroBatcher:
         settings = self.settings
-        return MicroBatcher(encode, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
-                            max_queue=settings.max_queue, name=name)
+        return MicroBatcher(
+            encode,
+            max_batch=settings.max_batch,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+            name=name,
+        )
 
     def stop(self) -> None:
         self.ready = False
@@ -108,11 +126,15 @@ class Service:
     def _open_cache(self, path: Path) -> None:
         self.cache_file = open_server_cache(path)
         if self.key not in self.cache_file.keys:
-            raise CacheError(f"--cache '{path}' has no embeddings of the server's backbone {self.key}; "
-                             f"it has: {', '.join(self.cache_file.keys) or 'none'}")
+            raise CacheError(
+                f"--cache '{path}' has no embeddings of the server's backbone {self.key}; "
+                f"it has: {', '.join(self.cache_file.keys) or 'none'}"
+            )
         self.cache_rows = {sha: row for row, sha in enumerate(self.cache_file[self.key].sha256)}
 
-    async def decode(self, parts: list[tuple[str | None, bytes]], *, use_cache: bool = True) -> list[tuple[str, np.ndarray | None]]:
+    async def decode(
+        self, parts: list[tuple[str | None, bytes]], *, use_cache: bool = True
+    ) -> list[tuple[str, np.ndarray | None]]:
         """sha256 and pixels of each part, decoded in parallel (pixels None: the embedding is cached).
 
         An undecodable part fails the whole request, naming the part.
@@ -126,8 +148,9 @@ class Service:
                 return sha, None
             return sha, decode_image(data, size=size, resize=resize, max_pixels=self.settings.max_pixels)
 
-        results = await asyncio.gather(*(loop.run_in_executor(self.decoder, work, data) for _, data in parts),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(loop.run_in_executor(self.decoder, work, data) for _, data in parts), return_exceptions=True
+        )
         for index, ((name, _), result) in enumerate(zip(parts, results)):
             if isinstance(result, ImageError):
                 raise image_error(index, name, result)
@@ -153,10 +176,14 @@ class Service:
         model = self.models[name]
         if model.takes_pixels:
             decoded = await self.decode(parts, use_cache=False)
-            return [sha for sha, _ in decoded], np.stack(await batched(self.pixel_batchers[name], [p for _, p in decoded]))
+            return [sha for sha, _ in decoded], np.stack(
+                await batched(self.pixel_batchers[name], [p for _, p in decoded])
+            )
         rows = await self.embed(parts)
         X = np.stack([vector for _, vector, _ in rows]).astype(np.float32)
-        probs = await asyncio.get_running_loop().run_in_executor(None, lambda: model.predict_proba(X, backbone_key=self.key))
+        probs = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: model.predict_proba(X, backbone_key=self.key)
+        )
         return [sha for sha, _, _ in rows], probs
 
 
@@ -164,7 +191,9 @@ async def batched(batcher: MicroBatcher, images: list[np.ndarray]) -> list[np.nd
     try:
         return await batcher.run(images)
     except Saturated as exc:
-        raise ServiceError(503, "saturated", f"the server is busy ({exc}); retry shortly", {"Retry-After": "1"}) from exc
+        raise ServiceError(
+            503, "saturated", f"the server is busy ({exc}); retry shortly", {"Retry-After": "1"}
+        ) from exc
 
 
 def load_models(folders: list[Path], *, trust_pickle: bool = False, threads: int | None = None) -> dict[str, Model]:
@@ -174,8 +203,11 @@ def load_models(folders: list[Path], *, trust_pickle: bool = False, threads: int
         if not folder.is_dir():
             raise ModelFileError(f"model folder '{folder}' does not exist; pass run directories of `classical sweep`.")
         for path in sorted(path for path in folder.iterdir() if path.suffix in MODEL_SUFFIXES):
-            model = (ExportedModel(path, threads=threads) if path.suffix == ".onnx"
-                     else load_model(path, trust_pickle=trust_pickle))
+            model = (
+                ExportedModel(path, threads=threads)
+                if path.suffix == ".onnx"
+                else load_model(path, trust_pickle=trust_pickle)
+            )
             name = path.stem if path.stem not in models else f"{folder.name}/{path.stem}"
             models[name] = model
     return models
@@ -196,8 +228,12 @@ def check_backbones(models: dict[str, Model], key: str, backbone: Backbone) -> N
 def open_server_cache(path: Path) -> Any:
     """The cache the server answers from (read only); its errors speak of --cache."""
     if not path.is_file():
-        raise CacheError(f"--cache '{path}' does not exist; pass a cache written by `embedder extract`, or leave it out.")
+        raise CacheError(
+            f"--cache '{path}' does not exist; pass a cache written by `embedder extract`, or leave it out."
+        )
     if not h5py.is_hdf5(path):
-        raise CacheError(f"--cache '{path}' is not an HDF5 file ({path.stat().st_size} bytes), so not an embeddings "
-                         "cache; pass a cache written by `embedder extract`, or leave --cache out.")
+        raise CacheError(
+            f"--cache '{path}' is not an HDF5 file ({path.stat().st_size} bytes), so not an embeddings "
+            "cache; pass a cache written by `embedder extract`, or leave --cache out."
+        )
     return open_cache(path)

@@ -76,7 +76,9 @@ def photo(color: tuple[int, int, int], *, seed: int, size: tuple[int, int] = (80
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def make_dataset(root: Path, per_class: int = 4, classes: tuple[str, ...] = ("red", "green", "blue"), start: int = 0) -> list[Path]:
+def make_dataset(
+    root: Path, per_class: int = 4, classes: tuple[str, ...] = ("red", "green", "blue"), start: int = 0
+) -> list[Path]:
     """Write per_class JPEGs into one folder per class; returns the files written."""
     written = []
     for c, name in enumerate(classes):
@@ -102,8 +104,9 @@ def copy_files(paths: list[Path], folder: Path) -> None:
         shutil.copy(path, folder / path.name)
 
 
-def write_cache(path: Path, X: np.ndarray, labels: list[str], *, pooling: str = "avg",
-                paths: list[str] | None = None) -> str:
+def write_cache(
+    path: Path, X: np.ndarray, labels: list[str], *, pooling: str = "avg", paths: list[str] | None = None
+) -> str:
     """Write synthetic embeddings into a real cache file (through the cache's writer); returns the key.
 
     The provenance is written out by hand, so that tests of what is built on a cache need no Keras.
@@ -111,9 +114,20 @@ def write_cache(path: Path, X: np.ndarray, labels: list[str], *, pooling: str = 
     from embedder.cache import Batch, CacheWriter, Row
 
     key = f"mobilenet_v2-1.0-96-random-synthetic-{pooling}-crop-fp32"
-    provenance = {"backbone_key": key, "architecture": "mobilenet_v2", "alpha": 1.0, "size": 96, "weights": "none",
-                  "weights_file": "", "weights_sha256": "0" * 64, "pooling": pooling, "resize": "crop",
-                  "precision": "fp32", "dim": int(X.shape[1]), "source": "synthetic"}
+    provenance = {
+        "backbone_key": key,
+        "architecture": "mobilenet_v2",
+        "alpha": 1.0,
+        "size": 96,
+        "weights": "none",
+        "weights_file": "",
+        "weights_sha256": "0" * 64,
+        "pooling": pooling,
+        "resize": "crop",
+        "precision": "fp32",
+        "dim": int(X.shape[1]),
+        "source": "synthetic",
+    }
     paths = paths or [f"{label}/{i:04d}.jpg" for i, label in enumerate(labels)]
     rng = np.random.default_rng(0)
     with CacheWriter(path) as writer:
@@ -123,8 +137,13 @@ def write_cache(path: Path, X: np.ndarray, labels: list[str], *, pooling: str = 
     return key
 
 
-def blobs(per_class: int = 30, classes: tuple[str, ...] = ("ant", "bee", "cat"), dim: int = 32, seed: int = 0,
-          spread: float = 1.0) -> tuple[np.ndarray, list[str]]:
+def blobs(
+    per_class: int = 30,
+    classes: tuple[str, ...] = ("ant", "bee", "cat"),
+    dim: int = 32,
+    seed: int = 0,
+    spread: float = 1.0,
+) -> tuple[np.ndarray, list[str]]:
     """Separable Gaussian blobs, one per class, as stand-in embeddings (non-negative like pooled ReLU6)."""
     rng = np.random.default_rng(seed)
     centres = rng.uniform(0, 4, (len(classes), dim))

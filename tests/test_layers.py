@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 HEAVY = ("tensorflow", "keras", "matplotlib", "fastapi", "ray")
@@ -24,8 +23,10 @@ def test_importing_loads_no_heavy_library(package: str) -> None:
 @pytest.mark.parametrize("module", ["embedder", "embedder.cli"])
 def test_embedder_starts_without_scikit_learn(module: str) -> None:
     """Every `embedder` command starts about a second sooner: scikit-learn loads with `embedder.Embedder` only."""
-    code = (f"import sys, {module}; before = 'sklearn' in sys.modules; from embedder import Embedder; "
-            "print(before, 'sklearn' in sys.modules, Embedder.__name__)")
+    code = (
+        f"import sys, {module}; before = 'sklearn' in sys.modules; from embedder import Embedder; "
+        "print(before, 'sklearn' in sys.modules, Embedder.__name__)"
+    )
     printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert printed == ["False", "True", "Embedder"]
 
@@ -33,16 +34,18 @@ def test_embedder_starts_without_scikit_learn(module: str) -> None:
 def test_loading_a_cache_for_the_classical_layer_needs_no_keras(tmp_path: Path) -> None:
     code = f"""
 import sys
-sys.path.insert(0, {str(ROOT / 'tests')!r})
+sys.path.insert(0, {str(ROOT / "tests")!r})
 from conftest import blobs, write_cache
 from classical import load_labeled, make_split
 X, labels = blobs(per_class=10)
-write_cache({str(tmp_path / 'c.h5')!r}, X, labels)
-data = load_labeled({str(tmp_path / 'c.h5')!r})
+write_cache({str(tmp_path / "c.h5")!r}, X, labels)
+data = load_labeled({str(tmp_path / "c.h5")!r})
 make_split(data.paths, data.sha256, data.y, data.class_names)
 print(sorted({{m.split('.')[0] for m in sys.modules}} & {{"tensorflow", "keras"}}))
 """
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -56,11 +59,14 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize(("package", "may_import"), [
-    ("embedder", {"embedder"}),
-    ("classical", {"classical", "embedder"}),
-    ("serving", {"serving", "classical", "embedder"}),
-])
+@pytest.mark.parametrize(
+    ("package", "may_import"),
+    [
+        ("embedder", {"embedder"}),
+        ("classical", {"classical", "embedder"}),
+        ("serving", {"serving", "classical", "embedder"}),
+    ],
+)
 def test_layers_point_down_and_use_only_public_names(package: str, may_import: set[str]) -> None:
     ours = {"embedder", "classical", "serving"}
     for path in sorted((ROOT / package).rglob("*.py")):
@@ -69,9 +75,12 @@ def test_layers_point_down_and_use_only_public_names(package: str, may_import: s
             if top not in ours:
                 continue
             assert top in may_import, f"{path.relative_to(ROOT)} imports {module}: a layer above {package}"
-            if top != package:  # a lower layer: its public names only (the embedder CLI serving composes is the exception)
-                assert module == top or (path.name == "cli.py" and module == "embedder.cli"), \
+            if (
+                top != package
+            ):  # a lower layer: its public names only (the embedder CLI serving composes is the exception)
+                assert module == top or (path.name == "cli.py" and module == "embedder.cli"), (
                     f"{path.relative_to(ROOT)} imports {module}; use `from {top} import ...`"
+                )
 
 
 def test_embedder_does_not_mention_what_is_built_on_it() -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedder import Backbone, extract, open_cache
-from embedder import decode_image
+from embedder import Backbone, decode_image, extract, open_cache
 from embedder.runtimes import KerasEncoder, compare
 
 pytestmark = pytest.mark.real_data
@@ -24,7 +23,11 @@ def flowers_list(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     listing = tmp_path_factory.mktemp("flowers") / "flowers.csv"
     with open(FLOWERS / "MANIFEST.csv") as handle:
         rows = list(csv.DictReader(handle))
-    chosen = [row for name in sorted({r["class"] for r in rows}) for row in [r for r in rows if r["class"] == name][:PER_CLASS]]
+    chosen = [
+        row
+        for name in sorted({r["class"] for r in rows})
+        for row in [r for r in rows if r["class"] == name][:PER_CLASS]
+    ]
     with open(listing, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label"])
@@ -70,14 +73,26 @@ def test_fast_runtime_matches_keras_on_real_photos(flowers_cache: tuple[Backbone
     assert parity["max_abs"] <= 1e-4 and parity["min_cosine"] >= 0.99999
 
 
-def test_small_sweep_end_to_end_from_real_photos(flowers_list: Path, flowers_cache: tuple[Backbone, Path], tmp_path: Path) -> None:
+def test_small_sweep_end_to_end_from_real_photos(
+    flowers_list: Path, flowers_cache: tuple[Backbone, Path], tmp_path: Path
+) -> None:
     """Photos -> cache -> sweep -> report -> prediction of a photo, with the real weights."""
     from classical import load_model, predict, sweep
 
     backbone, out = flowers_cache
-    report = sweep(out, tmp_path / "run", models=["lr", "svm-rbf", "knn", "dense"], cv=3, progress=False,
-                   grids={"lr": {"C": [0.01, 0.1]}, "svm-rbf": {"C": [10.0]}, "knn": {"n_neighbors": [3]},
-                          "dense": {"learning_rate": [1e-3]}})
+    report = sweep(
+        out,
+        tmp_path / "run",
+        models=["lr", "svm-rbf", "knn", "dense"],
+        cv=3,
+        progress=False,
+        grids={
+            "lr": {"C": [0.01, 0.1]},
+            "svm-rbf": {"C": [10.0]},
+            "knn": {"n_neighbors": [3]},
+            "dense": {"learning_rate": [1e-3]},
+        },
+    )
     assert report["backbone"] == backbone.key and report["split"]["n_test"] == 8
     accuracies = {row["name"]: row["test_accuracy"] for row in report["models"]}
     assert max(accuracies.values()) >= 0.75, accuracies  # 5 classes, 34 training photos: chance is 0.2
@@ -93,8 +108,9 @@ def test_small_sweep_end_to_end_from_real_photos(flowers_list: Path, flowers_cac
 
 
 @pytest.mark.parametrize("runtime", ["openvino", "onnx"])
-def test_int8_embeddings_stay_close_to_fp32_on_real_photos(flowers_list: Path, flowers_cache: tuple[Backbone, Path],
-                                                           runtime: str) -> None:
+def test_int8_embeddings_stay_close_to_fp32_on_real_photos(
+    flowers_list: Path, flowers_cache: tuple[Backbone, Path], runtime: str
+) -> None:
     backbone, out = flowers_cache
     summary = extract(flowers_list, out, backbone, precision="int8", runtime=runtime, progress=False)
     with open_cache(out) as cache:

@@ -36,9 +36,15 @@ def load_rows(cache: str | os.PathLike, backbone: str | None = None) -> dict[str
     if not len(X):
         raise DataError(f"cache '{cache}' has no rows of backbone {key}")
     finite = np.isfinite(X).all(axis=1)
-    return {"X": np.ascontiguousarray(X[finite], np.float32), "y": y[finite], "class_names": names,
-            "paths": paths[finite], "sha256": sha256[finite], "backbone": key,
-            "left_out": [str(p) for p in paths[~finite]]}
+    return {
+        "X": np.ascontiguousarray(X[finite], np.float32),
+        "y": y[finite],
+        "class_names": names,
+        "paths": paths[finite],
+        "sha256": sha256[finite],
+        "backbone": key,
+        "left_out": [str(p) for p in paths[~finite]],
+    }
 
 
 def audit(
@@ -80,10 +86,17 @@ def audit(
     near = []
     for (a, b), cos in sorted(pairs.items(), key=lambda item: (-item[1], item[0])):
         splits = [part[a], part[b]]
-        near.append({"a": str(paths[a]), "b": str(paths[b]), "cosine": round(min(cos, 1.0), 6),
-                     "same_label": None if y[a] < 0 or y[b] < 0 else bool(y[a] == y[b]),
-                     "exact": (a, b) in exact, "splits": splits,
-                     "straddles": None if None in splits else splits[0] != splits[1]})
+        near.append(
+            {
+                "a": str(paths[a]),
+                "b": str(paths[b]),
+                "cosine": round(min(cos, 1.0), 6),
+                "same_label": None if y[a] < 0 or y[b] < 0 else bool(y[a] == y[b]),
+                "exact": (a, b) in exact,
+                "splits": splits,
+                "straddles": None if None in splits else splits[0] != splits[1],
+            }
+        )
     near_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -94,46 +107,83 @@ def audit(
 
     t0 = time.perf_counter()
     found_issues = label_issues.find(X, y, names, cv=cv, seed=seed, n_jobs=n_jobs)
-    issue_list = [{"path": str(paths[i["row"]]), **{key: v for key, v in i.items() if key != "row"}}
-                  for i in found_issues["issues"]]
+    issue_list = [
+        {"path": str(paths[i["row"]]), **{key: v for key, v in i.items() if key != "row"}}
+        for i in found_issues["issues"]
+    ]
     issue_seconds = time.perf_counter() - t0
 
     straddling = [p for p in near if p["straddles"]]
     train_test = [p for p in straddling if set(p["splits"]) == {"train", "test"}]
     result: dict[str, Any] = {
-        "version": VERSION, "cache": str(cache), "backbone": data["backbone"], "created": utc_now(),
-        "rows": len(X), "labelled": int((y >= 0).sum()), "unlabelled": int((y < 0).sum()),
-        "left_out": data["left_out"], "class_counts": {names[c]: n for c, n in sorted(Counter(y[y >= 0].tolist()).items())},
-        "summary": {"near_duplicates": len(near), "exact_duplicates": sum(p["exact"] for p in near),
-                    "near_duplicate_images": len({p["a"] for p in near} | {p["b"] for p in near}),
-                    "cross_label_pairs": sum(p["same_label"] is False for p in near),
-                    "label_issues": len(issue_list), "outliers": len(outlier_list),
-                    "straddling": len(straddling) if split else None,
-                    "straddling_train_test": len(train_test) if split else None},
+        "version": VERSION,
+        "cache": str(cache),
+        "backbone": data["backbone"],
+        "created": utc_now(),
+        "rows": len(X),
+        "labelled": int((y >= 0).sum()),
+        "unlabelled": int((y < 0).sum()),
+        "left_out": data["left_out"],
+        "class_counts": {names[c]: n for c, n in sorted(Counter(y[y >= 0].tolist()).items())},
+        "summary": {
+            "near_duplicates": len(near),
+            "exact_duplicates": sum(p["exact"] for p in near),
+            "near_duplicate_images": len({p["a"] for p in near} | {p["b"] for p in near}),
+            "cross_label_pairs": sum(p["same_label"] is False for p in near),
+            "label_issues": len(issue_list),
+            "outliers": len(outlier_list),
+            "straddling": len(straddling) if split else None,
+            "straddling_train_test": len(train_test) if split else None,
+        },
         "near_duplicates_method": {
-            "similarity": SIMILARITY, "threshold": round(effective, 6), "base_threshold": threshold,
-            "threshold_rule": ("the base threshold, raised to 1 - 0.6 x (1 - median nearest-neighbour similarity) where that "
-                               "is higher: a near-duplicate is closer than 0.6 x the typical nearest-photo distance"),
+            "similarity": SIMILARITY,
+            "threshold": round(effective, 6),
+            "base_threshold": threshold,
+            "threshold_rule": (
+                "the base threshold, raised to 1 - 0.6 x (1 - median nearest-neighbour similarity) where that "
+                "is higher: a near-duplicate is closer than 0.6 x the typical nearest-photo distance"
+            ),
             "search": "exact, blocked matrix products (1024 x 8192 similarities per tile); plus identical bytes (sha256)",
-            "seconds": round(near_seconds, 3)},
-        "label_issues_method": {"method": found_issues["method"], "cv": cv, "seed": seed,
-                                "skipped": found_issues["skipped"], "n_scored": found_issues["n_scored"],
-                                "oof_accuracy": found_issues.get("oof_accuracy"), "seconds": round(issue_seconds, 3)},
-        "outliers_method": {"method": outliers.METHOD.format(k=found.knn.shape[1], fence=outliers.FENCE,
-                                                            fraction=100 * outliers.MAX_FRACTION),
-                            "k": int(found.knn.shape[1]), "cutoff": None if cutoff is None else round(cutoff, 6),
-                            "median_score": round(float(np.median(score)), 6) if len(score) else None,
-                            "seconds": round(outlier_seconds, 3)},
-        "split": None if split is None else {
-            "id": split.id, "near_duplicates_grouped": split.near_duplicates_grouped,
+            "seconds": round(near_seconds, 3),
+        },
+        "label_issues_method": {
+            "method": found_issues["method"],
+            "cv": cv,
+            "seed": seed,
+            "skipped": found_issues["skipped"],
+            "n_scored": found_issues["n_scored"],
+            "oof_accuracy": found_issues.get("oof_accuracy"),
+            "seconds": round(issue_seconds, 3),
+        },
+        "outliers_method": {
+            "method": outliers.METHOD.format(
+                k=found.knn.shape[1], fence=outliers.FENCE, fraction=100 * outliers.MAX_FRACTION
+            ),
+            "k": int(found.knn.shape[1]),
+            "cutoff": None if cutoff is None else round(cutoff, 6),
+            "median_score": round(float(np.median(score)), 6) if len(score) else None,
+            "seconds": round(outlier_seconds, 3),
+        },
+        "split": None
+        if split is None
+        else {
+            "id": split.id,
+            "near_duplicates_grouped": split.near_duplicates_grouped,
             "near_duplicate_clusters": split.near_duplicate_clusters,
-            "near_duplicate_threshold": split.near_duplicate_threshold},
-        "straddling": None if split is None else {
-            "count": len(straddling), "train_test": len(train_test),
+            "near_duplicate_threshold": split.near_duplicate_threshold,
+        },
+        "straddling": None
+        if split is None
+        else {
+            "count": len(straddling),
+            "train_test": len(train_test),
             "pairs": [[p["a"], p["b"]] for p in straddling],
-            "note": ("the split grouped near-duplicates; pairs can straddle only if the cache or threshold changed"
-                     if split.near_duplicates_grouped else
-                     "this split was made without near-duplicate grouping: these pairs leak across its parts")},
+            "note": (
+                "the split grouped near-duplicates; pairs can straddle only if the cache or threshold changed"
+                if split.near_duplicates_grouped
+                else "this split was made without near-duplicate grouping: these pairs leak across its parts"
+            ),
+        },
         "near_duplicates": near,
         "label_issues": issue_list,
         "label_issues_skipped": found_issues["skipped"],
@@ -144,10 +194,16 @@ def audit(
         t0 = time.perf_counter()
         index = {p: r for r, p in enumerate(paths)}
         result["map"] = embedding_map.draw(
-            Z, y, names, run / "plots" / "embedding_map.png",
+            Z,
+            y,
+            names,
+            run / "plots" / "embedding_map.png",
             near={index[p["a"]] for p in near} | {index[p["b"]] for p in near},
-            issues={index[i["path"]] for i in issue_list}, outliers={index[o["path"]] for o in outlier_list},
-            method=map_method, seed=seed)
+            issues={index[i["path"]] for i in issue_list},
+            outliers={index[o["path"]] for o in outlier_list},
+            method=map_method,
+            seed=seed,
+        )
         result["map"] |= {"path": "plots/embedding_map.png", "seconds": round(time.perf_counter() - t0, 3)}
     else:
         result["map"] = None
@@ -161,8 +217,17 @@ def audit(
 def summary_line(result: dict[str, Any]) -> str:
     """One line of counts, for the command line."""
     s = result["summary"]
-    leak = f", {s['straddling']} straddle two parts ({s['straddling_train_test']} train/test)" if s["straddling"] is not None else ""
-    issues = (f"{s['label_issues']} label-issue candidates" if result["label_issues_skipped"] is None
-              else f"label issues skipped: {result['label_issues_skipped']}")
-    return (f"{s['near_duplicates']} near-duplicate pairs ({s['exact_duplicates']} exact{leak}), {issues}, "
-            f"{s['outliers']} outliers, {result['seconds']:.1f} s")
+    leak = (
+        f", {s['straddling']} straddle two parts ({s['straddling_train_test']} train/test)"
+        if s["straddling"] is not None
+        else ""
+    )
+    issues = (
+        f"{s['label_issues']} label-issue candidates"
+        if result["label_issues_skipped"] is None
+        else f"label issues skipped: {result['label_issues_skipped']}"
+    )
+    return (
+        f"{s['near_duplicates']} near-duplicate pairs ({s['exact_duplicates']} exact{leak}), {issues}, "
+        f"{s['outliers']} outliers, {result['seconds']:.1f} s"
+    )

@@ -24,11 +24,23 @@ def coordinates(Z: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray
     from sklearn.manifold import TSNE
 
     reduced = PCA(n_components=min(50, Z.shape[1], len(Z)), random_state=seed).fit_transform(Z)
-    return TSNE(n_components=2, perplexity=min(30.0, (len(Z) - 1) / 3), init="pca", random_state=seed).fit_transform(reduced)
+    return TSNE(n_components=2, perplexity=min(30.0, (len(Z) - 1) / 3), init="pca", random_state=seed).fit_transform(
+        reduced
+    )
 
 
-def draw(Z: np.ndarray, y: np.ndarray, class_names: list[str], path: Path, *, near: set[int], issues: set[int],
-         outliers: set[int], method: str = "pca", seed: int = 0) -> dict:
+def draw(
+    Z: np.ndarray,
+    y: np.ndarray,
+    class_names: list[str],
+    path: Path,
+    *,
+    near: set[int],
+    issues: set[int],
+    outliers: set[int],
+    method: str = "pca",
+    seed: int = 0,
+) -> dict:
     """Save the map as a PNG at `path`; returns what it shows."""
     import matplotlib
 
@@ -51,9 +63,19 @@ def draw(Z: np.ndarray, y: np.ndarray, class_names: list[str], path: Path, *, ne
     unlabelled = shown[y[shown] < 0]
     if len(unlabelled):
         ax.scatter(xy[unlabelled, 0], xy[unlabelled, 1], s=9, color="0.6", alpha=0.6, label="unlabelled", linewidths=0)
-    marks = [(near, dict(marker="o", s=60, facecolors="none", edgecolors="black", linewidths=1.0), "near-duplicate"),
-             (issues, dict(marker="x", s=45, color="red", linewidths=1.4), "label issue"),
-             (outliers, dict(marker="^", s=55, facecolors="none", edgecolors="purple", linewidths=1.0), "outlier")]
+    marks = [
+        (
+            near,
+            {"marker": "o", "s": 60, "facecolors": "none", "edgecolors": "black", "linewidths": 1.0},
+            "near-duplicate",
+        ),
+        (issues, {"marker": "x", "s": 45, "color": "red", "linewidths": 1.4}, "label issue"),
+        (
+            outliers,
+            {"marker": "^", "s": 55, "facecolors": "none", "edgecolors": "purple", "linewidths": 1.0},
+            "outlier",
+        ),
+    ]
     for members, style, label in marks:
         if members:
             rows = np.array(sorted(members))

@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
-METHOD = ("cleanlab.filter.find_label_issues (prune_by_noise_rate) on out-of-fold probabilities of "
-          "StandardScaler + LogisticRegression(C=0.1), stratified {cv}-fold cross_val_predict (seed {seed}); "
-          "ranked by cleanlab.rank.get_label_quality_scores (self_confidence, low = suspicious)")
+METHOD = (
+    "cleanlab.filter.find_label_issues (prune_by_noise_rate) on out-of-fold probabilities of "
+    "StandardScaler + LogisticRegression(C=0.1), stratified {cv}-fold cross_val_predict (seed {seed}); "
+    "ranked by cleanlab.rank.get_label_quality_scores (self_confidence, low = suspicious)"
+)
 
 
 def skip_reason(y: np.ndarray, class_names: list[str], cv: int) -> str | None:
@@ -26,17 +28,22 @@ def skip_reason(y: np.ndarray, class_names: list[str], cv: int) -> str | None:
         return f"no labelled rows ({len(y)} unlabelled): label issues need class labels"
     counts = Counter(labelled.tolist())
     if len(counts) < 2:
-        return (f"only one class ({class_names[next(iter(counts))]}, {len(labelled)} images): "
-                "label issues need at least 2 classes")
+        return (
+            f"only one class ({class_names[next(iter(counts))]}, {len(labelled)} images): "
+            "label issues need at least 2 classes"
+        )
     small = {class_names[c]: n for c, n in sorted(counts.items()) if n < cv}
     if small:
-        return (f"{cv}-fold cross-validation needs at least {cv} images per class; too few in "
-                f"{', '.join(f'{name} ({n})' for name, n in small.items())}")
+        return (
+            f"{cv}-fold cross-validation needs at least {cv} images per class; too few in "
+            f"{', '.join(f'{name} ({n})' for name, n in small.items())}"
+        )
     return None
 
 
-def find(X: np.ndarray, y: np.ndarray, class_names: list[str], *, cv: int = 5, seed: int = 0,
-         n_jobs: int | None = None) -> dict[str, Any]:
+def find(
+    X: np.ndarray, y: np.ndarray, class_names: list[str], *, cv: int = 5, seed: int = 0, n_jobs: int | None = None
+) -> dict[str, Any]:
     """Candidates among the rows with y >= 0: {"issues": [{"row", "given", "suggested", "score", ...}], "skipped", "method"}."""
     method = METHOD.format(cv=cv, seed=seed)
     reason = skip_reason(y, class_names, cv)
@@ -60,8 +67,19 @@ def find(X: np.ndarray, y: np.ndarray, class_names: list[str], *, cv: int = 5, s
     suggested = probs.argmax(axis=1)
     issues = []
     for r in sorted(np.flatnonzero(flagged).tolist(), key=lambda r: (scores[r], r)):
-        issues.append({"row": int(rows[r]), "given": class_names[present[labels[r]]],
-                       "suggested": class_names[present[suggested[r]]], "score": round(float(scores[r]), 6),
-                       "suggested_probability": round(float(probs[r, suggested[r]]), 6)})
-    return {"issues": issues, "skipped": None, "method": method, "n_scored": len(rows),
-            "oof_accuracy": round(float((suggested == labels).mean()), 6)}
+        issues.append(
+            {
+                "row": int(rows[r]),
+                "given": class_names[present[labels[r]]],
+                "suggested": class_names[present[suggested[r]]],
+                "score": round(float(scores[r]), 6),
+                "suggested_probability": round(float(probs[r, suggested[r]]), 6),
+            }
+        )
+    return {
+        "issues": issues,
+        "skipped": None,
+        "method": method,
+        "n_scored": len(rows),
+        "oof_accuracy": round(float((suggested == labels).mean()), 6),
+    }

@@ -41,8 +41,13 @@ class Neighbours:
 
 
 def search(
-    X: np.ndarray, *, threshold: float | None = DEFAULT_THRESHOLD, k: int = 0, normalised: bool = False,
-    block_rows: int = BLOCK_ROWS, block_cols: int = BLOCK_COLS,
+    X: np.ndarray,
+    *,
+    threshold: float | None = DEFAULT_THRESHOLD,
+    k: int = 0,
+    normalised: bool = False,
+    block_rows: int = BLOCK_ROWS,
+    block_cols: int = BLOCK_COLS,
 ) -> Neighbours:
     """All pairs with similarity >= `threshold` (None: no pairs) and the k nearest neighbours' similarities.
 
@@ -100,8 +105,9 @@ def effective_threshold(threshold: float, nearest: np.ndarray) -> float:
     return max(float(threshold), 1 - NEAREST_FRACTION * (1 - float(np.median(nearest))))
 
 
-def find_near_duplicates(X: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD, k: int = 0,
-                         normalised: bool = False) -> tuple[Neighbours, float]:
+def find_near_duplicates(
+    X: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD, k: int = 0, normalised: bool = False
+) -> tuple[Neighbours, float]:
     """Pairs at the domain's threshold (`effective_threshold`), each row's k nearest similarities, and that threshold.
 
     One pass: the pairs at `threshold` and the nearest neighbours come from the same search, then the
@@ -121,8 +127,11 @@ def exact_pairs(sha256: np.ndarray, limit: int = 50) -> set[tuple[int, int]]:
     pairs = set()
     for rows in groups.values():
         if len(rows) > 1:
-            pairs |= {(a, b) for n, a in enumerate(rows) for b in rows[n + 1:]} if len(rows) <= limit else \
-                {(rows[0], b) for b in rows[1:]}
+            pairs |= (
+                {(a, b) for n, a in enumerate(rows) for b in rows[n + 1 :]}
+                if len(rows) <= limit
+                else {(rows[0], b) for b in rows[1:]}
+            )
     return pairs
 
 

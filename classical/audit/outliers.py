@@ -12,8 +12,10 @@ import numpy as np
 K = 10
 FENCE = 3.5
 MAX_FRACTION = 0.02
-METHOD = ("mean cosine distance to the {k} nearest neighbours (power-normalised embeddings); flagged above "
-          "median + {fence} x 1.4826 x MAD of the scores, at most {fraction:g} % of the images")
+METHOD = (
+    "mean cosine distance to the {k} nearest neighbours (power-normalised embeddings); flagged above "
+    "median + {fence} x 1.4826 x MAD of the scores, at most {fraction:g} % of the images"
+)
 
 
 def scores(knn: np.ndarray) -> np.ndarray:
@@ -23,7 +25,9 @@ def scores(knn: np.ndarray) -> np.ndarray:
     return 1.0 - knn.astype(np.float64).mean(axis=1)
 
 
-def flag(score: np.ndarray, *, fence: float = FENCE, max_fraction: float = MAX_FRACTION) -> tuple[np.ndarray, float | None]:
+def flag(
+    score: np.ndarray, *, fence: float = FENCE, max_fraction: float = MAX_FRACTION
+) -> tuple[np.ndarray, float | None]:
     """Rows flagged as outliers (by descending score) and the cut-off used (None when too few rows)."""
     if len(score) < 5:
         return np.zeros(0, np.int64), None

@@ -28,11 +28,13 @@ INPUT, PROBABILITIES, LABEL = "images", "probabilities", "label"
 ML_OPSET = 3  # ai.onnx.ml: tree ensembles, SVMs, scalers
 RESIZE_POLICIES = {
     "crop": "the central square of side min(width, height) resized to S x S (equal to resizing the shorter side "
-            "to S, then center-cropping)",
+    "to S, then center-cropping)",
     "squash": "the whole image resized to S x S, ignoring the aspect ratio",
 }
-RESAMPLING = ("Pillow resampling: Image.BOX when shrinking, Image.BILINEAR when enlarging, on 8-bit RGB after "
-              "EXIF orientation; transparency composited on white")
+RESAMPLING = (
+    "Pillow resampling: Image.BOX when shrinking, Image.BILINEAR when enlarging, on 8-bit RGB after "
+    "EXIF orientation; transparency composited on white"
+)
 
 
 def metadata(exportable: Exportable, *, precision: str = "fp32") -> dict[str, str]:
@@ -46,7 +48,7 @@ def metadata(exportable: Exportable, *, precision: str = "fp32") -> dict[str, st
         "resize_policy": f"{backbone.resize}: {RESIZE_POLICIES[backbone.resize]}; {RESAMPLING}",
         "input": f"{INPUT}: uint8 RGB [N, {backbone.size}, {backbone.size}, 3], 0..255, preprocessing inside",
         "outputs": f"{PROBABILITIES}: float32 [N, {len(exportable.class_names)}]; {LABEL}: int64 [N], "
-                   "an index into class_names",
+        "an index into class_names",
         "model_name": exportable.name,
         "model_kind": exportable.kind,
         "precision": precision,
@@ -71,8 +73,9 @@ def _neural_graph(exportable: Exportable) -> onnx.ModelProto:
     """The Keras network through tf2onnx, its output renamed `probabilities`, plus `label`."""
     graph = keras_to_onnx(exportable.network(), exportable.backbone.size)
     _rename_output(graph, graph.graph.output[0].name, PROBABILITIES)
-    graph.graph.node.append(helper.make_node("ArgMax", [PROBABILITIES], [LABEL], name="label_argmax", axis=1,
-                                             keepdims=0))
+    graph.graph.node.append(
+        helper.make_node("ArgMax", [PROBABILITIES], [LABEL], name="label_argmax", axis=1, keepdims=0)
+    )
     graph.graph.output.append(helper.make_tensor_value_info(LABEL, onnx.TensorProto.INT64, ["N"]))
     return graph
 
@@ -96,9 +99,12 @@ def _classical_graph(exportable: Exportable) -> onnx.ModelProto:
     head_model = exportable.head()
     final = head_model.steps[-1][1] if hasattr(head_model, "steps") else head_model
     embeddings = FloatTensorType([None, exportable.saved.metadata["dim"]])
-    head = convert_sklearn(head_model, initial_types=[("embeddings", embeddings)],
-                           options={id(final): {"zipmap": False}},
-                           target_opset={"": _opset(backbone), "ai.onnx.ml": ML_OPSET})
+    head = convert_sklearn(
+        head_model,
+        initial_types=[("embeddings", embeddings)],
+        options={id(final): {"zipmap": False}},
+        target_opset={"": _opset(backbone), "ai.onnx.ml": ML_OPSET},
+    )
     backbone = onnx.compose.add_prefix(backbone, "backbone/", rename_inputs=False)
     _same_opsets(backbone, head)
     merged = onnx.compose.merge_models(backbone, head, io_map=[(backbone.graph.output[0].name, "embeddings")])
@@ -128,8 +134,9 @@ def _same_opsets(*models: onnx.ModelProto) -> None:
             domain = "" if entry.domain == "ai.onnx" else entry.domain
             if domain in used:
                 if versions.get(domain, entry.version) != entry.version:
-                    raise RuntimeError(f"cannot merge graphs using {domain or 'ai.onnx'} opsets {entry.version} "
-                                       f"and {versions[domain]}")
+                    raise RuntimeError(
+                        f"cannot merge graphs using {domain or 'ai.onnx'} opsets {entry.version} and {versions[domain]}"
+                    )
                 versions[domain] = entry.version
     ir_version = max(model.ir_version for model in models)
     for model in models:
@@ -146,8 +153,9 @@ def onnx_session(path: Path | bytes, *, threads: int | None = None) -> Any:
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        path if isinstance(path, bytes) else str(path), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def quantize_int8(fp32: Path, out: Path, pixels: np.ndarray, *, exclude: Sequence[str] = ()) -> None:
@@ -169,8 +177,16 @@ def quantize_int8(fp32: Path, out: Path, pixels: np.ndarray, *, exclude: Sequenc
     prepared = out.with_name(f"{out.name}.prepared")
     try:
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude))
+        quantize_static(
+            str(prepared),
+            str(out),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
+        )
     finally:
         prepared.unlink(missing_ok=True)
 
@@ -178,5 +194,8 @@ def quantize_int8(fp32: Path, out: Path, pixels: np.ndarray, *, exclude: Sequenc
 def float_nodes(graph: onnx.ModelProto) -> list[str]:
     """Nodes int8 quantization leaves in float: a classical head (all after the backbone) and any softmax."""
     merged = any(node.name.startswith("backbone/") for node in graph.graph.node)
-    return [node.name for node in graph.graph.node
-            if node.op_type == "Softmax" or (merged and not node.name.startswith("backbone/"))]
+    return [
+        node.name
+        for node in graph.graph.node
+        if node.op_type == "Softmax" or (merged and not node.name.startswith("backbone/"))
+    ]

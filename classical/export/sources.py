@@ -79,8 +79,23 @@ def load_exportable(path: str | os.PathLike, *, trust_pickle: bool = False) -> E
     """A model file (runs/NAME/MODEL[.model]) of any kind, ready to export."""
     saved = load_model(path, trust_pickle=trust_pickle)
     if saved.takes_pixels:
-        return Exportable(name=saved.path.stem, kind="finetune", path=saved.path, class_names=saved.class_names,
-                          backbone=saved.backbone, backbone_key=saved.backbone_key, saved=saved, finetuned=saved.model)
+        return Exportable(
+            name=saved.path.stem,
+            kind="finetune",
+            path=saved.path,
+            class_names=saved.class_names,
+            backbone=saved.backbone,
+            backbone_key=saved.backbone_key,
+            saved=saved,
+            finetuned=saved.model,
+        )
     kind = "dense" if isinstance(saved.model, DenseHead) else "classical"
-    return Exportable(name=saved.path.stem, kind=kind, path=saved.path, class_names=saved.class_names,
-                      backbone=saved.backbone, backbone_key=saved.backbone_key, saved=saved)
+    return Exportable(
+        name=saved.path.stem,
+        kind=kind,
+        path=saved.path,
+        class_names=saved.class_names,
+        backbone=saved.backbone,
+        backbone_key=saved.backbone_key,
+        saved=saved,
+    )

@@ -58,8 +58,9 @@ def write_saved_model(network: Any, size: int, out: Path, metadata: dict[str, st
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_tflite(network: Any, size: int, out: Path, metadata: dict[str, str], *,
-                 calibration: np.ndarray | None = None) -> None:
+def write_tflite(
+    network: Any, size: int, out: Path, metadata: dict[str, str], *, calibration: np.ndarray | None = None
+) -> None:
     """A .tflite file at `out` and its metadata beside it; int8 (full integer, calibrated) with `calibration`."""
     import tensorflow as tf
 

@@ -58,8 +58,15 @@ class ExportResult:
         return asdict(self)
 
 
-def export_model(model: str | os.PathLike, out: str | os.PathLike, *, format: str = "onnx", int8: bool = False,
-                 calibration: Sequence[str | os.PathLike] | None = None, trust_pickle: bool = False) -> ExportResult:
+def export_model(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    format: str = "onnx",
+    int8: bool = False,
+    calibration: Sequence[str | os.PathLike] | None = None,
+    trust_pickle: bool = False,
+) -> ExportResult:
     """Export a model file (a sweep's head or a fine-tuned network) to `out` as ONNX, a SavedModel or TFLite.
 
     `calibration`: real photos (files or folders) like the ones to classify, needed for int8.
@@ -70,8 +77,10 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, format: st
     exportable = load_exportable(model, trust_pickle=trust_pickle)
     out = Path(out)
     if format != "onnx" and not exportable.neural:
-        raise ModelFileError(f"'{exportable.path}' is a classical head: export it as onnx; saved_model and tflite "
-                             "are for the Dense head and fine-tuned networks.")
+        raise ModelFileError(
+            f"'{exportable.path}' is a classical head: export it as onnx; saved_model and tflite "
+            "are for the Dense head and fine-tuned networks."
+        )
     if out.resolve() == exportable.path.resolve():
         raise ModelFileError(f"--out '{out}' is the model file itself; pass another path.")
     if int8 and not calibration:
@@ -88,11 +97,21 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, format: st
     except BaseException:
         _remove(out, format)
         raise
-    return ExportResult(path=str(out), format=format, precision=precision, kind=exportable.kind,
-                        backbone_key=exportable.backbone_key, image_size=exportable.backbone.size,
-                        resize=exportable.backbone.resize, class_names=exportable.class_names, seconds=seconds,
-                        bytes=_size(out), max_abs_diff=max_abs, agreement=agreement,
-                        check_images=f"{len(images)} {'calibration photos' if int8 else 'fixed test images'}")
+    return ExportResult(
+        path=str(out),
+        format=format,
+        precision=precision,
+        kind=exportable.kind,
+        backbone_key=exportable.backbone_key,
+        image_size=exportable.backbone.size,
+        resize=exportable.backbone.resize,
+        class_names=exportable.class_names,
+        seconds=seconds,
+        bytes=_size(out),
+        max_abs_diff=max_abs,
+        agreement=agreement,
+        check_images=f"{len(images)} {'calibration photos' if int8 else 'fixed test images'}",
+    )
 
 
 def _write(exportable: Exportable, out: Path, format: str, pixels: np.ndarray | None) -> None:
@@ -113,8 +132,13 @@ def _write(exportable: Exportable, out: Path, format: str, pixels: np.ndarray | 
             raise ValueError("TensorFlow has no int8 SavedModel; export int8 as tflite or onnx.")
         write_saved_model(exportable.network(), exportable.backbone.size, out, metadata(exportable))
     else:
-        write_tflite(exportable.network(), exportable.backbone.size, out, metadata(exportable, precision=precision),
-                     calibration=pixels)
+        write_tflite(
+            exportable.network(),
+            exportable.backbone.size,
+            out,
+            metadata(exportable, precision=precision),
+            calibration=pixels,
+        )
 
 
 def _runner(out: Path, format: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -124,19 +148,24 @@ def _runner(out: Path, format: str) -> Callable[[np.ndarray], np.ndarray]:
     return saved_model_runner(out) if format == "saved_model" else tflite_runner(out)
 
 
-def _check(exportable: Exportable, run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *,
-           strict: bool) -> tuple[float, float]:
+def _check(
+    exportable: Exportable, run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *, strict: bool
+) -> tuple[float, float]:
     """Max abs difference and label agreement of the export with the model; with `strict`, fail beyond 1e-4."""
     reference = np.concatenate([exportable.reference(images[i : i + 16]) for i in range(0, len(images), 16)])
     exported = np.concatenate([run(images[i : i + 16]) for i in range(0, len(images), 16)])
     if exported.shape != reference.shape:
-        raise ModelFileError(f"the export of '{exportable.path}' gives probabilities of shape {exported.shape}, "
-                             f"the model {reference.shape}.")
+        raise ModelFileError(
+            f"the export of '{exportable.path}' gives probabilities of shape {exported.shape}, "
+            f"the model {reference.shape}."
+        )
     max_abs = float(np.max(np.abs(exported - reference)))
     agreement = float(np.mean(exported.argmax(1) == reference.argmax(1)))
     if strict and max_abs > PARITY_MAX_ABS:
-        raise ModelFileError(f"the export of '{exportable.path}' differs from the model by {max_abs:.2e} "
-                             f"(over {PARITY_MAX_ABS:g}) in probability; it was not kept.")
+        raise ModelFileError(
+            f"the export of '{exportable.path}' differs from the model by {max_abs:.2e} "
+            f"(over {PARITY_MAX_ABS:g}) in probability; it was not kept."
+        )
     return max_abs, agreement
 
 

@@ -35,14 +35,22 @@ from embedder import atomic_path, utc_now
 logger = logging.getLogger(__name__)
 
 # The input of each layer group (numbered from the top, see `network.layer_group`): what the frozen part below it outputs.
-BOUNDARY = {1: "block_15_add", 2: "block_12_add", 3: "block_9_add", 4: "block_5_add", 5: "block_2_add",
-            6: "expanded_conv_project_BN"}
+BOUNDARY = {
+    1: "block_15_add",
+    2: "block_12_add",
+    3: "block_9_add",
+    4: "block_5_add",
+    5: "block_2_add",
+    6: "expanded_conv_project_BN",
+}
 
 
 def boundary_layer(groups: int) -> str:
     """The layer whose output feeds the top `groups` layer groups; the stem (group 7) has none below it."""
     if groups not in BOUNDARY:
-        raise ValueError(f"activations can be cached below the top 1 to {max(BOUNDARY)} layer groups. Received: {groups}")
+        raise ValueError(
+            f"activations can be cached below the top 1 to {max(BOUNDARY)} layer groups. Received: {groups}"
+        )
     return BOUNDARY[groups]
 
 
@@ -76,12 +84,28 @@ class Activations:
     seconds: float  # time it took to compute them (0 when reused)
 
 
-def cache_activations(network: keras.Model, pixels: np.ndarray, train: np.ndarray, *, groups: int, views: int,
-                      folder: Path, provenance: dict[str, Any], batch_size: int, seed: int) -> Activations:
+def cache_activations(
+    network: keras.Model,
+    pixels: np.ndarray,
+    train: np.ndarray,
+    *,
+    groups: int,
+    views: int,
+    folder: Path,
+    provenance: dict[str, Any],
+    batch_size: int,
+    seed: int,
+) -> Activations:
     """Compute (or reuse) the lower part's output for every image, and `views - 1` augmented views of `train`."""
     layer = boundary_layer(groups)
-    record = {**provenance, "layer": layer, "views": views, "seed": seed, "images": int(len(pixels)),
-              "train": [int(i) for i in np.sort(train)]}
+    record = {
+        **provenance,
+        "layer": layer,
+        "views": views,
+        "seed": seed,
+        "images": len(pixels),
+        "train": [int(i) for i in np.sort(train)],
+    }
     folder.mkdir(parents=True, exist_ok=True)
     meta, values_path = folder / f"{layer}-{views}v.json", folder / f"{layer}-{views}v.npy"
     lower, _ = split_base(network, groups)
@@ -136,8 +160,9 @@ def _augment_function(network: keras.Model, seed: int) -> Any:
     return lambda images: np.asarray(layer(images.astype(np.float32), training=True))
 
 
-def activation_dataset(activations: Activations, labels: np.ndarray, indices: np.ndarray, batch_size: int, *,
-                       shuffle: bool, seed: int) -> Any:
+def activation_dataset(
+    activations: Activations, labels: np.ndarray, indices: np.ndarray, batch_size: int, *, shuffle: bool, seed: int
+) -> Any:
     """Batches of (activations, labels) of `indices`; when shuffling, each epoch takes one random view per image."""
     import tensorflow as tf
 
@@ -148,8 +173,10 @@ def activation_dataset(activations: Activations, labels: np.ndarray, indices: np
         order = rng.permutation(indices) if shuffle else indices
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
-            rows = [activations.views[i][rng.integers(len(activations.views[i]))] if shuffle else activations.views[i][0]
-                    for i in chosen]
+            rows = [
+                activations.views[i][rng.integers(len(activations.views[i]))] if shuffle else activations.views[i][0]
+                for i in chosen
+            ]
             sorted_rows = np.argsort(rows)
             values = activations.values[np.asarray(rows)[sorted_rows]]
             yield values, labels[chosen][sorted_rows]

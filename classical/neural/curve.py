@@ -35,8 +35,10 @@ from classical.splits import Split
 
 logger = logging.getLogger(__name__)
 
-METHOD = ("trained with the fine-tuning's settings on the classical subsets (same seeds, same rows), on the rows the "
-          "Dense head holds out for early stopping, seeded with the subset's seed; at 'all' seed 0 is the fine-tuning's row")
+METHOD = (
+    "trained with the fine-tuning's settings on the classical subsets (same seeds, same rows), on the rows the "
+    "Dense head holds out for early stopping, seeded with the subset's seed; at 'all' seed 0 is the fine-tuning's row"
+)
 Train = Callable[[Images, Path, "np.ndarray | None", int, dict[str, Any]], Any]
 """(images, progress folder, their embeddings or None, seed, config additions) -> the trained network."""
 
@@ -45,9 +47,11 @@ def require_curve(report: dict[str, Any] | None, run: Path) -> dict[str, Any]:
     """The run's learning curve, or a one-line error naming the sweep option that draws it."""
     curve = (report or {}).get("learning_curve")
     if not curve or not curve.get("per_class"):
-        raise DataError(f"'{run / 'report.json'}' has no learning curve to put the fine-tuned network on; run "
-                        f"`classical sweep CACHE --out {run} --learning-curve 5,10,25,50` first, then "
-                        "`classical finetune PHOTOS --out RUN --learning-curve-neural`.")
+        raise DataError(
+            f"'{run / 'report.json'}' has no learning curve to put the fine-tuned network on; run "
+            f"`classical sweep CACHE --out {run} --learning-curve 5,10,25,50` first, then "
+            "`classical finetune PHOTOS --out RUN --learning-curve-neural`."
+        )
     return curve
 
 
@@ -57,8 +61,10 @@ def curve_subsets(report: dict[str, Any], run: Path, paths: Sequence[str]) -> li
     curve = require_curve(report, run)
     cache = Path(report["cache"])
     if cache.suffix != ".h5" or not cache.is_file():
-        raise DataError(f"the learning curve of '{run}' was drawn from cache '{cache}', which is not here; the "
-                        "fine-tuned curve redraws the same subsets from it: restore the cache at that path.")
+        raise DataError(
+            f"the learning curve of '{run}' was drawn from cache '{cache}', which is not here; the "
+            "fine-tuned curve redraws the same subsets from it: restore the cache at that path."
+        )
     labeled = load_labeled(cache, report["backbone"])
     parts = Split.load(run / "split.json").indices(labeled.paths)
     pool = np.concatenate([parts["train"], parts["val"]])
@@ -71,14 +77,26 @@ def curve_subsets(report: dict[str, Any], run: Path, paths: Sequence[str]) -> li
                 row.append(None)
                 continue
             inner = hold_out(draw_subset(pool, labeled.y, n, seed), labeled.y, n, parts, seed=seed)
-            row.append({part: np.array([position[str(labeled.paths[i])] for i in rows], dtype=np.int64)
-                        for part, rows in inner.items()})
+            row.append(
+                {
+                    part: np.array([position[str(labeled.paths[i])] for i in rows], dtype=np.int64)
+                    for part, rows in inner.items()
+                }
+            )
         subsets.append(row)
     return subsets
 
 
-def add_finetune_curve(report: dict[str, Any], run: Path, data: Images, embeddings: np.ndarray | None,
-                       row: dict[str, Any], *, train: Train, batch_size: int) -> dict[str, Any]:
+def add_finetune_curve(
+    report: dict[str, Any],
+    run: Path,
+    data: Images,
+    embeddings: np.ndarray | None,
+    row: dict[str, Any],
+    *,
+    train: Train,
+    batch_size: int,
+) -> dict[str, Any]:
     """Train the fine-tuning on each subset of the run's curve and add its line (`row["name"]`) to the curve."""
     curve = require_curve(report, run)
     name, seeds = row["name"], curve["seed_values"]
@@ -100,8 +118,14 @@ def add_finetune_curve(report: dict[str, Any], run: Path, data: Images, embeddin
             predicted = predict_proba(network, images.pixels, test, batch_size).argmax(axis=1)
             accuracy[p, s] = float((predicted == images.labels[test]).mean())
             seconds[p, s] = time.perf_counter() - clock
-            logger.info("learning curve, %s: %s per class, seed %d: test accuracy %.3f (%.0f s)", name, n, seed,
-                        accuracy[p, s], seconds[p, s])
+            logger.info(
+                "learning curve, %s: %s per class, seed %d: test accuracy %.3f (%.0f s)",
+                name,
+                n,
+                seed,
+                accuracy[p, s],
+                seconds[p, s],
+            )
     summary = seed_summary({name: accuracy})
     for key in ("models", "std", "accuracies"):
         curve[key][name] = summary[key][name]
@@ -109,28 +133,34 @@ def add_finetune_curve(report: dict[str, Any], run: Path, data: Images, embeddin
     curve["fit_seconds"][name] = [float(v) for v in seconds.mean(axis=1)]
     curve.setdefault("finetune", {})[name] = {
         "seconds": time.perf_counter() - started,
-        "subsets": [[None if subset is None else {part: [data.paths[i] for i in rows] for part, rows in subset.items()}
-                     for subset in point] for point in subsets],
+        "subsets": [
+            [
+                None if subset is None else {part: [data.paths[i] for i in rows] for part, rows in subset.items()}
+                for subset in point
+            ]
+            for point in subsets
+        ],
         "method": METHOD,
     }
     return curve
 
 
-def _subset_images(data: Images, embeddings: np.ndarray | None,
-                   subset: dict[str, np.ndarray] | None) -> tuple[Images, np.ndarray | None]:
+def _subset_images(
+    data: Images, embeddings: np.ndarray | None, subset: dict[str, np.ndarray] | None
+) -> tuple[Images, np.ndarray | None]:
     """The images of one subset and the test images (in memory), or all of them at "all"."""
     if subset is None:
         return data, embeddings
     rows = np.concatenate([subset["train"], subset["val"], data.parts["test"]])
     bounds = np.cumsum([0, len(subset["train"]), len(subset["val"]), len(data.parts["test"])])
     parts = {part: np.arange(bounds[i], bounds[i + 1]) for i, part in enumerate(("train", "val", "test"))}
-    images = Images(pixels=np.asarray(data.pixels[rows]), labels=data.labels[rows],
-                    paths=[data.paths[i] for i in rows], parts=parts)
+    images = Images(
+        pixels=np.asarray(data.pixels[rows]), labels=data.labels[rows], paths=[data.paths[i] for i in rows], parts=parts
+    )
     return images, None if embeddings is None else embeddings[rows]
 
 
 def _identity(images: Images, n: int | str, seed: int) -> dict[str, Any]:
     """What a subset's progress folder was trained on: its point, seed and the digest of its train/val paths."""
     named = {part: sorted(images.paths[i] for i in images.parts[part]) for part in ("train", "val")}
-    return {"per_class": n, "seed": seed,
-            "paths_sha256": hashlib.sha256(json.dumps(named).encode()).hexdigest()[:16]}
+    return {"per_class": n, "seed": seed, "paths_sha256": hashlib.sha256(json.dumps(named).encode()).hexdigest()[:16]}

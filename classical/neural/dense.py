@@ -125,9 +125,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
-        stopper = keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=self.patience, restore_best_weights=True
-        )
+        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience, restore_best_weights=True)
         history = model.fit(
             X_train.astype(np.float32),
             self._encode(y_train),

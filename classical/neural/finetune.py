@@ -32,8 +32,16 @@ from classical.errors import DataError
 from classical.modelfile import EMBEDDING_FIELDS, MODEL_SUFFIX, save_model
 from classical.neural.activations import BOUNDARY, activation_dataset, cache_activations, top_network
 from classical.neural.dense import DenseHead
-from classical.neural.network import build_network, check_learning_rate, discriminative_adam, learning_rate_multipliers
-from classical.neural.network import learning_rate_schedule, parameter_counts, predict_proba, set_trainable
+from classical.neural.network import (
+    build_network,
+    check_learning_rate,
+    discriminative_adam,
+    learning_rate_multipliers,
+    learning_rate_schedule,
+    parameter_counts,
+    predict_proba,
+    set_trainable,
+)
 from classical.neural.phases import Phase, TrainingState, epoch_logger, load_weights, plan_phases, save_weights
 from classical.report import add_rows, align_predictions, latency_ms, load_report, new_report, score, write_report
 from classical.splits import DEFAULT_FRACTIONS, Split, make_split
@@ -101,8 +109,16 @@ def finetune(
         raise ValueError(f"lr_decay must be in (0, 1]. Received: lr_decay={lr_decay}")
     if views < 1 or (views > 1 and not augment):
         raise ValueError(f"views must be >= 1, and 1 without augmentation. Received: views={views}, augment={augment}")
-    phases = plan_phases(variant, head_epochs=head_epochs, epochs=epochs, head_learning_rate=head_learning_rate,
-                         learning_rate=learning_rate, unfreeze=unfreeze, unfreeze_layers=unfreeze_layers, gradual=gradual)
+    phases = plan_phases(
+        variant,
+        head_epochs=head_epochs,
+        epochs=epochs,
+        head_learning_rate=head_learning_rate,
+        learning_rate=learning_rate,
+        unfreeze=unfreeze,
+        unfreeze_layers=unfreeze_layers,
+        gradual=gradual,
+    )
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
     report = load_report(run) if (run / "report.json").is_file() else None
@@ -115,10 +131,23 @@ def finetune(
     backbone = _backbone(provenance, size=size, alpha=alpha, weights=weights)
     listed = list_source(images, labels="folders" if Path(images).is_dir() else "auto")
     class_names = report["class_names"] if report else listed.class_names
-    config = {"variant": variant, "size": size, "alpha": backbone.alpha, "weights_sha256": backbone.weights_sha256,
-              "phases": [asdict(phase) for phase in phases], "lr_decay": lr_decay, "schedule": schedule,
-              "warmup_epochs": warmup_epochs, "augment": augment, "views": views, "cached": cached,
-              "patience": patience, "dropout": dropout, "batch_size": batch_size, "seed": seed}
+    config = {
+        "variant": variant,
+        "size": size,
+        "alpha": backbone.alpha,
+        "weights_sha256": backbone.weights_sha256,
+        "phases": [asdict(phase) for phase in phases],
+        "lr_decay": lr_decay,
+        "schedule": schedule,
+        "warmup_epochs": warmup_epochs,
+        "augment": augment,
+        "views": views,
+        "cached": cached,
+        "patience": patience,
+        "dropout": dropout,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
     partners = []
     with tempfile.TemporaryDirectory(dir=run, prefix=".pixels-") as scratch:
         data, split = _load_images(listed, run, class_names, backbone, Path(scratch), fractions=fractions, seed=seed)
@@ -130,26 +159,68 @@ def finetune(
             if provenance and provenance["size"] != size:
                 partners.append(_dense_partner(cache, backbone, split, run, seed=seed))
 
-        def trainer(images: Images, folder: Path, inputs: np.ndarray | None, model_seed: int, extra: dict[str, Any],
-                    activations: Path | None = None) -> _Trainer:
+        def trainer(
+            images: Images,
+            folder: Path,
+            inputs: np.ndarray | None,
+            model_seed: int,
+            extra: dict[str, Any],
+            activations: Path | None = None,
+        ) -> _Trainer:
             """A training of these settings on `images`, its progress in `folder` (the run's, or a curve subset's)."""
-            return _Trainer(backbone, class_names, images, folder, {**config, "seed": model_seed, **extra},
-                            embeddings=inputs, activations=activations or folder / "activations", cached=cached,
-                            views=views, lr_decay=lr_decay, schedule=schedule, warmup_epochs=warmup_epochs,
-                            augment=augment, patience=patience, dropout=dropout, batch_size=batch_size, seed=model_seed,
-                            progress=progress)
+            return _Trainer(
+                backbone,
+                class_names,
+                images,
+                folder,
+                {**config, "seed": model_seed, **extra},
+                embeddings=inputs,
+                activations=activations or folder / "activations",
+                cached=cached,
+                views=views,
+                lr_decay=lr_decay,
+                schedule=schedule,
+                warmup_epochs=warmup_epochs,
+                augment=augment,
+                patience=patience,
+                dropout=dropout,
+                batch_size=batch_size,
+                seed=model_seed,
+                progress=progress,
+            )
 
         main = trainer(data, run / f"finetune-{variant}", embeddings, seed, {}, activations=run / "activations")
         network, phase_rows, best_val = main.run(phases)
-        row = _score_and_save(network, backbone, data, class_names, run, variant, config, phase_rows, best_val,
-                              batch_size, cache_seconds=embed_seconds + main.cache_seconds)
+        row = _score_and_save(
+            network,
+            backbone,
+            data,
+            class_names,
+            run,
+            variant,
+            config,
+            phase_rows,
+            best_val,
+            batch_size,
+            cache_seconds=embed_seconds + main.cache_seconds,
+        )
         if learning_curve_neural:
-            add_finetune_curve(report, run, data, embeddings, row, batch_size=batch_size,
-                               train=lambda *args: trainer(*args).run(phases)[0])
-    report = report or new_report(backbone=backbone.key, cache=str(images), class_names=class_names, split=split.summary())
+            add_finetune_curve(
+                report,
+                run,
+                data,
+                embeddings,
+                row,
+                batch_size=batch_size,
+                train=lambda *args: trainer(*args).run(phases)[0],
+            )
+    report = report or new_report(
+        backbone=backbone.key, cache=str(images), class_names=class_names, split=split.summary()
+    )
     test = _test_order(data)
-    row["test_predictions"] = align_predictions(report, [data.paths[i] for i in test], row["test_predictions"],
-                                                data.labels[test])
+    row["test_predictions"] = align_predictions(
+        report, [data.paths[i] for i in test], row["test_predictions"], data.labels[test]
+    )
     add_rows(report, [*partners, row])
     write_report(report, run)
     return report
@@ -178,8 +249,10 @@ def _embeddings(images: str | os.PathLike, cache: Path, backbone: Backbone, data
     row_of = {path: i for i, path in enumerate(labeled.paths)}
     missing = [path for path in data.paths if path not in row_of]
     if missing:
-        raise DataError(f"cache '{cache}' has no embedding of {len(missing)} images of the run (e.g. {missing[0]}); "
-                        "pass the folder (or list) the run's cache was extracted from.")
+        raise DataError(
+            f"cache '{cache}' has no embedding of {len(missing)} images of the run (e.g. {missing[0]}); "
+            "pass the folder (or list) the run's cache was extracted from."
+        )
     return labeled.X[[row_of[path] for path in data.paths]], summary.seconds if summary.embedded else 0.0
 
 
@@ -188,29 +261,53 @@ def _dense_partner(cache: Path, backbone: Backbone, split: Split, run: Path, *, 
     from classical.sweep import fit_and_score, sorted_test
     from classical.zoo import ZOO, grid_for
 
-    spec = dataclasses.replace(ZOO["dense"], name=f"dense-{backbone.size}",
-                               description=f"{ZOO['dense'].description}, at {backbone.size} px like the fine-tuning")
+    spec = dataclasses.replace(
+        ZOO["dense"],
+        name=f"dense-{backbone.size}",
+        description=f"{ZOO['dense'].description}, at {backbone.size} px like the fine-tuning",
+    )
     labeled = load_labeled(cache, backbone.key)
-    row = fit_and_score(spec, grid_for("dense"), labeled, sorted_test(split.indices(labeled.paths), labeled), split,
-                        run=run, folds=0, search="grid", n_jobs=1, seed=seed)
+    row = fit_and_score(
+        spec,
+        grid_for("dense"),
+        labeled,
+        sorted_test(split.indices(labeled.paths), labeled),
+        split,
+        run=run,
+        folds=0,
+        search="grid",
+        n_jobs=1,
+        seed=seed,
+    )
     return {**row, "input_size": backbone.size}
 
 
-def _load_images(listed: Any, run: Path, class_names: list[str], backbone: Backbone, scratch: Path,
-                 *, fractions: tuple[float, float, float], seed: int) -> tuple[Images, Split]:
+def _load_images(
+    listed: Any,
+    run: Path,
+    class_names: list[str],
+    backbone: Backbone,
+    scratch: Path,
+    *,
+    fractions: tuple[float, float, float],
+    seed: int,
+) -> tuple[Images, Split]:
     """Decode the images of the run's split (or of a new split of the folder) into a memory map."""
     split_path = run / "split.json"
     split = Split.load(split_path) if split_path.is_file() else None
     items = [item for item in listed.items if split is None or item.rel in split.assignment]
     if split is not None and len(items) < len(split.assignment):
         missing = sorted(set(split.assignment) - {item.rel for item in items})
-        raise DataError(f"split {split.id} of '{run}' names {len(missing)} images missing from the images given "
-                        f"(e.g. {missing[0]}); pass the folder (or list) the run's cache was extracted from.")
+        raise DataError(
+            f"split {split.id} of '{run}' names {len(missing)} images missing from the images given "
+            f"(e.g. {missing[0]}); pass the folder (or list) the run's cache was extracted from."
+        )
     unknown = sorted({item.label for item in items} - set(class_names))
     if unknown:
         raise DataError(f"images of classes {unknown} are not among the run's classes {class_names}.")
-    pixels = np.lib.format.open_memmap(scratch / "pixels.npy", mode="w+", dtype=np.uint8,
-                                       shape=(len(items), backbone.size, backbone.size, 3))
+    pixels = np.lib.format.open_memmap(
+        scratch / "pixels.npy", mode="w+", dtype=np.uint8, shape=(len(items), backbone.size, backbone.size, 3)
+    )
     hashes, failed = [], []
     loaded_files = load_files([item.path for item in items], size=backbone.size, resize=backbone.resize)
     for i, (item, loaded) in enumerate(zip(items, loaded_files)):
@@ -250,14 +347,44 @@ def _pixel_dataset(data: Images, part: str, batch_size: int, *, shuffle: bool, s
 class _Trainer:
     """Runs the phases of one fine-tuning, each the cached way when it can, resuming what an earlier run left."""
 
-    def __init__(self, backbone: Backbone, class_names: list[str], data: Images, folder: Path, config: dict[str, Any],
-                 *, embeddings: np.ndarray | None, activations: Path, cached: bool, views: int, lr_decay: float,
-                 schedule: str, warmup_epochs: int, augment: bool, patience: int, dropout: float, batch_size: int,
-                 seed: int, progress: bool | None) -> None:
-        self.backbone, self.class_names, self.data, self.folder, self.config = backbone, class_names, data, folder, config
+    def __init__(
+        self,
+        backbone: Backbone,
+        class_names: list[str],
+        data: Images,
+        folder: Path,
+        config: dict[str, Any],
+        *,
+        embeddings: np.ndarray | None,
+        activations: Path,
+        cached: bool,
+        views: int,
+        lr_decay: float,
+        schedule: str,
+        warmup_epochs: int,
+        augment: bool,
+        patience: int,
+        dropout: float,
+        batch_size: int,
+        seed: int,
+        progress: bool | None,
+    ) -> None:
+        self.backbone, self.class_names, self.data, self.folder, self.config = (
+            backbone,
+            class_names,
+            data,
+            folder,
+            config,
+        )
         self.embeddings, self.activations, self.cached, self.views = embeddings, activations, cached, views
         self.lr_decay, self.schedule, self.warmup_epochs = lr_decay, schedule, warmup_epochs
-        self.augment, self.patience, self.dropout, self.batch_size, self.seed = augment, patience, dropout, batch_size, seed
+        self.augment, self.patience, self.dropout, self.batch_size, self.seed = (
+            augment,
+            patience,
+            dropout,
+            batch_size,
+            seed,
+        )
         self.progress = progress
         self.cache_seconds = 0.0
 
@@ -274,17 +401,31 @@ class _Trainer:
         for index, phase in enumerate(phases):
             set_trainable(self.network, groups=phase.groups, layers=phase.layers)
             trainable, non_trainable = parameter_counts(self.network)
-            phase_rows.append({"name": phase.name, "epochs": phase.epochs, "learning_rate": phase.learning_rate,
-                               "trainable": trainable, "non_trainable": non_trainable, "method": self._method(phase)})
+            phase_rows.append(
+                {
+                    "name": phase.name,
+                    "epochs": phase.epochs,
+                    "learning_rate": phase.learning_rate,
+                    "trainable": trainable,
+                    "non_trainable": non_trainable,
+                    "method": self._method(phase),
+                }
+            )
             if phase.name in state.record["done"]:
                 continue
             if index and not trained_here:  # the previous phase was finished by an earlier, interrupted run
                 load_weights(self.network, self.folder / f"phase-{index - 1}.npz")
             trained_here = True
             check_learning_rate(phase.learning_rate, unfrozen=phase.unfrozen)
-            logger.info("phase %s (%s): up to %d epochs at learning rate %g; %s trainable, %s non-trainable parameters",
-                        phase.name, phase_rows[-1]["method"], phase.epochs, phase.learning_rate, f"{trainable:,}",
-                        f"{non_trainable:,}")
+            logger.info(
+                "phase %s (%s): up to %d epochs at learning rate %g; %s trainable, %s non-trainable parameters",
+                phase.name,
+                phase_rows[-1]["method"],
+                phase.epochs,
+                phase.learning_rate,
+                f"{trainable:,}",
+                f"{non_trainable:,}",
+            )
             if not phase.unfrozen and self.embeddings is not None:
                 self._head_on_embeddings(phase, state)
             else:
@@ -316,10 +457,19 @@ class _Trainer:
         """The head phase as recipe 2: a Dense head on the cached embeddings, copied into the network's head."""
         train, val = self.data.parts["train"], self.data.parts["val"]
         started = time.perf_counter()
-        head = DenseHead(learning_rate=phase.learning_rate, dropout=self.dropout, batch_size=self.batch_size,
-                         max_epochs=phase.epochs, patience=self.patience, seed=self.seed)
-        head.fit(self.embeddings[train], self.data.labels[train],
-                 validation_data=(self.embeddings[val], self.data.labels[val]))
+        head = DenseHead(
+            learning_rate=phase.learning_rate,
+            dropout=self.dropout,
+            batch_size=self.batch_size,
+            max_epochs=phase.epochs,
+            patience=self.patience,
+            seed=self.seed,
+        )
+        head.fit(
+            self.embeddings[train],
+            self.data.labels[train],
+            validation_data=(self.embeddings[val], self.data.labels[val]),
+        )
         kernel = np.zeros((head.n_features_in_, len(self.class_names)), np.float32)
         bias = np.full(len(self.class_names), -1e4, np.float32)  # a class absent from train stays improbable
         kernel[:, head.classes_], bias[head.classes_] = head.coef_, head.intercept_
@@ -329,9 +479,16 @@ class _Trainer:
             logs = {name: head.history_[name][epoch] for name in ("loss", "accuracy", "val_loss", "val_accuracy")}
             if epoch + 1 == head.best_epoch_:
                 continue
-            state.record["epochs"][f"{phase.name}:{epoch + 1}"] = {"phase": phase.name, "epoch": epoch + 1,
-                                                                  "run": state.record["runs"], "seconds": seconds, **logs}
-        best = {name: head.history_[name][head.best_epoch_ - 1] for name in ("loss", "accuracy", "val_loss", "val_accuracy")}
+            state.record["epochs"][f"{phase.name}:{epoch + 1}"] = {
+                "phase": phase.name,
+                "epoch": epoch + 1,
+                "run": state.record["runs"],
+                "seconds": seconds,
+                **logs,
+            }
+        best = {
+            name: head.history_[name][head.best_epoch_ - 1] for name in ("loss", "accuracy", "val_loss", "val_accuracy")
+        }
         state.record_epoch(phase, head.best_epoch_, seconds, best, self.network)
 
     def _fit(self, phase: Phase, state: TrainingState) -> None:
@@ -341,24 +498,40 @@ class _Trainer:
         cached = self._method(phase).startswith("cached activations")
         if cached:
             activations = cache_activations(
-                self.network, self.data.pixels, self.data.parts["train"], groups=self.top_groups, views=self.views,
-                folder=self.activations, provenance={"backbone_key": self.backbone.key, "split_id": self.config["split_id"]},
-                batch_size=self.batch_size, seed=self.seed)
+                self.network,
+                self.data.pixels,
+                self.data.parts["train"],
+                groups=self.top_groups,
+                views=self.views,
+                folder=self.activations,
+                provenance={"backbone_key": self.backbone.key, "split_id": self.config["split_id"]},
+                batch_size=self.batch_size,
+                seed=self.seed,
+            )
             self.cache_seconds += activations.seconds
             model = top_network(self.network, self.top_groups)
-            train = activation_dataset(activations, self.data.labels, self.data.parts["train"], self.batch_size,
-                                       shuffle=True, seed=self.seed)
-            val = activation_dataset(activations, self.data.labels, self.data.parts["val"], self.batch_size,
-                                     shuffle=False, seed=self.seed)
+            train = activation_dataset(
+                activations, self.data.labels, self.data.parts["train"], self.batch_size, shuffle=True, seed=self.seed
+            )
+            val = activation_dataset(
+                activations, self.data.labels, self.data.parts["val"], self.batch_size, shuffle=False, seed=self.seed
+            )
         else:
             model = self.network
             train = _pixel_dataset(self.data, "train", self.batch_size, shuffle=True, seed=self.seed)
             val = _pixel_dataset(self.data, "val", self.batch_size, shuffle=False, seed=self.seed)
         steps = math.ceil(len(self.data.parts["train"]) / self.batch_size)
-        rate = learning_rate_schedule(phase.learning_rate, self.schedule if phase.unfrozen else "constant",
-                                      steps=steps * phase.epochs, warmup_steps=steps * self.warmup_epochs)
-        optimizer = (discriminative_adam(rate, learning_rate_multipliers(self.network, self.lr_decay))
-                     if phase.unfrozen and self.lr_decay < 1 else keras.optimizers.Adam(learning_rate=rate))
+        rate = learning_rate_schedule(
+            phase.learning_rate,
+            self.schedule if phase.unfrozen else "constant",
+            steps=steps * phase.epochs,
+            warmup_steps=steps * self.warmup_epochs,
+        )
+        optimizer = (
+            discriminative_adam(rate, learning_rate_multipliers(self.network, self.lr_decay))
+            if phase.unfrozen and self.lr_decay < 1
+            else keras.optimizers.Adam(learning_rate=rate)
+        )
         model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         callbacks = [
             keras.callbacks.BackupAndRestore(str(self.folder / "backup" / phase.name)),
@@ -366,15 +539,35 @@ class _Trainer:
             keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=self.patience),
         ]
         if phase.unfrozen and self.schedule == "plateau":
-            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1,
-                                                               min_lr=phase.learning_rate / 100))
-        model.fit(train, validation_data=val, epochs=phase.epochs, callbacks=callbacks, shuffle=False,  # shuffled above
-                  verbose=2 if self.progress else 0)
+            callbacks.append(
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_loss", factor=0.3, patience=1, min_lr=phase.learning_rate / 100
+                )
+            )
+        model.fit(
+            train,
+            validation_data=val,
+            epochs=phase.epochs,
+            callbacks=callbacks,
+            shuffle=False,  # shuffled above
+            verbose=2 if self.progress else 0,
+        )
 
 
-def _score_and_save(network: Any, backbone: Backbone, data: Images, class_names: list[str], run: Path, variant: str,
-                    config: dict[str, Any], phase_rows: list[dict[str, Any]], best_val: float, batch_size: int, *,
-                    cache_seconds: float) -> dict[str, Any]:
+def _score_and_save(
+    network: Any,
+    backbone: Backbone,
+    data: Images,
+    class_names: list[str],
+    run: Path,
+    variant: str,
+    config: dict[str, Any],
+    phase_rows: list[dict[str, Any]],
+    best_val: float,
+    batch_size: int,
+    *,
+    cache_seconds: float,
+) -> dict[str, Any]:
     """Score the best network on the test split once, from pixels, save it as a model file, and build its report row.
 
     Its training cost includes the time spent caching what it trained on (`cache_seconds`)."""
@@ -384,23 +577,45 @@ def _score_and_save(network: Any, backbone: Backbone, data: Images, class_names:
     path = run / f"finetune-{variant}{MODEL_SUFFIX}"
     provenance = backbone.provenance()
     params = {k: v for k, v in config.items() if k != "split_id"}
-    model_bytes = save_model(path, network, {
-        "name": f"finetune-{variant}", "kind": "neural", "input": "pixels", "backbone_key": backbone.key,
-        "backbone": {field: provenance[field] for field in EMBEDDING_FIELDS if field in provenance},
-        "class_names": class_names, "split_id": config["split_id"], "params": params,
-        "metrics": {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "test_predictions", "test_confidence")},
-    })
+    model_bytes = save_model(
+        path,
+        network,
+        {
+            "name": f"finetune-{variant}",
+            "kind": "neural",
+            "input": "pixels",
+            "backbone_key": backbone.key,
+            "backbone": {field: provenance[field] for field in EMBEDDING_FIELDS if field in provenance},
+            "class_names": class_names,
+            "split_id": config["split_id"],
+            "params": params,
+            "metrics": {
+                k: v for k, v in metrics.items() if k not in ("confusion_matrix", "test_predictions", "test_confidence")
+            },
+        },
+    )
     sample = np.asarray(data.pixels[test[:batch_size]])
     return {
-        "name": f"finetune-{variant}", "kind": "neural",
-        "description": ("head on the frozen base, then top layers unfrozen at a low learning rate" if variant == "a"
-                        else "whole network trainable from the start at a low learning rate"),
-        **metrics, "cv_mean": best_val, "cv_std": None,
+        "name": f"finetune-{variant}",
+        "kind": "neural",
+        "description": (
+            "head on the frozen base, then top layers unfrozen at a low learning rate"
+            if variant == "a"
+            else "whole network trainable from the start at a low learning rate"
+        ),
+        **metrics,
+        "cv_mean": best_val,
+        "cv_std": None,
         "selection": "weights of the epoch with the best validation accuracy (early stopping on it in every phase)",
-        "fit_seconds": float(sum(row["seconds"] for row in phase_rows)) + cache_seconds, "cache_seconds": cache_seconds,
-        "predict_ms_per_image": latency_ms(lambda X: network(X, training=False), sample), "head_ms_per_image": None,
-        "model_bytes": model_bytes, "params": params,
-        "model_path": str(path), "phases": phase_rows, "input_size": int(data.pixels.shape[1]),
+        "fit_seconds": float(sum(row["seconds"] for row in phase_rows)) + cache_seconds,
+        "cache_seconds": cache_seconds,
+        "predict_ms_per_image": latency_ms(lambda X: network(X, training=False), sample),
+        "head_ms_per_image": None,
+        "model_bytes": model_bytes,
+        "params": params,
+        "model_path": str(path),
+        "phases": phase_rows,
+        "input_size": int(data.pixels.shape[1]),
     }
 
 

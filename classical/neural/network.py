@@ -26,8 +26,14 @@ from keras.applications import mobilenet_v2
 
 from embedder import Backbone, build_mobilenet_v2
 
-GROUP_OF_BLOCK = {**dict.fromkeys(range(16, 17), 1), **dict.fromkeys(range(13, 16), 2), **dict.fromkeys(range(10, 13), 3),
-                  **dict.fromkeys(range(6, 10), 4), **dict.fromkeys(range(3, 6), 5), **dict.fromkeys(range(1, 3), 6)}
+GROUP_OF_BLOCK = {
+    **dict.fromkeys(range(16, 17), 1),
+    **dict.fromkeys(range(13, 16), 2),
+    **dict.fromkeys(range(10, 13), 3),
+    **dict.fromkeys(range(6, 10), 4),
+    **dict.fromkeys(range(3, 6), 5),
+    **dict.fromkeys(range(1, 3), 6),
+}
 N_GROUPS = 7
 HEAD_LEARNING_RATE_FLOOR = 1e-4  # below: too low for training a new head
 FINE_TUNE_LEARNING_RATE_CEILING = 1e-4  # above: head-training scale, too high for unfrozen layers
@@ -74,19 +80,23 @@ class InferenceMode(keras.layers.Layer):
 
 def build_network(backbone: Backbone, n_classes: int, *, augment: bool = True, dropout: float = 0.2) -> keras.Model:
     """The fine-tuning network on the backbone's weights, base frozen (call `set_trainable` to unfreeze)."""
-    loaded = build_mobilenet_v2(alpha=backbone.alpha, size=backbone.size, weights_path=backbone.weights_path,
-                                pooling=None, include_top=False)
+    loaded = build_mobilenet_v2(
+        alpha=backbone.alpha, size=backbone.size, weights_path=backbone.weights_path, pooling=None, include_top=False
+    )
     base = next(layer for layer in loaded.layers if layer.name.startswith("mobilenetv2"))
     base.trainable = False
     images = keras.Input((backbone.size, backbone.size, 3), dtype="uint8", name="images")
     x = keras.ops.cast(images, "float32")
     if augment:  # on raw 0..255 pixels, before preprocessing; inactive at inference
-        x = keras.Sequential([
-            keras.layers.RandomFlip("horizontal"),
-            keras.layers.RandomRotation(0.1, fill_mode="reflect"),
-            keras.layers.RandomZoom(0.1, fill_mode="reflect"),
-            keras.layers.RandomContrast(0.1, value_range=(0, 255)),
-        ], name="augmentation")(x)
+        x = keras.Sequential(
+            [
+                keras.layers.RandomFlip("horizontal"),
+                keras.layers.RandomRotation(0.1, fill_mode="reflect"),
+                keras.layers.RandomZoom(0.1, fill_mode="reflect"),
+                keras.layers.RandomContrast(0.1, value_range=(0, 255)),
+            ],
+            name="augmentation",
+        )(x)
     x = mobilenet_v2.preprocess_input(x)
     x = InferenceMode(base, name="base")(x)  # BatchNorm in inference mode, frozen or not
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
@@ -161,8 +171,11 @@ def learning_rate_schedule(learning_rate: float, schedule: str, *, steps: int, w
     if schedule == "cosine":
         warmup = min(warmup_steps, max(steps - 1, 0))
         return keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=learning_rate / 10 if warmup else learning_rate, decay_steps=max(steps - warmup, 1),
-            warmup_target=learning_rate if warmup else None, warmup_steps=warmup, alpha=0.01,
+            initial_learning_rate=learning_rate / 10 if warmup else learning_rate,
+            decay_steps=max(steps - warmup, 1),
+            warmup_target=learning_rate if warmup else None,
+            warmup_steps=warmup,
+            alpha=0.01,
         )
     raise ValueError(f"schedule must be 'constant', 'plateau' or 'cosine'. Received: schedule={schedule!r}")
 
@@ -172,14 +185,20 @@ def check_learning_rate(learning_rate: float, *, unfrozen: bool) -> None:
     if unfrozen and learning_rate > FINE_TUNE_LEARNING_RATE_CEILING:
         warnings.warn(
             f"fine-tuning learning rate {learning_rate:g} is at head-training scale with base layers unfrozen; "
-            "it can wreck the pre-trained features: use about 1e-5.", UserWarning, stacklevel=3)
+            "it can wreck the pre-trained features: use about 1e-5.",
+            UserWarning,
+            stacklevel=3,
+        )
     if not unfrozen and learning_rate < HEAD_LEARNING_RATE_FLOOR:
         warnings.warn(
-            f"head-training learning rate {learning_rate:g} is tiny for a new head on frozen features; "
-            "use about 1e-3.", UserWarning, stacklevel=3)
+            f"head-training learning rate {learning_rate:g} is tiny for a new head on frozen features; use about 1e-3.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def predict_proba(network: keras.Model, pixels: np.ndarray, rows: np.ndarray, batch_size: int) -> np.ndarray:
     """Class probabilities of the images `rows` of `pixels`, in inference mode, a batch at a time (memory maps stay on disk)."""
-    return np.concatenate([np.asarray(network(pixels[rows[i : i + batch_size]], training=False))
-                           for i in range(0, len(rows), batch_size)])
+    return np.concatenate(
+        [np.asarray(network(pixels[rows[i : i + batch_size]], training=False)) for i in range(0, len(rows), batch_size)]
+    )

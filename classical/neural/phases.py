@@ -50,17 +50,28 @@ class Phase:
 
 
 def plan_phases(
-    variant: str, *, head_epochs: int, epochs: int, head_learning_rate: float, learning_rate: float,
-    unfreeze: int, unfreeze_layers: int | None, gradual: bool,
+    variant: str,
+    *,
+    head_epochs: int,
+    epochs: int,
+    head_learning_rate: float,
+    learning_rate: float,
+    unfreeze: int,
+    unfreeze_layers: int | None,
+    gradual: bool,
 ) -> list[Phase]:
     """The phases of a variant, in order (see the module docstring)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be 'a' or 'b'. Received: variant={variant!r}")
     if epochs < 1 or head_epochs < 0:
-        raise ValueError(f"epochs must be >= 1 and head_epochs >= 0. Received: epochs={epochs}, head_epochs={head_epochs}")
+        raise ValueError(
+            f"epochs must be >= 1 and head_epochs >= 0. Received: epochs={epochs}, head_epochs={head_epochs}"
+        )
     if variant == "b":
         if gradual:
-            raise ValueError("gradual unfreezing is a schedule of variant 'a'; variant 'b' trains everything from the start.")
+            raise ValueError(
+                "gradual unfreezing is a schedule of variant 'a'; variant 'b' trains everything from the start."
+            )
         return [Phase("all", epochs, learning_rate, groups=N_GROUPS)]
     if not 1 <= unfreeze <= N_GROUPS:
         raise ValueError(f"unfreeze must be between 1 and {N_GROUPS} layer groups. Received: unfreeze={unfreeze}")
@@ -68,14 +79,21 @@ def plan_phases(
     if unfreeze_layers is not None:
         if gradual:
             raise ValueError("gradual unfreezing works on layer groups; drop unfreeze_layers or gradual.")
-        return phases + [Phase(f"top-{unfreeze_layers}-layers", epochs, learning_rate, layers=unfreeze_layers)]
+        return [*phases, Phase(f"top-{unfreeze_layers}-layers", epochs, learning_rate, layers=unfreeze_layers)]
     if not gradual:
-        return phases + [Phase(f"top-{unfreeze}-groups", epochs, learning_rate, groups=unfreeze)]
+        return [*phases, Phase(f"top-{unfreeze}-groups", epochs, learning_rate, groups=unfreeze)]
     if epochs < unfreeze:
-        raise ValueError(f"gradual unfreezing of {unfreeze} groups needs at least {unfreeze} epochs. Received: epochs={epochs}")
+        raise ValueError(
+            f"gradual unfreezing of {unfreeze} groups needs at least {unfreeze} epochs. Received: epochs={epochs}"
+        )
     per_stage = epochs // unfreeze
     return phases + [
-        Phase(f"unfreeze-{k}", per_stage + (epochs - per_stage * unfreeze if k == unfreeze else 0), learning_rate, groups=k)
+        Phase(
+            f"unfreeze-{k}",
+            per_stage + (epochs - per_stage * unfreeze if k == unfreeze else 0),
+            learning_rate,
+            groups=k,
+        )
         for k in range(1, unfreeze + 1)
     ]
 
@@ -89,13 +107,22 @@ class TrainingState:
         record = json.loads(self.path.read_text()) if self.path.is_file() else None
         if record and record["config_id"] != digest:
             if not record.get("finished"):
-                raise DataError(f"'{folder}' holds an unfinished fine-tuning with other settings ({record['config']}); "
-                                "rerun it with those settings to continue, or delete the folder to start over.")
+                raise DataError(
+                    f"'{folder}' holds an unfinished fine-tuning with other settings ({record['config']}); "
+                    "rerun it with those settings to continue, or delete the folder to start over."
+                )
             shutil.rmtree(folder)
             record = None
         folder.mkdir(parents=True, exist_ok=True)
-        self.record = record or {"config_id": digest, "config": config, "done": [], "epochs": {}, "best_val_accuracy": None,
-                                 "finished": False, "runs": 0}
+        self.record = record or {
+            "config_id": digest,
+            "config": config,
+            "done": [],
+            "epochs": {},
+            "best_val_accuracy": None,
+            "finished": False,
+            "runs": 0,
+        }
         self.record["runs"] += 1
 
     def save(self) -> None:
@@ -108,11 +135,23 @@ class TrainingState:
         if best is None or logs["val_accuracy"] > best:
             save_weights(network, self.folder / "best.npz")  # before the state that points to it
             self.record["best_val_accuracy"] = logs["val_accuracy"]
-        self.record["epochs"][f"{phase.name}:{epoch}"] = {"phase": phase.name, "epoch": epoch, "run": self.record["runs"],
-                                                         "seconds": seconds, **logs}
+        self.record["epochs"][f"{phase.name}:{epoch}"] = {
+            "phase": phase.name,
+            "epoch": epoch,
+            "run": self.record["runs"],
+            "seconds": seconds,
+            **logs,
+        }
         self.save()
-        logger.info("%s epoch %d: %.1f s, loss %.3f, accuracy %.3f, val_accuracy %.3f", phase.name, epoch, seconds,
-                    logs.get("loss", math.nan), logs.get("accuracy", math.nan), logs["val_accuracy"])
+        logger.info(
+            "%s epoch %d: %.1f s, loss %.3f, accuracy %.3f, val_accuracy %.3f",
+            phase.name,
+            epoch,
+            seconds,
+            logs.get("loss", math.nan),
+            logs.get("accuracy", math.nan),
+            logs["val_accuracy"],
+        )
 
 
 def save_weights(network: Any, path: Path) -> None:

@@ -55,8 +55,11 @@ def curve_rows(report: dict[str, Any]) -> list[list[str]]:
 
 def best_at(curve: dict[str, Any], index: int, semi: bool) -> tuple[str, float] | None:
     """The best (model, mean accuracy) at a point among the semi-supervised models or the others."""
-    scored = [(name, means[index]) for name, means in curve["models"].items()
-              if means[index] is not None and (curve["kinds"].get(name) == SEMI) == semi]
+    scored = [
+        (name, means[index])
+        for name, means in curve["models"].items()
+        if means[index] is not None and (curve["kinds"].get(name) == SEMI) == semi
+    ]
     return max(scored, key=lambda item: item[1], default=None)
 
 
@@ -74,7 +77,11 @@ def curve_verdict(report: dict[str, Any]) -> str:
         if semi is not None:
             text += f", best semi-supervised {semi[0]} {semi[1]:.3f} ({100 * (semi[1] - supervised[1]):+.1f} points)"
         lines.append(text)
-    verdict = f"Learning curve (mean test accuracy over {curve['seeds']} seeds; best supervised model): " + "; ".join(lines) + "."
+    verdict = (
+        f"Learning curve (mean test accuracy over {curve['seeds']} seeds; best supervised model): "
+        + "; ".join(lines)
+        + "."
+    )
     full = curve.get("full_labels")
     if full:
         verdict += " " + full_label_sentence(full)
@@ -91,17 +98,23 @@ def full_label_sentence(full: dict[str, Any]) -> str:
         difference = f"{100 * test['difference']:+.1f} points, 95% CI [{100 * low:+.1f}, {100 * high:+.1f}]"
         if test["significant"]:
             word = "helped" if test["helped"] else "hurt"
-            parts.append(f"{test['semi']} vs {test['supervised']}: {difference}, p = {test['p_value']:.3g}: the "
-                         f"{full['unlabeled_rows']} unlabelled rows {word}")
+            parts.append(
+                f"{test['semi']} vs {test['supervised']}: {difference}, p = {test['p_value']:.3g}: the "
+                f"{full['unlabeled_rows']} unlabelled rows {word}"
+            )
         else:
-            parts.append(f"{test['semi']} vs {test['supervised']}: {difference}, p = {test['p_value']:.2f}: within noise")
+            parts.append(
+                f"{test['semi']} vs {test['supervised']}: {difference}, p = {test['p_value']:.2f}: within noise"
+            )
     return "At full labels (McNemar exact, paired on the test images): " + "; ".join(parts) + "."
 
 
 def neural_notes(curve: dict[str, Any]) -> list[str]:
     """How each fine-tuned line of the curve was trained and how long it took (`--learning-curve-neural`)."""
-    return [f"{name}: {entry['method']}; took {entry['seconds']:.0f} s" for name, entry in
-            (curve.get("finetune") or {}).items()]
+    return [
+        f"{name}: {entry['method']}; took {entry['seconds']:.0f} s"
+        for name, entry in (curve.get("finetune") or {}).items()
+    ]
 
 
 def curve_markdown(report: dict[str, Any], table: list[str]) -> list[str]:
@@ -109,14 +122,26 @@ def curve_markdown(report: dict[str, Any], table: list[str]) -> list[str]:
     curve = report.get("learning_curve")
     if not curve or not table:
         return []
-    lines = ["", "## Learning curve: test accuracy vs labelled images per class", "", curve_verdict(report), "",
-             *table, "", f"{curve['method']} Took {curve['seconds']:.0f} s."]
+    lines = [
+        "",
+        "## Learning curve: test accuracy vs labelled images per class",
+        "",
+        curve_verdict(report),
+        "",
+        *table,
+        "",
+        f"{curve['method']} Took {curve['seconds']:.0f} s.",
+    ]
     lines += [f"{line}." for line in neural_notes(curve)]
     for capped in curve.get("capped") or []:
-        lines.append(f"{capped['requested']} per class was capped to {capped['used']}, the training images of class "
-                     f"'{capped['class']}'.")
+        lines.append(
+            f"{capped['requested']} per class was capped to {capped['used']}, the training images of class "
+            f"'{capped['class']}'."
+        )
     unlabeled = curve.get("unlabeled")
     if unlabeled:
-        lines.append(f"Unlabelled rows of the cache: {unlabeled['in_cache']}, used {unlabeled['used']}, left out "
-                     f"{unlabeled['left_out']} ({unlabeled['left_out_why']}).")
+        lines.append(
+            f"Unlabelled rows of the cache: {unlabeled['in_cache']}, used {unlabeled['used']}, left out "
+            f"{unlabeled['left_out']} ({unlabeled['left_out_why']})."
+        )
     return lines

@@ -54,18 +54,44 @@ from embedder import utc_now
 
 logger = logging.getLogger(__name__)
 
-CSV_FIELDS = ("name", "kind", "test_accuracy", "test_accuracy_lo", "test_accuracy_hi", "macro_f1", "macro_f1_lo",
-              "macro_f1_hi", "balanced_accuracy", "log_loss", "cv_mean", "cv_std", "fit_seconds",
-              "fit_seconds_with_embedding", "predict_ms_per_image", "head_ms_per_image", "model_bytes", "params",
-              "model_path")
-AMORTISATION = ("fit_seconds_with_embedding = fit_seconds + embedding.train_seconds / amortised_over: the train+val "
-                "images are embedded once for the sweep and that time is shared equally by the rows on embeddings")
+CSV_FIELDS = (
+    "name",
+    "kind",
+    "test_accuracy",
+    "test_accuracy_lo",
+    "test_accuracy_hi",
+    "macro_f1",
+    "macro_f1_lo",
+    "macro_f1_hi",
+    "balanced_accuracy",
+    "log_loss",
+    "cv_mean",
+    "cv_std",
+    "fit_seconds",
+    "fit_seconds_with_embedding",
+    "predict_ms_per_image",
+    "head_ms_per_image",
+    "model_bytes",
+    "params",
+    "model_path",
+)
+AMORTISATION = (
+    "fit_seconds_with_embedding = fit_seconds + embedding.train_seconds / amortised_over: the train+val "
+    "images are embedded once for the sweep and that time is shared equally by the rows on embeddings"
+)
 
 
 def new_report(*, backbone: str, cache: str, class_names: list[str], split: dict[str, Any]) -> dict[str, Any]:
     now = utc_now()
-    return {"backbone": backbone, "cache": cache, "class_names": class_names, "split": split,
-            "created": now, "updated": now, "models": []}
+    return {
+        "backbone": backbone,
+        "cache": cache,
+        "class_names": class_names,
+        "split": split,
+        "created": now,
+        "updated": now,
+        "models": [],
+    }
 
 
 def add_rows(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
@@ -96,12 +122,14 @@ def refresh_costs(report: dict[str, Any]) -> None:
     embedding["amortisation"] = AMORTISATION
     for row in on_embeddings:
         row["predict_ms_per_image"] = None if ms is None else ms + row["head_ms_per_image"]
-        row["fit_seconds_with_embedding"] = (None if train_seconds is None
-                                             else row["fit_seconds"] + train_seconds / len(on_embeddings))
+        row["fit_seconds_with_embedding"] = (
+            None if train_seconds is None else row["fit_seconds"] + train_seconds / len(on_embeddings)
+        )
 
 
-def align_predictions(report: dict[str, Any], paths: Sequence[str], predictions: Sequence[int],
-                      labels: Sequence[int] | None = None) -> list[int]:
+def align_predictions(
+    report: dict[str, Any], paths: Sequence[str], predictions: Sequence[int], labels: Sequence[int] | None = None
+) -> list[int]:
     """`predictions` (one class index per path of `paths`) in the order of the report's `split.test_paths`.
 
     Use it to make a row's `test_predictions` pairable with the other rows': `paths` must be
@@ -126,8 +154,10 @@ def align_predictions(report: dict[str, Any], paths: Sequence[str], predictions:
     expected = split["test_paths"]
     if set(by_path) != set(expected):
         missing, extra = sorted(set(expected) - set(by_path)), sorted(set(by_path) - set(expected))
-        raise ValueError(f"the predictions are not of the report's {len(expected)} test images: "
-                         f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} others (e.g. {extra[:3]})")
+        raise ValueError(
+            f"the predictions are not of the report's {len(expected)} test images: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} others (e.g. {extra[:3]})"
+        )
     if labels is not None and "test_labels" in split:
         by_label = dict(zip(paths, (int(label) for label in labels)))
         wrong = [path for path, label in zip(expected, split["test_labels"]) if by_label[path] != label]
@@ -166,9 +196,11 @@ def _unpairable(report: dict[str, Any], row: dict[str, Any]) -> str | None:
         if not np.array_equal(counts, matrix):
             accuracy = float("nan")  # the pairs of (label, prediction) are not the row's: misaligned
     if not abs(accuracy - row["test_accuracy"]) <= 1e-9:
-        return (f"row {row['name']}'s test_predictions are not in the order of split.test_paths (paired with its "
-                f"test labels they do not give the row's accuracy {row['test_accuracy']:.4f} and confusion matrix; "
-                "see align_predictions)")
+        return (
+            f"row {row['name']}'s test_predictions are not in the order of split.test_paths (paired with its "
+            f"test labels they do not give the row's accuracy {row['test_accuracy']:.4f} and confusion matrix; "
+            "see align_predictions)"
+        )
     return None
 
 
@@ -177,14 +209,26 @@ def comparison(report: dict[str, Any]) -> dict[str, Any] | None:
     classical, neural = best_row(report, "classical"), best_row(report, "neural")
     if classical is None or neural is None:
         return None
-    block: dict[str, Any] = {"classical": classical["name"], "neural": neural["name"],
-                             "difference": classical["test_accuracy"] - neural["test_accuracy"]}
+    block: dict[str, Any] = {
+        "classical": classical["name"],
+        "neural": neural["name"],
+        "difference": classical["test_accuracy"] - neural["test_accuracy"],
+    }
     problem = _unpairable(report, classical) or _unpairable(report, neural)
     if problem:
         logger.warning("no paired test of %s vs %s: %s", classical["name"], neural["name"], problem)
-        return block | {"ci": None, "ci_method": CI_NAME, "p_value": None, "test": f"{TEST_NAME}: not run, {problem}",
-                        "discordant": None, "n_test": report["split"].get("n_test"), "significant": None}
-    paired = paired_comparison(report["split"]["test_labels"], classical["test_predictions"], neural["test_predictions"])
+        return block | {
+            "ci": None,
+            "ci_method": CI_NAME,
+            "p_value": None,
+            "test": f"{TEST_NAME}: not run, {problem}",
+            "discordant": None,
+            "n_test": report["split"].get("n_test"),
+            "significant": None,
+        }
+    paired = paired_comparison(
+        report["split"]["test_labels"], classical["test_predictions"], neural["test_predictions"]
+    )
     return block | paired
 
 
@@ -197,14 +241,18 @@ def verdict(report: dict[str, Any]) -> str:
     best = best_row(report)
     if best is None:
         return "no models yet"
-    lines = [f"Best on the test split: {best['name']} ({best['kind']}), accuracy {best['test_accuracy']:.3f}"
-             f"{_interval(best.get('test_accuracy_ci'))}, macro-F1 {best['macro_f1']:.3f}, fitted in "
-             f"{best['fit_seconds']:.1f} s."]
+    lines = [
+        f"Best on the test split: {best['name']} ({best['kind']}), accuracy {best['test_accuracy']:.3f}"
+        f"{_interval(best.get('test_accuracy_ci'))}, macro-F1 {best['macro_f1']:.3f}, fitted in "
+        f"{best['fit_seconds']:.1f} s."
+    ]
     classical, neural = best_row(report, "classical"), best_row(report, "neural")
     compared = report.get("comparison") or comparison(report)
     if classical and neural and compared:
-        head = (f"Best classical {classical['name']} {classical['test_accuracy']:.3f} vs best neural {neural['name']} "
-                f"{neural['test_accuracy']:.3f}: {_points(compared['difference'])} points for classical")
+        head = (
+            f"Best classical {classical['name']} {classical['test_accuracy']:.3f} vs best neural {neural['name']} "
+            f"{neural['test_accuracy']:.3f}: {_points(compared['difference'])} points for classical"
+        )
         if compared.get("p_value") is None:
             lines.append(f"{head} (no paired test: {compared['test'].split(': not run, ')[-1]}).")
         else:
@@ -212,11 +260,15 @@ def verdict(report: dict[str, Any]) -> str:
             b, c = compared["discordant"]
             interval = f"95% CI [{_points(low)}, {_points(high)}] points"
             if compared["significant"]:
-                lines.append(f"{head}, {interval}, a significant difference (McNemar exact p = {compared['p_value']:.3g}; "
-                             f"{b} images only {classical['name']} gets right, {c} only {neural['name']}).")
+                lines.append(
+                    f"{head}, {interval}, a significant difference (McNemar exact p = {compared['p_value']:.3g}; "
+                    f"{b} images only {classical['name']} gets right, {c} only {neural['name']})."
+                )
             else:
-                lines.append(f"{head}: within noise (p = {compared['p_value']:.2f}, McNemar exact; {interval}; "
-                             f"{b} images only {classical['name']} gets right, {c} only {neural['name']}).")
+                lines.append(
+                    f"{head}: within noise (p = {compared['p_value']:.2f}, McNemar exact; {interval}; "
+                    f"{b} images only {classical['name']} gets right, {c} only {neural['name']})."
+                )
         lines.append(f"Fit time {classical['fit_seconds']:.1f} s vs {neural['fit_seconds']:.1f} s.")
     n_test = report["split"]["n_test"]
     lines.append(f"One test image is {100 / n_test:.2f} points of accuracy (n_test = {n_test}).")
@@ -225,8 +277,10 @@ def verdict(report: dict[str, Any]) -> str:
         ranked = sorted(repeats["models"].items(), key=lambda item: -item[1]["mean"])
         name, stats = ranked[0]
         spread = "" if stats["std"] is None else f" ± {stats['std']:.3f}"
-        lines.append(f"Over {repeats['k']} re-splits: best mean accuracy {name} {stats['mean']:.3f}{spread}, "
-                     f"ranked first on {stats['first']} of {repeats['k']}.")
+        lines.append(
+            f"Over {repeats['k']} re-splits: best mean accuracy {name} {stats['mean']:.3f}{spread}, "
+            f"ranked first on {stats['first']} of {repeats['k']}."
+        )
     return " ".join(lines)
 
 
@@ -243,19 +297,44 @@ def _interval(ci: Sequence[float] | None, digits: int = 3) -> str:
 
 
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
-    header = ["model", "kind", "test acc [95% CI]", "macro-F1 [95% CI]", "bal. acc", "log-loss", "CV mean ± std",
-              "fit s", "fit s + emb.", "ms/img pixels", "ms/img head", "KB"]
+    header = [
+        "model",
+        "kind",
+        "test acc [95% CI]",
+        "macro-F1 [95% CI]",
+        "bal. acc",
+        "log-loss",
+        "CV mean ± std",
+        "fit s",
+        "fit s + emb.",
+        "ms/img pixels",
+        "ms/img head",
+        "KB",
+    ]
     rows = [header]
     for row in sorted(report["models"], key=lambda r: -r["test_accuracy"]):
-        cv = "-" if row.get("cv_mean") is None else (
-            f"{row['cv_mean']:.3f}" + ("" if row.get("cv_std") is None else f" ± {row['cv_std']:.3f}"))
+        cv = (
+            "-"
+            if row.get("cv_mean") is None
+            else (f"{row['cv_mean']:.3f}" + ("" if row.get("cv_std") is None else f" ± {row['cv_std']:.3f}"))
+        )
         model_bytes = row.get("model_bytes")
-        rows.append([row["name"], row["kind"], _cell(row["test_accuracy"]) + _interval(row.get("test_accuracy_ci")),
-                     _cell(row["macro_f1"]) + _interval(row.get("macro_f1_ci")), _cell(row.get("balanced_accuracy")),
-                     _cell(row.get("log_loss")), cv, _cell(row.get("fit_seconds"), 1),
-                     _cell(row.get("fit_seconds_with_embedding"), 1), _cell(row.get("predict_ms_per_image"), 3),
-                     _cell(row.get("head_ms_per_image"), 4),
-                     "-" if model_bytes is None else _cell(model_bytes / 1024, 0)])
+        rows.append(
+            [
+                row["name"],
+                row["kind"],
+                _cell(row["test_accuracy"]) + _interval(row.get("test_accuracy_ci")),
+                _cell(row["macro_f1"]) + _interval(row.get("macro_f1_ci")),
+                _cell(row.get("balanced_accuracy")),
+                _cell(row.get("log_loss")),
+                cv,
+                _cell(row.get("fit_seconds"), 1),
+                _cell(row.get("fit_seconds_with_embedding"), 1),
+                _cell(row.get("predict_ms_per_image"), 3),
+                _cell(row.get("head_ms_per_image"), 4),
+                "-" if model_bytes is None else _cell(model_bytes / 1024, 0),
+            ]
+        )
     return rows
 
 
@@ -266,15 +345,27 @@ def repeats_rows(report: dict[str, Any]) -> list[list[str]]:
         return []
     rows = [["model", f"mean acc ({repeats['k']} splits)", "std", "min", "max", "ranked first"]]
     for name, stats in sorted(repeats["models"].items(), key=lambda item: -item[1]["mean"]):
-        rows.append([name, _cell(stats["mean"]), _cell(stats["std"]), _cell(min(stats["accuracies"])),
-                     _cell(max(stats["accuracies"])), f"{stats['first']} / {repeats['k']}"])
+        rows.append(
+            [
+                name,
+                _cell(stats["mean"]),
+                _cell(stats["std"]),
+                _cell(min(stats["accuracies"])),
+                _cell(max(stats["accuracies"])),
+                f"{stats['first']} / {repeats['k']}",
+            ]
+        )
     return rows
 
 
 def _aligned(rows: list[list[str]], left: int) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) if i < left else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths)))
-             for row in rows]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if i < left else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths))
+        )
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
@@ -284,8 +375,10 @@ def format_table(report: dict[str, Any]) -> str:
     text = _aligned(table_rows(report), 2)
     repeats = repeats_rows(report)
     if repeats:
-        text += (f"\n\nRepeats: {report['repeats']['k']} re-splits, seeds {report['repeats']['seeds']}, "
-                 f"{report['repeats']['seconds']:.0f} s\n" + _aligned(repeats, 1))
+        text += (
+            f"\n\nRepeats: {report['repeats']['k']} re-splits, seeds {report['repeats']['seeds']}, "
+            f"{report['repeats']['seconds']:.0f} s\n" + _aligned(repeats, 1)
+        )
     curve = curve_rows(report)
     if curve:
         text += f"\n\n{curve_verdict(report)}\n" + _aligned(curve, 2)
@@ -293,7 +386,11 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def _markdown_table(rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0]), *("| " + " | ".join(row) + " |" for row in rows[1:])]
+    return [
+        "| " + " | ".join(rows[0]) + " |",
+        "|" + "---|" * len(rows[0]),
+        *("| " + " | ".join(row) + " |" for row in rows[1:]),
+    ]
 
 
 def write_report(report: dict[str, Any], run: Path) -> None:
@@ -309,44 +406,69 @@ def write_report(report: dict[str, Any], run: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for row in report["models"]:
-            intervals = {f"{metric}_{end}": (row.get(f"{metric}_ci") or [None, None])[i]
-                         for metric in ("test_accuracy", "macro_f1") for i, end in enumerate(("lo", "hi"))}
+            intervals = {
+                f"{metric}_{end}": (row.get(f"{metric}_ci") or [None, None])[i]
+                for metric in ("test_accuracy", "macro_f1")
+                for i, end in enumerate(("lo", "hi"))
+            }
             writer.writerow({**row, **intervals, "params": json.dumps(row.get("params"))})
     split = report["split"]
     markdown = [
-        f"# Transfer-learning comparison: {run.name}", "",
+        f"# Transfer-learning comparison: {run.name}",
+        "",
         f"Backbone `{report['backbone']}`, cache `{report['cache']}`, classes: {', '.join(report['class_names'])}.",
         f"Split `{split['id']}`: {split['n_train']} train / {split['n_val']} validation / {split['n_test']} test images, "
-        "the same for every model.", "", verdict(report), "",
-        *_markdown_table(table_rows(report)), "",
+        "the same for every model.",
+        "",
+        verdict(report),
+        "",
+        *_markdown_table(table_rows(report)),
+        "",
         "Intervals: test accuracy, 95% Wilson score interval over the test images; macro-F1, 95% percentile bootstrap "
         "over the test images (2000 resamples, seed 0).",
     ]
     compared = report.get("comparison")
     if compared:
-        markdown += ["", f"Paired comparison of {compared['classical']} and {compared['neural']}: {compared['test']}; "
-                     f"interval of the difference: {compared['ci_method']}."]
+        markdown += [
+            "",
+            f"Paired comparison of {compared['classical']} and {compared['neural']}: {compared['test']}; "
+            f"interval of the difference: {compared['ci_method']}.",
+        ]
     embedding = report.get("embedding")
     if embedding:
         if embedding.get("ms_per_image") is None:
             markdown += ["", f"Costs from pixels: backbone {embedding['method']}."]
         else:
-            markdown += ["", f"Costs from pixels: the backbone takes {embedding['ms_per_image']:.2f} ms per image "
-                         f"({embedding['runtime']}; {embedding['pixels']}); embedding the {embedding.get('rows', '?')} "
-                         f"cached images takes about {embedding['seconds']:.1f} s. `ms/img pixels` = backbone + head; "
-                         f"`ms/img head` = the head alone on embeddings. {embedding['amortisation']}."]
+            markdown += [
+                "",
+                f"Costs from pixels: the backbone takes {embedding['ms_per_image']:.2f} ms per image "
+                f"({embedding['runtime']}; {embedding['pixels']}); embedding the {embedding.get('rows', '?')} "
+                f"cached images takes about {embedding['seconds']:.1f} s. `ms/img pixels` = backbone + head; "
+                f"`ms/img head` = the head alone on embeddings. {embedding['amortisation']}.",
+            ]
     repeats = repeats_rows(report)
     if repeats:
-        markdown += ["", f"## Repeats: {report['repeats']['k']} re-splits", "",
-                     f"{report['repeats']['method']}. Took {report['repeats']['seconds']:.0f} s.", "",
-                     *_markdown_table(repeats)]
+        markdown += [
+            "",
+            f"## Repeats: {report['repeats']['k']} re-splits",
+            "",
+            f"{report['repeats']['method']}. Took {report['repeats']['seconds']:.0f} s.",
+            "",
+            *_markdown_table(repeats),
+        ]
     curve = curve_rows(report)
     markdown += curve_markdown(report, _markdown_table(curve) if curve else [])
     markdown += strategy_lines(report)
     markdown += [
-        "", "Best hyper-parameters:", "",
-        *(f"- **{row['name']}** ({row.get('selection', '')}): `{json.dumps(row.get('params'))}`" for row in report["models"]),
-        "", *(f"![{path.stem}](plots/{path.name})" for path in plots),
+        "",
+        "Best hyper-parameters:",
+        "",
+        *(
+            f"- **{row['name']}** ({row.get('selection', '')}): `{json.dumps(row.get('params'))}`"
+            for row in report["models"]
+        ),
+        "",
+        *(f"![{path.stem}](plots/{path.name})" for path in plots),
     ]
     (run / "report.md").write_text("\n".join(markdown) + "\n")
     from classical.report.page import render_page  # Pillow for thumbnails: only when a report is written

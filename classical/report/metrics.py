@@ -22,8 +22,14 @@ from classical.report.uncertainty import (
 )
 
 
-def score(y_true: np.ndarray, proba: np.ndarray, class_names: list[str], *, bootstrap_seed: int = BOOTSTRAP_SEED,
-          resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
+def score(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    class_names: list[str],
+    *,
+    bootstrap_seed: int = BOOTSTRAP_SEED,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> dict[str, Any]:
     """Test metrics of class probabilities (n, n_classes) against true class indices.
 
     `test_accuracy_ci`: 95% Wilson score interval over the test images; `macro_f1_ci`: 95%
@@ -41,7 +47,9 @@ def score(y_true: np.ndarray, proba: np.ndarray, class_names: list[str], *, boot
         "test_accuracy": float(accuracy_score(y_true, y_pred)),
         "test_accuracy_ci": list(wilson_interval(correct, len(y_true))),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "macro_f1_ci": list(bootstrap_macro_f1(y_true, y_pred, len(class_names), resamples=resamples, seed=bootstrap_seed)),
+        "macro_f1_ci": list(
+            bootstrap_macro_f1(y_true, y_pred, len(class_names), resamples=resamples, seed=bootstrap_seed)
+        ),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
         "log_loss": float(log_loss(y_true, np.clip(proba, 1e-15, 1), labels=labels)),
         "n_test": len(y_true),

@@ -47,15 +47,26 @@ def render_page(report: dict[str, Any], run: Path, plots: list[Path]) -> Path:
     audit_path = run / "audit.json"
     audit = json.loads(audit_path.read_text()) if audit_path.is_file() else None
     thumbnails = _Thumbnails(run, _image_root(report))
-    body = [f"<h1>Transfer-learning comparison: {_e(run.name)}</h1>", _summary(report),
-            f'<p class="verdict" id="verdict">{_e(verdict(report))}</p>', _models_table(report), _comparison(report),
-            _repeats(report), _curve(report), _plots(run, plots), _errors(report, thumbnails)]
+    body = [
+        f"<h1>Transfer-learning comparison: {_e(run.name)}</h1>",
+        _summary(report),
+        f'<p class="verdict" id="verdict">{_e(verdict(report))}</p>',
+        _models_table(report),
+        _comparison(report),
+        _repeats(report),
+        _curve(report),
+        _plots(run, plots),
+        _errors(report, thumbnails),
+    ]
     if audit is not None:
         body.append(_audit(audit, run, thumbnails))
     thumbnails.report_missing()
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_e(run.name)}: transfer-learning report</title><style>{STYLE}</style></head>\n<body>\n"
-            + "\n".join(part for part in body if part) + "\n</body></html>\n")
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(run.name)}: transfer-learning report</title><style>{STYLE}</style></head>\n<body>\n"
+        + "\n".join(part for part in body if part)
+        + "\n</body></html>\n"
+    )
     path = run / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
@@ -67,10 +78,12 @@ def _e(value: Any) -> str:
 
 def _summary(report: dict[str, Any]) -> str:
     split = report["split"]
-    return (f"<p>Backbone <code>{_e(report['backbone'])}</code>; classes: {_e(', '.join(report['class_names']))}. "
-            f"Split <code>{_e(split['id'])}</code>: {split['n_train']} train / {split['n_val']} validation / "
-            f"{split['n_test']} test images, the same for every model. Intervals are 95%: test accuracy by Wilson's "
-            "score interval, macro-F1 by a percentile bootstrap over the test images.</p>")
+    return (
+        f"<p>Backbone <code>{_e(report['backbone'])}</code>; classes: {_e(', '.join(report['class_names']))}. "
+        f"Split <code>{_e(split['id'])}</code>: {split['n_train']} train / {split['n_val']} validation / "
+        f"{split['n_test']} test images, the same for every model. Intervals are 95%: test accuracy by Wilson's "
+        "score interval, macro-F1 by a percentile bootstrap over the test images.</p>"
+    )
 
 
 def _table(rows: list[list[str]], table_id: str, names: list[str] | None = None) -> str:
@@ -78,7 +91,9 @@ def _table(rows: list[list[str]], table_id: str, names: list[str] | None = None)
     lines = []
     for index, row in enumerate(rows[1:]):
         name = f' data-model="{_e(names[index])}"' if names else ""
-        cells = "".join(f'<td class="num">{_e(cell)}</td>' if i > 1 else f"<td>{_e(cell)}</td>" for i, cell in enumerate(row))
+        cells = "".join(
+            f'<td class="num">{_e(cell)}</td>' if i > 1 else f"<td>{_e(cell)}</td>" for i, cell in enumerate(row)
+        )
         lines.append(f"<tr{name}>{cells}</tr>")
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}</tbody></table>'
 
@@ -92,9 +107,16 @@ def _comparison(report: dict[str, Any]) -> str:
     compared = report.get("comparison")
     if not compared:
         return ""
-    fields = [("classical", "best classical"), ("neural", "best neural"), ("difference", "difference (accuracy)"),
-              ("ci", "95% interval of the difference"), ("p_value", "p-value"), ("discordant", "discordant images [b, c]"),
-              ("significant", "significant at 0.05"), ("test", "test")]
+    fields = [
+        ("classical", "best classical"),
+        ("neural", "best neural"),
+        ("difference", "difference (accuracy)"),
+        ("ci", "95% interval of the difference"),
+        ("p_value", "p-value"),
+        ("discordant", "discordant images [b, c]"),
+        ("significant", "significant at 0.05"),
+        ("test", "test"),
+    ]
     cells = "".join(f"<tr><th>{_e(label)}</th><td>{_e(_plain(compared.get(key)))}</td></tr>" for key, label in fields)
     return f'<h2>Paired comparison</h2><table id="comparison">{cells}</table>'
 
@@ -112,8 +134,9 @@ def _repeats(report: dict[str, Any]) -> str:
     if not rows:
         return ""
     repeats = report["repeats"]
-    return (f"<h2>Repeats: {repeats['k']} re-splits</h2><p class=\"muted\">{_e(repeats.get('method', ''))}</p>"
-            + _table(rows, "repeats"))
+    return f'<h2>Repeats: {repeats["k"]} re-splits</h2><p class="muted">{_e(repeats.get("method", ""))}</p>' + _table(
+        rows, "repeats"
+    )
 
 
 def _curve(report: dict[str, Any]) -> str:
@@ -121,15 +144,21 @@ def _curve(report: dict[str, Any]) -> str:
     if not rows:
         return ""
     curve = report["learning_curve"]
-    return ("<h2>Learning curve: test accuracy vs labelled images per class</h2>"
-            f'<p class="verdict" id="curve-verdict">{_e(curve_verdict(report))}</p>' + _table(rows, "learning-curve")
-            + f'<p class="muted">{_e(curve["method"])}</p>'
-            + "".join(f'<p class="muted">{_e(note)}.</p>' for note in neural_notes(curve)))
+    return (
+        "<h2>Learning curve: test accuracy vs labelled images per class</h2>"
+        f'<p class="verdict" id="curve-verdict">{_e(curve_verdict(report))}</p>'
+        + _table(rows, "learning-curve")
+        + f'<p class="muted">{_e(curve["method"])}</p>'
+        + "".join(f'<p class="muted">{_e(note)}.</p>' for note in neural_notes(curve))
+    )
 
 
 def _plots(run: Path, plots: list[Path]) -> str:
-    images = "".join(f'<img src="plots/{_e(path.name)}" alt="{_e(path.stem)}">' for path in plots
-                     if (run / "plots" / path.name).is_file())
+    images = "".join(
+        f'<img src="plots/{_e(path.name)}" alt="{_e(path.stem)}">'
+        for path in plots
+        if (run / "plots" / path.name).is_file()
+    )
     return f'<h2>Plots</h2><div class="plots">{images}</div>'
 
 
@@ -138,7 +167,7 @@ def _errors(report: dict[str, Any], thumbnails: _Thumbnails) -> str:
     split, names = report["split"], report["class_names"]
     paths, labels = split.get("test_paths"), split.get("test_labels")
     if not paths or labels is None:
-        return "<h2>Test photos each model got wrong</h2><p class=\"muted\">The report records no test labels.</p>"
+        return '<h2>Test photos each model got wrong</h2><p class="muted">The report records no test labels.</p>'
     parts = ["<h2>Test photos each model got wrong</h2>"]
     for rank, row in enumerate(sorted(report["models"], key=lambda r: -r["test_accuracy"])):
         predicted = row.get("test_predictions")
@@ -151,10 +180,14 @@ def _errors(report: dict[str, Any], thumbnails: _Thumbnails) -> str:
             probability = "" if confidence[i] is None else f" ({confidence[i]:.2f})"
             caption = f"{names[labels[i]]} → {names[predicted[i]]}{probability}"
             figures.append(_figure(thumbnails, paths[i], caption, paths[i]))
-        more = f"<p class=\"muted\">… and {len(wrong) - MAX_ERRORS_SHOWN} more</p>" if len(wrong) > MAX_ERRORS_SHOWN else ""
-        parts.append(f"<details{' open' if rank == 0 else ''}><summary>{_e(row['name'])}: "
-                     f"{len(wrong)} of {len(paths)} wrong (true → predicted)</summary>"
-                     f"<div class=\"grid\">{''.join(figures)}</div>{more}</details>")
+        more = (
+            f'<p class="muted">… and {len(wrong) - MAX_ERRORS_SHOWN} more</p>' if len(wrong) > MAX_ERRORS_SHOWN else ""
+        )
+        parts.append(
+            f"<details{' open' if rank == 0 else ''}><summary>{_e(row['name'])}: "
+            f"{len(wrong)} of {len(paths)} wrong (true → predicted)</summary>"
+            f'<div class="grid">{"".join(figures)}</div>{more}</details>'
+        )
     return "".join(parts)
 
 
@@ -162,40 +195,60 @@ def _audit(audit: dict[str, Any], run: Path, thumbnails: _Thumbnails) -> str:
     parts = ["<h2>Data audit</h2>"]
     summary = audit.get("summary")
     if summary:
-        parts.append(f"<p id=\"audit-summary\">{_e(', '.join(f'{key}: {_plain(value)}' for key, value in summary.items()))}</p>")
+        parts.append(
+            f'<p id="audit-summary">{_e(", ".join(f"{key}: {_plain(value)}" for key, value in summary.items()))}</p>'
+        )
     for finding in ("near_duplicates", "label_issues", "outliers"):
         method = audit.get(f"{finding}_method") or {}
-        described = "; ".join(f"{key} {_plain(value)}" for key, value in method.items() if key not in ("seconds", "skipped"))
-        parts.append(f"<p class=\"muted\">{_e(finding.replace('_', ' '))}: {_e(described)}</p>")
+        described = "; ".join(
+            f"{key} {_plain(value)}" for key, value in method.items() if key not in ("seconds", "skipped")
+        )
+        parts.append(f'<p class="muted">{_e(finding.replace("_", " "))}: {_e(described)}</p>')
     duplicates = audit.get("near_duplicates") or []
     pairs = []
     for pair in duplicates[:MAX_FINDINGS_SHOWN]:
         splits = " / ".join(str(part) for part in pair.get("splits") or [])
-        pairs.append(f'<div class="pair">{_figure(thumbnails, pair["a"], pair["a"])}{_figure(thumbnails, pair["b"], pair["b"])}'
-                     f'<div>cosine {pair["cosine"]:.4f}<br>{"same label" if pair.get("same_label") else "different labels"}'
-                     f"<br>{_e(splits)}</div></div>")
-    parts.append(f"<h3>Near-duplicate pairs ({len(duplicates)})</h3><div class=\"grid\">{''.join(pairs)}</div>")
+        pairs.append(
+            f'<div class="pair">{_figure(thumbnails, pair["a"], pair["a"])}{_figure(thumbnails, pair["b"], pair["b"])}'
+            f"<div>cosine {pair['cosine']:.4f}<br>{'same label' if pair.get('same_label') else 'different labels'}"
+            f"<br>{_e(splits)}</div></div>"
+        )
+    parts.append(f'<h3>Near-duplicate pairs ({len(duplicates)})</h3><div class="grid">{"".join(pairs)}</div>')
     issues = audit.get("label_issues")
     if isinstance(issues, list):
-        figures = [_figure(thumbnails, item["path"], f"given {item['given']} → {item['suggested']} ({item['score']:.2f})",
-                           item["path"]) for item in issues[:MAX_FINDINGS_SHOWN]]
-        parts.append(f"<h3>Label-issue candidates ({len(issues)})</h3><div class=\"grid\">{''.join(figures)}</div>")
+        figures = [
+            _figure(
+                thumbnails,
+                item["path"],
+                f"given {item['given']} → {item['suggested']} ({item['score']:.2f})",
+                item["path"],
+            )
+            for item in issues[:MAX_FINDINGS_SHOWN]
+        ]
+        parts.append(f'<h3>Label-issue candidates ({len(issues)})</h3><div class="grid">{"".join(figures)}</div>')
     if audit.get("label_issues_skipped"):
-        parts.append(f"<p class=\"muted\">Label issues skipped: {_e(audit['label_issues_skipped'])}</p>")
+        parts.append(f'<p class="muted">Label issues skipped: {_e(audit["label_issues_skipped"])}</p>')
     outliers = audit.get("outliers") or []
-    figures = [_figure(thumbnails, item["path"], f"score {item['score']:.3f}", item["path"])
-               for item in outliers[:MAX_FINDINGS_SHOWN]]
-    parts.append(f"<h3>Outliers ({len(outliers)})</h3><div class=\"grid\">{''.join(figures)}</div>")
+    figures = [
+        _figure(thumbnails, item["path"], f"score {item['score']:.3f}", item["path"])
+        for item in outliers[:MAX_FINDINGS_SHOWN]
+    ]
+    parts.append(f'<h3>Outliers ({len(outliers)})</h3><div class="grid">{"".join(figures)}</div>')
     drawn = (audit.get("map") or {}).get("path")
     if drawn and (run / drawn).is_file():
-        parts.append(f'<h3>Map of the embeddings</h3><div class="plots"><img src="{_e(drawn)}" alt="embedding map"></div>')
+        parts.append(
+            f'<h3>Map of the embeddings</h3><div class="plots"><img src="{_e(drawn)}" alt="embedding map"></div>'
+        )
     return "".join(parts)
 
 
 def _figure(thumbnails: _Thumbnails, path: str, caption: str, title: str | None = None) -> str:
     source = thumbnails.get(path)
-    image = (f'<img src="{_e(source)}" alt="{_e(path)}" title="{_e(title or path)}">' if source
-             else '<div class="muted">(photo not found)</div>')
+    image = (
+        f'<img src="{_e(source)}" alt="{_e(path)}" title="{_e(title or path)}">'
+        if source
+        else '<div class="muted">(photo not found)</div>'
+    )
     return f"<figure>{image}<figcaption>{_e(caption)}</figcaption></figure>"
 
 
@@ -224,8 +277,14 @@ class _Thumbnails:
         """One warning for every photo the page shows without a thumbnail (not one line per photo)."""
         if self.missing:
             path, why = next(iter(self.missing.items()))
-            logger.warning("report.html: no thumbnail of %d photo(s), e.g. %s (%s); the cache's paths are read relative "
-                           "to %s, the source of its last extraction", len(self.missing), path, why, self.root)
+            logger.warning(
+                "report.html: no thumbnail of %d photo(s), e.g. %s (%s); the cache's paths are read relative "
+                "to %s, the source of its last extraction",
+                len(self.missing),
+                path,
+                why,
+                self.root,
+            )
 
     def get(self, path: str) -> str | None:
         if self.root is None:

@@ -11,10 +11,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from classical.report.files import best_row  # noqa: E402
+from classical.report.files import best_row
 
 KIND_COLORS = {"classical": "tab:blue", "neural": "tab:orange"}
 
@@ -23,9 +23,11 @@ def render_plots(report: dict[str, Any], run: Path) -> list[Path]:
     """Draw the charts into run/plots/ (the learning curve when the report has one) and return their paths."""
     folder = run / "plots"
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [accuracy_vs_fit_time(report, folder / "accuracy_vs_fit_time.png"),
-             confusion(report, folder / "confusion_matrix.png"),
-             per_class_f1(report, folder / "per_class_f1.png")]
+    paths = [
+        accuracy_vs_fit_time(report, folder / "accuracy_vs_fit_time.png"),
+        confusion(report, folder / "confusion_matrix.png"),
+        per_class_f1(report, folder / "per_class_f1.png"),
+    ]
     if (report.get("learning_curve") or {}).get("models"):
         paths.append(learning_curve(report, folder / "learning_curve.png"))
     return paths
@@ -43,16 +45,26 @@ def accuracy_vs_fit_time(report: dict[str, Any], path: Path) -> Path:
         x, y = training_seconds(row), row["test_accuracy"]
         ci = row.get("test_accuracy_ci")
         yerr = None if not ci else [[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]]
-        axes.errorbar(x, y, yerr=yerr, fmt="o", markersize=7, capsize=4, color=KIND_COLORS.get(row["kind"], "gray"),
-                      label=row["kind"])
+        axes.errorbar(
+            x,
+            y,
+            yerr=yerr,
+            fmt="o",
+            markersize=7,
+            capsize=4,
+            color=KIND_COLORS.get(row["kind"], "gray"),
+            label=row["kind"],
+        )
         axes.annotate(row["name"], (x, y), textcoords="offset points", xytext=(6, 4))
     handles, labels = axes.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     axes.legend(unique.values(), unique.keys(), loc="lower right")
     axes.set_xscale("log")
     with_embedding = any(row.get("fit_seconds_with_embedding") is not None for row in report["models"])
-    axes.set_xlabel("training seconds, selection included (log scale)" + (
-        "\nrows on embeddings: + their share of the time to embed train+val" if with_embedding else ""))
+    axes.set_xlabel(
+        "training seconds, selection included (log scale)"
+        + ("\nrows on embeddings: + their share of the time to embed train+val" if with_embedding else "")
+    )
     axes.set_ylabel("test accuracy (bars: 95% Wilson interval)")
     axes.set_title(f"Accuracy vs training cost (n_test = {report['split']['n_test']})")
     axes.grid(alpha=0.3)
@@ -88,8 +100,12 @@ def per_class_f1(report: dict[str, Any], path: Path) -> Path:
     width = 0.8 / len(rows)
     figure, axes = plt.subplots(figsize=(max(8, 1.3 * len(names) + 2), 4.5))
     for k, row in enumerate(rows):
-        axes.bar(np.arange(len(names)) + (k - (len(rows) - 1) / 2) * width, [row["per_class_f1"][n] for n in names],
-                 width, label=row["name"])
+        axes.bar(
+            np.arange(len(names)) + (k - (len(rows) - 1) / 2) * width,
+            [row["per_class_f1"][n] for n in names],
+            width,
+            label=row["name"],
+        )
     axes.set_xticks(range(len(names)), names, rotation=30, ha="right")
     axes.set_ylabel("F1 on the test split")
     axes.set_ylim(0, 1.05)

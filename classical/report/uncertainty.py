@@ -51,8 +51,15 @@ def macro_f1_of_counts(true_counts: np.ndarray, pred_counts: np.ndarray, hits: n
     return f1.mean(axis=-1)
 
 
-def bootstrap_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, *, resamples: int = BOOTSTRAP_RESAMPLES,
-                       seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE) -> tuple[float, float]:
+def bootstrap_macro_f1(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    n_classes: int,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of macro-F1: resample the test images with replacement `resamples` times."""
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     n = len(y_true)
@@ -81,8 +88,9 @@ def mcnemar_exact(b: int, c: int) -> float:
     return float(min(1.0, binomtest(int(b), int(b + c), 0.5, alternative="two-sided").pvalue))
 
 
-def newcombe_paired_interval(both: int, b: int, c: int, neither: int,
-                             confidence: float = CONFIDENCE) -> tuple[float, float]:
+def newcombe_paired_interval(
+    both: int, b: int, c: int, neither: int, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
     """95% interval of p1 - p2 for paired proportions, Newcombe's hybrid score method (1998, method 10).
 
     `both`: images both models get right; `b`: only model 1; `c`: only model 2; `neither`.
@@ -114,13 +122,22 @@ def paired_comparison(y_true: np.ndarray, pred_1: np.ndarray, pred_2: np.ndarray
     """Model 1 vs model 2 on the same images: difference of accuracies, its interval, McNemar's exact p."""
     y_true, pred_1, pred_2 = (np.asarray(a, dtype=np.int64) for a in (y_true, pred_1, pred_2))
     if not len(y_true) == len(pred_1) == len(pred_2):
-        raise ValueError(f"paired predictions need the same images: {len(y_true)} labels, "
-                         f"{len(pred_1)} and {len(pred_2)} predictions")
+        raise ValueError(
+            f"paired predictions need the same images: {len(y_true)} labels, "
+            f"{len(pred_1)} and {len(pred_2)} predictions"
+        )
     right_1, right_2 = pred_1 == y_true, pred_2 == y_true
     both, b = int((right_1 & right_2).sum()), int((right_1 & ~right_2).sum())
     c, neither = int((~right_1 & right_2).sum()), int((~right_1 & ~right_2).sum())
     n = len(y_true)
     p_value = mcnemar_exact(b, c)
-    return {"difference": (b - c) / n if n else 0.0, "ci": list(newcombe_paired_interval(both, b, c, neither)),
-            "p_value": p_value, "test": TEST_NAME, "ci_method": CI_NAME, "discordant": [b, c], "n_test": n,
-            "significant": bool(p_value < ALPHA)}
+    return {
+        "difference": (b - c) / n if n else 0.0,
+        "ci": list(newcombe_paired_interval(both, b, c, neither)),
+        "p_value": p_value,
+        "test": TEST_NAME,
+        "ci_method": CI_NAME,
+        "discordant": [b, c],
+        "n_test": n,
+        "significant": bool(p_value < ALPHA),
+    }

@@ -43,7 +43,9 @@ def load_class_names(labels: str | os.PathLike | None = None) -> list[str]:
     labels = labels or os.environ.get("EMBEDDER_IMAGENET_LABELS")
     path = Path(labels) if labels else _keras_class_index()
     if not path.is_file():
-        raise EmbedderError(f"ImageNet labels file '{path}' does not exist; pass a 1000/1001-line text file or Keras' {CLASS_INDEX_FILE}.")
+        raise EmbedderError(
+            f"ImageNet labels file '{path}' does not exist; pass a 1000/1001-line text file or Keras' {CLASS_INDEX_FILE}."
+        )
     if path.suffix.lower() == ".json":
         index = json.loads(path.read_text())
         names = [index[str(i)][1] for i in range(len(index))]
@@ -52,7 +54,9 @@ def load_class_names(labels: str | os.PathLike | None = None) -> list[str]:
         if len(names) == 1001:
             names = names[1:]  # TF-slim files start with "background"
     if len(names) != 1000:
-        raise EmbedderError(f"ImageNet labels file '{path}' has {len(names)} names; expected 1000 (or 1001 with 'background' first).")
+        raise EmbedderError(
+            f"ImageNet labels file '{path}' has {len(names)} names; expected 1000 (or 1001 with 'background' first)."
+        )
     return names
 
 
@@ -71,11 +75,16 @@ def _keras_class_index() -> Path:
         ) from exc
 
 
-def build_classifier(*, alpha: float = 1.0, size: int = 224, weights: str | None = "imagenet") -> Callable[[np.ndarray], np.ndarray]:
+def build_classifier(
+    *, alpha: float = 1.0, size: int = 224, weights: str | None = "imagenet"
+) -> Callable[[np.ndarray], np.ndarray]:
     """The full MobileNetV2 (1000-class top): uint8 RGB batch in, class probabilities out."""
     model = build_mobilenet_v2(
-        alpha=alpha, size=size, weights_path=resolve_weights(weights, alpha=alpha, size=size, include_top=True),
-        pooling=None, include_top=True,
+        alpha=alpha,
+        size=size,
+        weights_path=resolve_weights(weights, alpha=alpha, size=size, include_top=True),
+        pooling=None,
+        include_top=True,
     )
     function = uint8_function(model, size)
     return lambda images: np.asarray(function(images))

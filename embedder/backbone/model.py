@@ -84,8 +84,13 @@ class Backbone:
         weights = provenance["weights"]
         if weights not in ("none", "imagenet"):
             weights = provenance.get("weights_file") or weights
-        spec = {"alpha": provenance["alpha"], "size": provenance["size"], "weights": weights,
-                "pooling": provenance["pooling"], "resize": provenance["resize"]}
+        spec = {
+            "alpha": provenance["alpha"],
+            "size": provenance["size"],
+            "weights": weights,
+            "pooling": provenance["pooling"],
+            "resize": provenance["resize"],
+        }
         return cls(**{**spec, **overrides})
 
     def __getstate__(self) -> dict[str, Any]:
@@ -139,8 +144,10 @@ class Backbone:
             "precision": PRECISION,
             "dim": self.dim,
             "preprocessing": PREPROCESSING,
-            **{name if name == "python" else f"version_{name}": value
-               for name, value in library_versions(VERSIONED_PACKAGES).items()},
+            **{
+                name if name == "python" else f"version_{name}": value
+                for name, value in library_versions(VERSIONED_PACKAGES).items()
+            },
         }
 
 

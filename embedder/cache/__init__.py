@@ -6,5 +6,19 @@ from embedder.cache.reader import Cache, CachedBackbone, info, open_cache
 from embedder.cache.verify import verify
 from embedder.cache.writer import CacheIndex, CacheWriter
 
-__all__ = ["NUMERIC", "SCHEMA_VERSION", "STR", "Batch", "Cache", "CacheIndex", "CacheWriter", "CachedBackbone", "Failure", "Row",
-           "info", "limits_text", "open_cache", "verify"]
+__all__ = [
+    "NUMERIC",
+    "SCHEMA_VERSION",
+    "STR",
+    "Batch",
+    "Cache",
+    "CacheIndex",
+    "CacheWriter",
+    "CachedBackbone",
+    "Failure",
+    "Row",
+    "info",
+    "limits_text",
+    "open_cache",
+    "verify",
+]

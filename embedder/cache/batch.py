@@ -62,8 +62,11 @@ class Batch:
 
     def columns(self) -> Iterator[tuple[str, str, np.ndarray | list[str]]]:
         """(table, column, values) for every column of rows, aliases and failures: int64 arrays or str lists."""
-        for table, records, names in (("rows", self.rows, Row._fields), ("aliases", self.aliases, Row._fields),
-                                      ("failures", self.failures, Failure._fields)):
+        for table, records, names in (
+            ("rows", self.rows, Row._fields),
+            ("aliases", self.aliases, Row._fields),
+            ("failures", self.failures, Failure._fields),
+        ):
             values = list(zip(*records)) if records else [()] * len(names)
             for name, column in zip(names, values):
                 yield table, name, np.array(column, dtype=np.int64) if name in NUMERIC else list(column)
@@ -89,5 +92,9 @@ class Batch:
             values = [columns[name] if name in columns else [defaults[name]] * count for name in kind._fields]
             return [kind(*record) for record in zip(*values)]
 
-        return cls(embeddings=embeddings, rows=records("rows", Row), aliases=records("aliases", Row),
-                   failures=records("failures", Failure))
+        return cls(
+            embeddings=embeddings,
+            rows=records("rows", Row),
+            aliases=records("aliases", Row),
+            failures=records("failures", Failure),
+        )

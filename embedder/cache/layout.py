@@ -84,8 +84,12 @@ def read_failures(group: h5py.Group) -> list[Failure]:
     return [
         Failure(path, sha, reason, int(size), int(mtime), str(limit))
         for path, sha, reason, size, mtime, limit in zip(
-            table["path"].asstr()[...], table["sha256"].asstr()[...], table["reason"].asstr()[...],
-            table["file_size"][...], table["mtime_ns"][...], limits,
+            table["path"].asstr()[...],
+            table["sha256"].asstr()[...],
+            table["reason"].asstr()[...],
+            table["file_size"][...],
+            table["mtime_ns"][...],
+            limits,
         )
     ]
 

@@ -20,8 +20,9 @@ DIGEST = np.dtype("S32")
 
 def path_hashes(paths: Iterable[str]) -> np.ndarray:
     """A 64-bit hash of each path (blake2b), as uint64."""
-    return np.array([int.from_bytes(hashlib.blake2b(p.encode(), digest_size=8).digest(), "little") for p in paths],
-                    dtype=np.uint64)
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(p.encode(), digest_size=8).digest(), "little") for p in paths], dtype=np.uint64
+    )
 
 
 def digests(hexes: Iterable[str | bytes]) -> np.ndarray:
@@ -44,7 +45,9 @@ class RowLookup:
         return cls.from_entries(path_hashes(paths), rows, digests(shas), rows)
 
     @classmethod
-    def from_entries(cls, path_hash: np.ndarray, path_row: np.ndarray, sha: np.ndarray, sha_row: np.ndarray) -> RowLookup:
+    def from_entries(
+        cls, path_hash: np.ndarray, path_row: np.ndarray, sha: np.ndarray, sha_row: np.ndarray
+    ) -> RowLookup:
         """Both tables from unsorted entries."""
         by_path, by_sha = np.argsort(path_hash, kind="stable"), np.argsort(sha, kind="stable")
         return cls(path_hash[by_path], path_row[by_path], sha[by_sha], sha_row[by_sha])
@@ -57,8 +60,12 @@ class RowLookup:
     def write(self, group: h5py.Group) -> None:
         table = group.create_group("index")
         for name in ("path_hash", "path_row", "sha", "sha_row"):
-            table.create_dataset(name, data=getattr(self, name), fletcher32=len(getattr(self, name)) > 0,
-                                 chunks=True if len(getattr(self, name)) else None)
+            table.create_dataset(
+                name,
+                data=getattr(self, name),
+                fletcher32=len(getattr(self, name)) > 0,
+                chunks=True if len(getattr(self, name)) else None,
+            )
 
     def path_candidates(self, paths: list[str]) -> dict[str, list[int]]:
         """Rows whose path hash equals each path's (to be confirmed against the stored paths)."""
@@ -76,13 +83,21 @@ class RowLookup:
         """The tables without the entries of rows `forget`; rows after each of `removed` (sorted) move up."""
         keep_path, keep_sha = ~np.isin(self.path_row, forget), ~np.isin(self.sha_row, forget)
         path_row, sha_row = self.path_row[keep_path], self.sha_row[keep_sha]
-        return RowLookup(self.path_hash[keep_path], path_row - np.searchsorted(removed, path_row),
-                         self.sha[keep_sha], sha_row - np.searchsorted(removed, sha_row))
+        return RowLookup(
+            self.path_hash[keep_path],
+            path_row - np.searchsorted(removed, path_row),
+            self.sha[keep_sha],
+            sha_row - np.searchsorted(removed, sha_row),
+        )
 
     def plus(self, other: RowLookup) -> RowLookup:
         """Both tables merged (their rows must not overlap)."""
-        return RowLookup.from_entries(*(np.concatenate([getattr(self, name), getattr(other, name)])
-                                  for name in ("path_hash", "path_row", "sha", "sha_row")))
+        return RowLookup.from_entries(
+            *(
+                np.concatenate([getattr(self, name), getattr(other, name)])
+                for name in ("path_hash", "path_row", "sha", "sha_row")
+            )
+        )
 
 
 def find_digest(sorted_sha: np.ndarray, sha: str) -> int | None:

@@ -22,8 +22,17 @@ import numpy as np
 from embedder.cache.batch import Batch, Failure, Row
 from embedder.cache.layout import STR, read_failures, write_failures
 from embedder.cache.lookup import RowLookup
-from embedder.cache.segments import COLUMNS, Run, compaction_point, contract, expand, link, new_segment, read_runs
-from embedder.cache.segments import write_segment
+from embedder.cache.segments import (
+    COLUMNS,
+    Run,
+    compaction_point,
+    contract,
+    expand,
+    link,
+    new_segment,
+    read_runs,
+    write_segment,
+)
 from embedder.provenance import utc_now
 
 logger = logging.getLogger(__name__)
@@ -52,10 +61,18 @@ def read_state(cache: Path, key: str, old: h5py.Group | None, *, migrate_old: bo
         runs = read_runs(old)
     else:
         runs = migrate(cache, key, old) if migrate_old else []
-    lookup = RowLookup.read(old) if "index" in old else RowLookup.build(
-        old["path"].asstr()[...], old["sha256"][...], np.arange(len(old["path"]), dtype=np.int64))
-    return GroupState(runs, lookup, [str(name) for name in old.attrs.get("class_names", [])],
-                      {failure.path: failure for failure in read_failures(old)}, str(old.attrs["created"]))
+    lookup = (
+        RowLookup.read(old)
+        if "index" in old
+        else RowLookup.build(old["path"].asstr()[...], old["sha256"][...], np.arange(len(old["path"]), dtype=np.int64))
+    )
+    return GroupState(
+        runs,
+        lookup,
+        [str(name) for name in old.attrs.get("class_names", [])],
+        {failure.path: failure for failure in read_failures(old)},
+        str(old.attrs["created"]),
+    )
 
 
 def migrate(cache: Path, key: str, old: h5py.Group) -> list[Run]:
@@ -78,8 +95,15 @@ def carry_group(cache: Path, groups: h5py.Group, name: str, old: h5py.Group) -> 
     write_group(groups.create_group(name), _attrs(old), state, int(old["embeddings"].shape[1]))
 
 
-def merge_group(cache: Path, groups: h5py.Group, key: str, old: h5py.Group | None, provenance: dict[str, Any],
-                batches: list[Path], read_batch: Callable[[Path], Batch]) -> None:
+def merge_group(
+    cache: Path,
+    groups: h5py.Group,
+    key: str,
+    old: h5py.Group | None,
+    provenance: dict[str, Any],
+    batches: list[Path],
+    read_batch: Callable[[Path], Batch],
+) -> None:
     """Write backbone group `key` of the new cache file: `old`'s rows with the journaled batches merged in."""
     state = read_state(cache, key, old)
     dim = int(provenance["dim"])
@@ -93,8 +117,9 @@ def merge_group(cache: Path, groups: h5py.Group, key: str, old: h5py.Group | Non
             at = state.lookup.sha_row_of(row.sha256)
             source = ("old", at) if at is not None else None
         if source is None:
-            state.failures[path] = Failure(path, row.sha256, "same bytes as an image that could not be embedded",
-                                           row.file_size, row.mtime_ns)
+            state.failures[path] = Failure(
+                path, row.sha256, "same bytes as an image that could not be embedded", row.file_size, row.mtime_ns
+            )
         elif cached.get(path) == row and source[0] == "old":
             del previous[path]  # rehashed and unchanged: the cached row stays as it is
         else:
@@ -122,15 +147,17 @@ def merge_group(cache: Path, groups: h5py.Group, key: str, old: h5py.Group | Non
     rows += list(range(total - appended, total))
     new_paths = [order[replaced[r]] for r in sorted(replaced)] + [p for p in order if p not in previous]
     state.lookup = state.lookup.without(np.array(sorted(previous.values()), dtype=np.int64), removed).plus(
-        RowLookup.build(new_paths, [final[p].sha256 for p in new_paths], np.array(rows, dtype=np.int64)))
+        RowLookup.build(new_paths, [final[p].sha256 for p in new_paths], np.array(rows, dtype=np.int64))
+    )
     if len(state.runs) > MAX_RUNS:
         state.runs = compact(cache, key, state.runs, dim)
     attrs = {**provenance, "created": state.created}
     write_group(groups.create_group(key), attrs, state, dim)
 
 
-def _replay(state: GroupState, batches: list[Path], read_batch: Callable[[Path], Batch]
-            ) -> tuple[dict[str, Row], dict[str, tuple], set[str], dict[str, tuple]]:
+def _replay(
+    state: GroupState, batches: list[Path], read_batch: Callable[[Path], Batch]
+) -> tuple[dict[str, Row], dict[str, tuple], set[str], dict[str, tuple]]:
     """Apply the batches in order: final rows by path, where each embedded hash is, the paths touched."""
     final: dict[str, Row] = {}
     by_sha: dict[str, tuple] = {}  # sha256 -> ("new", batch, row) of an embedding made in this run
@@ -179,15 +206,32 @@ def read_at(dataset: h5py.Dataset, rows: list[int]) -> list:
 def read_rows(group: h5py.Group, rows: list[int], class_names: list[str]) -> list[Row]:
     """Rows `rows` of the group, in the order given (labels as class names)."""
     unique = sorted(set(rows))
-    columns = {name: dict(zip(unique, read_at(group[name], unique))) for name in ("path", "sha256", "label", "file_size",
-                                                                                 "mtime_ns")}
+    columns = {
+        name: dict(zip(unique, read_at(group[name], unique)))
+        for name in ("path", "sha256", "label", "file_size", "mtime_ns")
+    }
     names = class_names
-    return [Row(columns["path"][r], columns["sha256"][r], names[columns["label"][r]] if columns["label"][r] >= 0
-                else "", columns["file_size"][r], columns["mtime_ns"][r]) for r in rows]
+    return [
+        Row(
+            columns["path"][r],
+            columns["sha256"][r],
+            names[columns["label"][r]] if columns["label"][r] >= 0 else "",
+            columns["file_size"][r],
+            columns["mtime_ns"][r],
+        )
+        for r in rows
+    ]
 
 
-def _fill(target: Mapping[str, h5py.Dataset], order: list[str], final: dict[str, Row], sources: dict[str, tuple],
-          state: GroupState, old: h5py.Group | None, batches: list[Path]) -> None:
+def _fill(
+    target: Mapping[str, h5py.Dataset],
+    order: list[str],
+    final: dict[str, Row],
+    sources: dict[str, tuple],
+    state: GroupState,
+    old: h5py.Group | None,
+    batches: list[Path],
+) -> None:
     """Write the new segment's rows: metadata from `final`, embeddings from the batches or the old rows.
 
     Embeddings are gathered COPY_ROWS rows at a time in segment order; batches are read through a
@@ -236,12 +280,14 @@ def compact(cache: Path, key: str, runs: list[Run], dim: int) -> list[Run]:
     path, relative = new_segment(cache, key)
     files = {run.file: h5py.File(cache.parent / run.file, "r") for run in tail}
     try:
-        write_segment(path, rows, dim, lambda target: copy_rows(target, [(files[r.file], r.start, r.length) for r in tail]))
+        write_segment(
+            path, rows, dim, lambda target: copy_rows(target, [(files[r.file], r.start, r.length) for r in tail])
+        )
     finally:
         for handle in files.values():
             handle.close()
     logger.info("compacted %d runs (%d rows) of backbone %s into segment %s", len(tail), rows, key, relative)
-    return runs[:point] + [Run(relative, 0, rows, rows)]
+    return [*runs[:point], Run(relative, 0, rows, rows)]
 
 
 def write_group(group: h5py.Group, attrs: dict[str, Any], state: GroupState, dim: int) -> None:

@@ -48,8 +48,11 @@ class CachedBackbone:
     def load(self) -> np.ndarray:
         embeddings = self._read("embeddings")
         if np.isnan(embeddings).all(axis=1).any():  # what a missing segment file reads as
-            raise damaged(self._path, f"rows of backbone {self.key} are missing (a segment file in "
-                                      f"'{segments_folder(self._path)}' is gone or was moved without the cache)")
+            raise damaged(
+                self._path,
+                f"rows of backbone {self.key} are missing (a segment file in "
+                f"'{segments_folder(self._path)}' is gone or was moved without the cache)",
+            )
         return embeddings
 
     @property
@@ -101,12 +104,24 @@ class Cache:
         missing = [name for name in (*COLUMNS, "failures") if name not in group]
         if missing:
             raise damaged(self.path, f"backbone {key} has no dataset {', '.join(missing)}")
-        gone = sorted({file for _, file, _, _ in group["embeddings"].virtual_sources()
-                       if not (self.path.parent / file).is_file()}) if group["embeddings"].is_virtual else []
+        gone = (
+            sorted(
+                {
+                    file
+                    for _, file, _, _ in group["embeddings"].virtual_sources()
+                    if not (self.path.parent / file).is_file()
+                }
+            )
+            if group["embeddings"].is_virtual
+            else []
+        )
         if gone:
-            raise damaged(self.path, f"segment file {gone[0]} of backbone {key} is missing"
-                                     f"{f' (and {len(gone) - 1} more)' if len(gone) > 1 else ''}; "
-                                     "a cache must be moved together with its .segments folder")
+            raise damaged(
+                self.path,
+                f"segment file {gone[0]} of backbone {key} is missing"
+                f"{f' (and {len(gone) - 1} more)' if len(gone) > 1 else ''}; "
+                "a cache must be moved together with its .segments folder",
+            )
         return CachedBackbone(group, self.path)
 
     def backbone(self, key: str | None = None) -> CachedBackbone:
@@ -148,8 +163,10 @@ def open_cache(path: str | os.PathLike) -> Cache:
 
 def damaged(path: Path, what: str) -> CacheError:
     """The one error of a damaged cache: what is wrong, and how to find out more and recover."""
-    return CacheError(f"cache '{path}' is damaged: {what}. Run `embedder verify {path}` for every problem; restore "
-                      "the file from a backup, or extract again into a new file (the images are re-embedded).")
+    return CacheError(
+        f"cache '{path}' is damaged: {what}. Run `embedder verify {path}` for every problem; restore "
+        "the file from a backup, or extract again into a new file (the images are re-embedded)."
+    )
 
 
 def info(path: str | os.PathLike) -> dict[str, Any]:
@@ -160,14 +177,18 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
         for key in cache.keys:
             rows = cache[key]
             counts = rows.class_counts()
-            backbones.append({
-                "key": key,
-                "rows": len(rows),
-                "dim": rows.dim,
-                "classes": {name: counts.get(name, 0) for name in rows.class_names},
-                "unlabeled": counts.get("", 0),
-                "failures": [{"path": f.path, "reason": f.reason, "sha256": f.sha256, "limits": f.limit_values}
-                             for f in rows.failures],
-                "provenance": rows.provenance,
-            })
+            backbones.append(
+                {
+                    "key": key,
+                    "rows": len(rows),
+                    "dim": rows.dim,
+                    "classes": {name: counts.get(name, 0) for name in rows.class_names},
+                    "unlabeled": counts.get("", 0),
+                    "failures": [
+                        {"path": f.path, "reason": f.reason, "sha256": f.sha256, "limits": f.limit_values}
+                        for f in rows.failures
+                    ],
+                    "provenance": rows.provenance,
+                }
+            )
         return {"path": str(path), "bytes": path.stat().st_size, **cache.attrs, "backbones": backbones}

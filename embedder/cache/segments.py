@@ -23,9 +23,21 @@ from embedder.cache.layout import CHUNK_ROWS, STR
 
 COLUMNS = ("embeddings", "sha256", "path", "label", "file_size", "mtime_ns")
 CHECKSUMMED = ("embeddings", "sha256", "label", "file_size", "mtime_ns")  # HDF5 filters cannot apply to vlen str
-DTYPES = {"sha256": np.dtype("S64"), "path": STR, "label": np.dtype(np.int32), "file_size": np.dtype(np.int64),
-          "mtime_ns": np.dtype(np.int64), "embeddings": np.dtype(np.float32)}
-FILL = {"embeddings": np.nan, "sha256": b"", "label": -2, "file_size": -1, "mtime_ns": -1}  # what a missing segment reads as
+DTYPES = {
+    "sha256": np.dtype("S64"),
+    "path": STR,
+    "label": np.dtype(np.int32),
+    "file_size": np.dtype(np.int64),
+    "mtime_ns": np.dtype(np.int64),
+    "embeddings": np.dtype(np.float32),
+}
+FILL = {
+    "embeddings": np.nan,
+    "sha256": b"",
+    "label": -2,
+    "file_size": -1,
+    "mtime_ns": -1,
+}  # what a missing segment reads as
 
 
 @dataclass(frozen=True)
@@ -58,8 +70,9 @@ def write_segment(path: Path, rows: int, dim: int, fill: Callable[[dict[str, h5p
         for name in COLUMNS:
             shape = (rows, dim) if name == "embeddings" else (rows,)
             chunks = (max(1, min(CHUNK_ROWS, rows)), *shape[1:])
-            datasets[name] = handle.create_dataset(name, shape=shape, dtype=DTYPES[name], chunks=chunks,
-                                                   fletcher32=name in CHECKSUMMED)
+            datasets[name] = handle.create_dataset(
+                name, shape=shape, dtype=DTYPES[name], chunks=chunks, fletcher32=name in CHECKSUMMED
+            )
         fill(datasets)
 
 
@@ -84,8 +97,12 @@ def link(group: h5py.Group, runs: list[Run], dim: int) -> None:
 def read_runs(group: h5py.Group) -> list[Run]:
     """The runs of a segmented backbone group, in row order."""
     table = group["runs"]
-    return [Run(str(file), int(start), int(length), int(rows)) for file, start, length, rows in zip(
-        table["file"].asstr()[...], table["start"][...], table["length"][...], table["rows"][...])]
+    return [
+        Run(str(file), int(start), int(length), int(rows))
+        for file, start, length, rows in zip(
+            table["file"].asstr()[...], table["start"][...], table["length"][...], table["rows"][...]
+        )
+    ]
 
 
 def expand(runs: list[Run]) -> tuple[list[Run], np.ndarray, np.ndarray]:
@@ -96,8 +113,11 @@ def expand(runs: list[Run]) -> tuple[list[Run], np.ndarray, np.ndarray]:
     number = {name: i for i, name in enumerate(files)}
     lengths = [run.length for run in runs]
     file_of = np.repeat(np.array([number[run.file] for run in runs], dtype=np.int32), lengths)
-    source_row = (np.concatenate([np.arange(run.start, run.start + run.length) for run in runs]) if runs
-                  else np.empty(0, np.int64)).astype(np.int64)
+    source_row = (
+        np.concatenate([np.arange(run.start, run.start + run.length) for run in runs])
+        if runs
+        else np.empty(0, np.int64)
+    ).astype(np.int64)
     return list(files.values()), file_of, source_row
 
 
@@ -108,8 +128,10 @@ def contract(files: list[Run], file_of: np.ndarray, source_row: np.ndarray) -> l
     breaks = np.flatnonzero((np.diff(file_of) != 0) | (np.diff(source_row) != 1)) + 1
     starts = np.concatenate([[0], breaks])
     ends = np.concatenate([breaks, [len(file_of)]])
-    return [Run(files[file_of[s]].file, int(source_row[s]), int(e - s), files[file_of[s]].rows)
-            for s, e in zip(starts.tolist(), ends.tolist())]
+    return [
+        Run(files[file_of[s]].file, int(source_row[s]), int(e - s), files[file_of[s]].rows)
+        for s, e in zip(starts.tolist(), ends.tolist())
+    ]
 
 
 def compaction_point(runs: list[Run], max_runs: int) -> int:

@@ -44,7 +44,9 @@ def pending(path: str | os.PathLike) -> str | None:
     """A note when finished batches of an interrupted run wait in the journal (not damage: the next run merges them)."""
     journal = Path(path).with_name(Path(path).name + ".journal")
     if journal.is_dir() and any(journal.rglob("*.npz")):
-        return f"note: finished batches of an interrupted run wait in {journal}; the next `embedder extract` merges them."
+        return (
+            f"note: finished batches of an interrupted run wait in {journal}; the next `embedder extract` merges them."
+        )
     return None
 
 
@@ -71,8 +73,9 @@ def _verify_segments(path: Path, group: h5py.Group) -> list[str]:
     for file, rows in sizes.items():
         segment = path.parent / file
         if not segment.is_file():
-            problems.append(f"segment {segment} is missing; move the cache together with its .segments folder, or "
-                            f"{RESTORE}.")
+            problems.append(
+                f"segment {segment} is missing; move the cache together with its .segments folder, or {RESTORE}."
+            )
             continue
         try:
             with h5py.File(segment, "r") as handle:
@@ -84,8 +87,10 @@ def _verify_segments(path: Path, group: h5py.Group) -> list[str]:
                         try:
                             handle[name][start : start + READ_ROWS]
                         except OSError:
-                            problems.append(f"segment {segment}: {name} rows {start}-{min(rows, start + READ_ROWS) - 1} "
-                                            f"fail their checksum (the bytes on disk changed); {RESTORE}.")
+                            problems.append(
+                                f"segment {segment}: {name} rows {start}-{min(rows, start + READ_ROWS) - 1} "
+                                f"fail their checksum (the bytes on disk changed); {RESTORE}."
+                            )
                             break
         except OSError as exc:
             problems.append(f"segment {segment} cannot be opened ({exc}); {RESTORE}.")
@@ -107,23 +112,29 @@ def _verify_rows(group: h5py.Group) -> list[str]:
         problems.append(f"{bad} embedding row(s) hold NaN or infinite values; {RESTORE}.")
     unique, counts = np.unique(paths, return_counts=True)
     if (counts > 1).any():
-        problems.append(f"{int((counts > 1).sum())} path(s) appear more than once (first: {unique[counts > 1][0]}); "
-                        f"{RESTORE}.")
+        problems.append(
+            f"{int((counts > 1).sum())} path(s) appear more than once (first: {unique[counts > 1][0]}); {RESTORE}."
+        )
     malformed = [sha for sha in shas.tolist() if not HEX64.fullmatch(sha)]
     if malformed:
-        problems.append(f"{len(malformed)} content hash(es) are not 64 hex digits (first: {malformed[0]!r}); {RESTORE}.")
+        problems.append(
+            f"{len(malformed)} content hash(es) are not 64 hex digits (first: {malformed[0]!r}); {RESTORE}."
+        )
     classes = len(group.attrs.get("class_names", []))
     if len(labels) and (labels.min() < -1 or labels.max() >= classes):
         problems.append(f"labels outside -1..{classes - 1} (the class names); {RESTORE}.")
     if "index" in group and not malformed:
         stored, expected = RowLookup.read(group), RowLookup.build(paths, shas, np.arange(rows, dtype=np.int64))
         if _pairs(stored) != _pairs(expected):
-            problems.append("the lookup tables do not match the rows (a rerun could skip or duplicate images); "
-                            f"{RESTORE}.")
+            problems.append(
+                f"the lookup tables do not match the rows (a rerun could skip or duplicate images); {RESTORE}."
+            )
     return problems
 
 
 def _pairs(lookup: RowLookup) -> tuple[set, set]:
     """A lookup's (key, row) entries, whatever the order of equal keys."""
-    return (set(zip(lookup.path_hash.tolist(), lookup.path_row.tolist())),
-            set(zip(lookup.sha.tolist(), lookup.sha_row.tolist())))
+    return (
+        set(zip(lookup.path_hash.tolist(), lookup.path_row.tolist())),
+        set(zip(lookup.sha.tolist(), lookup.sha_row.tolist())),
+    )

@@ -81,8 +81,12 @@ class CacheWriter:
         except Exception as error:
             if exc is None:
                 raise
-            logger.error("could not merge finished batches into %s (%s); they stay in %s for the next run",
-                         self.path, error, self.journal)
+            logger.error(
+                "could not merge finished batches into %s (%s); they stay in %s for the next run",
+                self.path,
+                error,
+                self.journal,
+            )
         finally:
             self._unlock()
 
@@ -155,8 +159,10 @@ class CacheWriter:
             with atomic_path(target) as tmp, open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)
         except OSError as exc:
-            raise CacheError(f"could not journal a finished batch to '{target}' ({_reason(exc, self.path)}); the "
-                             "batches finished before it are kept: free space and rerun the same command.") from None
+            raise CacheError(
+                f"could not journal a finished batch to '{target}' ({_reason(exc, self.path)}); the "
+                "batches finished before it are kept: free space and rerun the same command."
+            ) from None
 
     @staticmethod
     def _read_batch(path: Path) -> Batch:
@@ -212,14 +218,21 @@ class CacheWriter:
                     new.attrs["created"] = old.attrs["created"] if old is not None else utc_now()
                     new.attrs["updated"] = utc_now()
                     groups = new.create_group(GROUP)
-                    for name in (old.get(GROUP, {}) if old is not None else {}):
+                    for name in old.get(GROUP, {}) if old is not None else {}:
                         if name not in keys:
                             carry_group(self.path, groups, name, old[GROUP][name])
                     for key in keys:
                         old_group = old[GROUP][key] if old is not None and key in old.get(GROUP, {}) else None
                         folder = self.journal / key
-                        merge_group(self.path, groups, key, old_group, json.loads((folder / "provenance.json").read_text()),
-                                    sorted(folder.glob("*.npz")), self._read_batch)
+                        merge_group(
+                            self.path,
+                            groups,
+                            key,
+                            old_group,
+                            json.loads((folder / "provenance.json").read_text()),
+                            sorted(folder.glob("*.npz")),
+                            self._read_batch,
+                        )
             finally:
                 if old is not None:
                     old.close()

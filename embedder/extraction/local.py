@@ -17,8 +17,15 @@ from tqdm import tqdm
 from embedder.backbone import Backbone
 from embedder.cache import Batch, CacheIndex, CacheWriter, Failure, open_cache
 from embedder.extraction.rows import ExtractSummary, RetryPolicy, Sorter, plan_work
-from embedder.inputs import DEFAULT_MAX_PIXELS, LoadedFile, SourceItem, default_workers, list_source, load_and_encode
-from embedder.inputs import load_file
+from embedder.inputs import (
+    DEFAULT_MAX_PIXELS,
+    LoadedFile,
+    SourceItem,
+    default_workers,
+    list_source,
+    load_and_encode,
+    load_file,
+)
 from embedder.runtimes import Encoder, Handover, load_encoder, reduced_key, start_encoder
 
 logger = logging.getLogger(__name__)
@@ -67,21 +74,51 @@ def extract(
         else:  # the key depends on the runtime (and calibration) chosen: load it first
             reduced, files = _reduced_encoder(Path(out), backbone, listed.items, runtime, precision, calibration)
             key, load = reduced.key, lambda: reduced
-            extra = {"backbone_key": key, "precision": precision, "runtime": reduced.runtime,
-                     "calibration_digest": reduced.calibration, "calibration_files": json.dumps(files)}
+            extra = {
+                "backbone_key": key,
+                "precision": precision,
+                "runtime": reduced.runtime,
+                "calibration_digest": reduced.calibration,
+                "calibration_files": json.dumps(files),
+            }
         index = cache.index(key, [item.rel for item in listed.items])
-        plan = plan_work(listed.items, index, rehash=rehash, retry=RetryPolicy({"max_pixels": max_pixels}, retry_failed))
-        summary = ExtractSummary(out=Path(out), backbone_key=key, runtime="none", total=len(listed.items),
-                                 cached=plan.cached, failed=plan.failed, retried=plan.retried, skipped=listed.skipped)
-        logger.info("%s: %d images to read (%d recorded failures re-attempted), %d cached", out, len(plan.todo),
-                    len(plan.retried), summary.cached)
+        plan = plan_work(
+            listed.items, index, rehash=rehash, retry=RetryPolicy({"max_pixels": max_pixels}, retry_failed)
+        )
+        summary = ExtractSummary(
+            out=Path(out),
+            backbone_key=key,
+            runtime="none",
+            total=len(listed.items),
+            cached=plan.cached,
+            failed=plan.failed,
+            retried=plan.retried,
+            skipped=listed.skipped,
+        )
+        logger.info(
+            "%s: %d images to read (%d recorded failures re-attempted), %d cached",
+            out,
+            len(plan.todo),
+            len(plan.retried),
+            summary.cached,
+        )
         if plan.todo:
             provenance = {**backbone.provenance(), **extra, "source": str(listed.root.resolve())}
             cache.begin(key, provenance)
             encoder = _in_background(load)
             _embed_into(
-                cache, key, plan.todo, encoder, backbone, index, plan.failed_hashes, summary,
-                batch_size=batch_size, workers=workers or default_workers(), max_pixels=max_pixels, progress=progress,
+                cache,
+                key,
+                plan.todo,
+                encoder,
+                backbone,
+                index,
+                plan.failed_hashes,
+                summary,
+                batch_size=batch_size,
+                workers=workers or default_workers(),
+                max_pixels=max_pixels,
+                progress=progress,
             )
     if plan.todo:
         _finish(encoder, summary)
@@ -110,8 +147,14 @@ def _finish(encoder: Callable[[], Encoder], summary: ExtractSummary) -> None:
             summary.runtime = loaded.describe()
 
 
-def _reduced_encoder(out: Path, backbone: Backbone, items: list[SourceItem], runtime: str, precision: str,
-                     calibration: str | os.PathLike | None) -> tuple[Encoder, list[str]]:
+def _reduced_encoder(
+    out: Path,
+    backbone: Backbone,
+    items: list[SourceItem],
+    runtime: str,
+    precision: str,
+    calibration: str | os.PathLike | None,
+) -> tuple[Encoder, list[str]]:
     """The reduced-precision encoder and its int8 calibration files, chosen as `extract` documents."""
     files: list[str] = []
     digest = None
@@ -121,9 +164,12 @@ def _reduced_encoder(out: Path, backbone: Backbone, items: list[SourceItem], run
         else:
             files, digest = _earlier_calibration(out, backbone)
             if not files:
-                files = [str(item.path) for item in items[:: max(1, len(items) // CALIBRATION_IMAGES)][:CALIBRATION_IMAGES]]
-    encoder = load_encoder(backbone, runtime, precision=precision, calibration=[Path(f) for f in files],
-                           calibration_digest=digest)
+                files = [
+                    str(item.path) for item in items[:: max(1, len(items) // CALIBRATION_IMAGES)][:CALIBRATION_IMAGES]
+                ]
+    encoder = load_encoder(
+        backbone, runtime, precision=precision, calibration=[Path(f) for f in files], calibration_digest=digest
+    )
     return encoder, files
 
 
@@ -168,8 +214,9 @@ def _embed_into(
     batch = Batch(embeddings=buffer)
     bar = tqdm(total=len(todo), unit="img", desc="embedding", disable=None if progress is None else not progress)
     try:
-        for item, loaded, embedding in load_and_encode(todo, load, lambda pixels: encoder()(pixels),
-                                                       batch_size=batch_size, workers=workers):
+        for item, loaded, embedding in load_and_encode(
+            todo, load, lambda pixels: encoder()(pixels), batch_size=batch_size, workers=workers
+        ):
             sorter.add(batch, item.rel, item.label, loaded, embedding)
             if len(batch.rows) == batch_size:
                 _flush(cache, key, batch, encoder, index, summary)
@@ -180,13 +227,21 @@ def _embed_into(
         bar.close()
 
 
-def _flush(cache: CacheWriter, key: str, batch: Batch, encoder: Callable[[], Encoder], index: CacheIndex,
-           summary: ExtractSummary) -> None:
+def _flush(
+    cache: CacheWriter,
+    key: str,
+    batch: Batch,
+    encoder: Callable[[], Encoder],
+    index: CacheIndex,
+    summary: ExtractSummary,
+) -> None:
     """Make the batch durable: its embedded rows, aliases and failures go to the journal."""
     if not batch:
         return
     if batch.rows:
-        summary.runtime = encoder().runtime if encoder().precision == "fp32" else f"{encoder().runtime} {encoder().precision}"
+        summary.runtime = (
+            encoder().runtime if encoder().precision == "fp32" else f"{encoder().runtime} {encoder().precision}"
+        )
     batch = Batch(batch.embeddings[: len(batch.rows)], batch.rows, batch.aliases, batch.failures)
     cache.write_batch(key, batch)
     summary.count(batch, index)

@@ -23,8 +23,20 @@ from embedder.runtimes import load_encoder
 class BlockEmbedder:
     """Ray Data actor: one loaded backbone; each call embeds blocks of images into shard files."""
 
-    def __init__(self, *, backbone: dict[str, Any], weights: Any, key: str, shard_folder: str, run: str,
-                 known: Any, runtime: str, batch_size: int, threads: int, max_pixels: int) -> None:
+    def __init__(
+        self,
+        *,
+        backbone: dict[str, Any],
+        weights: Any,
+        key: str,
+        shard_folder: str,
+        run: str,
+        known: Any,
+        runtime: str,
+        batch_size: int,
+        threads: int,
+        max_pixels: int,
+    ) -> None:
         import ray
 
         self._weights_folder = tempfile.TemporaryDirectory(prefix="embedder-weights-")
@@ -33,8 +45,10 @@ class BlockEmbedder:
             spec["weights"] = self._materialize(spec, ray.get(weights))
         self.backbone = Backbone(**spec)
         if self.backbone.key != key:
-            raise EmbedderError(f"worker {socket.gethostname()} built backbone {self.backbone.key}, the driver "
-                                f"{key}: install the same library versions on every node.")
+            raise EmbedderError(
+                f"worker {socket.gethostname()} built backbone {self.backbone.key}, the driver "
+                f"{key}: install the same library versions on every node."
+            )
         self.encoder = load_encoder(self.backbone, runtime, threads=threads)
         self.known, self.failed = ray.get(known)  # hashes already embedded; failed hash -> its Failure
         self.folder, self.run = Path(shard_folder), run
@@ -57,8 +71,14 @@ class BlockEmbedder:
         for block, paths, rels, labels in zip(batch["block"], batch["paths"], batch["rels"], batch["labels"]):
             started = time.perf_counter()
             shard = self.embed(list(paths), list(rels), list(labels))
-            attrs = {"backbone_key": self.backbone.key, "run": self.run, "block": int(block),
-                     "host": socket.gethostname(), "pid": os.getpid(), "seconds": time.perf_counter() - started}
+            attrs = {
+                "backbone_key": self.backbone.key,
+                "run": self.run,
+                "block": int(block),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "seconds": time.perf_counter() - started,
+            }
             write_shard(self.folder / f"{self.run}-{int(block):06d}{SHARD_SUFFIX}", shard, attrs)
             out["block"].append(int(block))
             out["images"].append(len(rels))
@@ -72,8 +92,13 @@ class BlockEmbedder:
 
         def load(path: str) -> LoadedFile:
             if not is_uri(path):
-                return load_file(Path(path), size=self.backbone.size, resize=self.backbone.resize,
-                                 max_pixels=self.max_pixels, skip=sorter.skip)
+                return load_file(
+                    Path(path),
+                    size=self.backbone.size,
+                    resize=self.backbone.resize,
+                    max_pixels=self.max_pixels,
+                    skip=sorter.skip,
+                )
             loaded = LoadedFile(Path(path))
             try:
                 data = read_bytes(path)
@@ -81,13 +106,20 @@ class BlockEmbedder:
                 loaded.error = f"cannot read: {exc}"
                 return loaded
             loaded.size = len(data)
-            return decode_loaded(loaded, data, size=self.backbone.size, resize=self.backbone.resize,
-                                 max_pixels=self.max_pixels, skip=sorter.skip)
+            return decode_loaded(
+                loaded,
+                data,
+                size=self.backbone.size,
+                resize=self.backbone.resize,
+                max_pixels=self.max_pixels,
+                skip=sorter.skip,
+            )
 
         shard = Batch(embeddings=np.empty((len(paths), self.backbone.dim), np.float32))
         items = list(zip(paths, rels, labels))
-        for (_, rel, label), loaded, embedding in load_and_encode(items, lambda item: load(item[0]), self.encoder,
-                                                                  batch_size=self.batch_size, workers=self.threads + 1):
+        for (_, rel, label), loaded, embedding in load_and_encode(
+            items, lambda item: load(item[0]), self.encoder, batch_size=self.batch_size, workers=self.threads + 1
+        ):
             sorter.add(shard, rel, label, loaded, embedding)
         shard.embeddings = shard.embeddings[: len(shard.rows)]
         return shard

@@ -15,9 +15,11 @@ def require_ray() -> Any:
     """The `ray` module, or an error naming the extra that installs it."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError as exc:
-        raise EmbedderError(f"--engine ray needs Ray, which is not installed ({exc}); install it with: {RAY_EXTRA}") from None
+        raise EmbedderError(
+            f"--engine ray needs Ray, which is not installed ({exc}); install it with: {RAY_EXTRA}"
+        ) from None
     return ray
 
 
@@ -25,8 +27,10 @@ def connect(address: str | None) -> Any:
     """Join the Ray cluster at `address` ("auto", "ray://host:port", "host:port"), or start a local one."""
     ray = require_ray()
     if not ray.is_initialized():
-        options: dict[str, Any] = {"logging_level": logging.WARNING,
-                                   "runtime_env": {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}}}
+        options: dict[str, Any] = {
+            "logging_level": logging.WARNING,
+            "runtime_env": {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}},
+        }
         if address is None:
             options["include_dashboard"] = False
         try:

@@ -41,9 +41,13 @@ MAX_BLOCK = 256  # images per block (and shard) by default
 def blocks_of(items: list[Any], size: int) -> Iterator[dict[str, Any]]:
     """The work list cut into numbered blocks of at most `size` images."""
     for number, start in enumerate(range(0, len(items), size)):
-        chunk = items[start:start + size]
-        yield {"block": number, "paths": [str(item.path) for item in chunk], "rels": [item.rel for item in chunk],
-               "labels": [item.label or "" for item in chunk]}
+        chunk = items[start : start + size]
+        yield {
+            "block": number,
+            "paths": [str(item.path) for item in chunk],
+            "rels": [item.rel for item in chunk],
+            "labels": [item.label or "" for item in chunk],
+        }
 
 
 def extract_ray(
@@ -94,18 +98,46 @@ def extract_ray(
         if resumed:
             logger.info("merged %d finished shard(s) of an earlier run into %s", resumed, out)
             index = cache.index(key, paths)
-        plan = plan_work(listed.items, index, rehash=rehash, retry=RetryPolicy({"max_pixels": max_pixels}, retry_failed))
-        summary = ExtractSummary(out=out, backbone_key=key, runtime="none", total=len(listed.items),
-                                 cached=plan.cached, failed=plan.failed, retried=plan.retried, skipped=listed.skipped)
-        logger.info("%s: %d images to read (%d recorded failures re-attempted), %d cached", out, len(plan.todo),
-                    len(plan.retried), summary.cached)
+        plan = plan_work(
+            listed.items, index, rehash=rehash, retry=RetryPolicy({"max_pixels": max_pixels}, retry_failed)
+        )
+        summary = ExtractSummary(
+            out=out,
+            backbone_key=key,
+            runtime="none",
+            total=len(listed.items),
+            cached=plan.cached,
+            failed=plan.failed,
+            retried=plan.retried,
+            skipped=listed.skipped,
+        )
+        logger.info(
+            "%s: %d images to read (%d recorded failures re-attempted), %d cached",
+            out,
+            len(plan.todo),
+            len(plan.retried),
+            summary.cached,
+        )
         if plan.todo:
             folder.mkdir(parents=True, exist_ok=True)
             try:
                 summary.runtime = _run_actors(
-                    plan.todo, backbone, key, folder, index, plan.failed_hashes, address=address, actors=actors,
-                    cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, runtime=runtime,
-                    batch_size=batch_size, block_size=block_size, max_pixels=max_pixels, progress=progress)
+                    plan.todo,
+                    backbone,
+                    key,
+                    folder,
+                    index,
+                    plan.failed_hashes,
+                    address=address,
+                    actors=actors,
+                    cpus_per_actor=cpus_per_actor,
+                    gpus_per_actor=gpus_per_actor,
+                    runtime=runtime,
+                    batch_size=batch_size,
+                    block_size=block_size,
+                    max_pixels=max_pixels,
+                    progress=progress,
+                )
             finally:  # also on Ctrl-C or a failed job: finished blocks are kept
                 absorb_shards(cache, key, folder, index, provenance, summary)
     summary.seconds = time.perf_counter() - started
@@ -114,11 +146,22 @@ def extract_ray(
 
 
 def _run_actors(
-    todo: list[Any], backbone: Backbone, key: str, folder: Path, index: CacheIndex, failed: dict[str, Failure], *,
+    todo: list[Any],
+    backbone: Backbone,
+    key: str,
+    folder: Path,
+    index: CacheIndex,
+    failed: dict[str, Failure],
+    *,
     address: str | None,
-    actors: int | None, cpus_per_actor: float, gpus_per_actor: float | None, runtime: str, batch_size: int,
+    actors: int | None,
+    cpus_per_actor: float,
+    gpus_per_actor: float | None,
+    runtime: str,
+    batch_size: int,
     block_size: int | None,
-    max_pixels: int, progress: bool | None,
+    max_pixels: int,
+    progress: bool | None,
 ) -> str:
     """Embed `todo` on the cluster into shards in `folder`; returns the runtime description.
 
@@ -134,11 +177,15 @@ def _run_actors(
         gpus_per_actor = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
     for name, wanted in (("GPU", gpus_per_actor), ("CPU", cpus_per_actor)):
         if wanted > resources.get(name, 0):  # Ray would wait forever for such an actor
-            raise EmbedderError(f"each actor asks for {wanted:g} {name}, the cluster has {resources.get(name, 0):g}; "
-                                f"lower --{name.lower()}s-per-actor or add nodes with {name}s.")
+            raise EmbedderError(
+                f"each actor asks for {wanted:g} {name}, the cluster has {resources.get(name, 0):g}; "
+                f"lower --{name.lower()}s-per-actor or add nodes with {name}s."
+            )
     if actors is None:
-        actors = max(1, int(resources["GPU"] // gpus_per_actor) if gpus_per_actor > 0
-                     else int(resources["CPU"] // cpus_per_actor))
+        actors = max(
+            1,
+            int(resources["GPU"] // gpus_per_actor) if gpus_per_actor > 0 else int(resources["CPU"] // cpus_per_actor),
+        )
     if gpus_per_actor > 0 and runtime == "auto":
         runtime = "keras"  # the exported CPU runtimes do not use GPUs; TensorFlow does
     weights = None
@@ -149,8 +196,13 @@ def _run_actors(
     if block_size is None:
         block_size = max(1, min(MAX_BLOCK, -(-len(todo) // (4 * actors))))
     blocks = list(blocks_of(todo, block_size))
-    spec = {"alpha": backbone.alpha, "size": backbone.size, "weights": backbone.weights, "pooling": backbone.pooling,
-            "resize": backbone.resize}
+    spec = {
+        "alpha": backbone.alpha,
+        "size": backbone.size,
+        "weights": backbone.weights,
+        "pooling": backbone.pooling,
+        "resize": backbone.resize,
+    }
     dataset = ray.data.from_items(blocks, override_num_blocks=len(blocks)).map_batches(
         BlockEmbedder,
         batch_size=1,
@@ -160,14 +212,25 @@ def _run_actors(
         num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor,
         fn_constructor_kwargs={
-            "backbone": spec, "weights": weights, "key": key, "shard_folder": str(folder.resolve()), "run": run,
-            "known": known, "runtime": runtime, "batch_size": batch_size,
-            "threads": max(1, int(cpus_per_actor)), "max_pixels": max_pixels,
+            "backbone": spec,
+            "weights": weights,
+            "key": key,
+            "shard_folder": str(folder.resolve()),
+            "run": run,
+            "known": known,
+            "runtime": runtime,
+            "batch_size": batch_size,
+            "threads": max(1, int(cpus_per_actor)),
+            "max_pixels": max_pixels,
         },
     )
     logger.info("%d images in %d blocks on %d actor(s) of %g CPU", len(todo), len(blocks), actors, cpus_per_actor)
-    bar = tqdm(total=len(todo), unit="img", desc=f"embedding on {actors} actor(s)",
-               disable=None if progress is None else not progress)
+    bar = tqdm(
+        total=len(todo),
+        unit="img",
+        desc=f"embedding on {actors} actor(s)",
+        disable=None if progress is None else not progress,
+    )
     busy, runtimes = 0.0, set()
     try:
         for result in dataset.iter_batches(batch_size=None, batch_format="numpy"):

@@ -31,8 +31,11 @@ class RetryPolicy:
         """Why `failure` is worth re-attempting in this run, or None when it would fail the same way."""
         if self.retry_failed:
             return "--retry-failed was given"
-        raised = [f"--{name.replace('_', '-')} was raised from {old} to {self.limits[name]}"
-                  for name, old in failure.limit_values.items() if self.limits.get(name, old) > old]
+        raised = [
+            f"--{name.replace('_', '-')} was raised from {old} to {self.limits[name]}"
+            for name, old in failure.limit_values.items()
+            if self.limits.get(name, old) > old
+        ]
         return ", ".join(raised) or None
 
 
@@ -54,8 +57,13 @@ def plan_work(items: list[SourceItem], index: CacheIndex, *, rehash: bool, retry
     or for another failure with the same bytes, whose hash then does not count as failed.
     """
     retryable = {f.sha256: why for f in index.failures.values() if f.sha256 and (why := retry.why(f))}
-    plan = Plan(todo=[], cached=0, failed=[], retried={},
-                failed_hashes={f.sha256: f for f in index.failures.values() if f.sha256 and f.sha256 not in retryable})
+    plan = Plan(
+        todo=[],
+        cached=0,
+        failed=[],
+        retried={},
+        failed_hashes={f.sha256: f for f in index.failures.values() if f.sha256 and f.sha256 not in retryable},
+    )
     for item in items:
         row, failure = index.rows.get(item.rel), index.failures.get(item.rel)
         known = row or failure
@@ -164,13 +172,18 @@ class ExtractSummary:
             f"backbone  {self.backbone_key}",
             f"images    {self.total}: {self.embedded} embedded, {self.reused} reused (same bytes as another file), "
             f"{self.cached} cached, {len(self.failed)} failed",
-            f"time      {self.seconds:.1f} s" + (f" ({self.images_per_second:.0f} images/s, runtime {self.runtime})" if self.embedded else ""),
+            f"time      {self.seconds:.1f} s"
+            + (f" ({self.images_per_second:.0f} images/s, runtime {self.runtime})" if self.embedded else ""),
         ]
         if self.retried:
             again = sum(failure.path in self.retried for failure in self.failed)
-            why = "; ".join(f"{count} because {reason}" for reason, count in Counter(self.retried.values()).most_common())
-            lines.append(f"retried   {len(self.retried)} recorded failure(s) ({why}): "
-                         f"{len(self.retried) - again} now in the cache, {again} failed again")
+            why = "; ".join(
+                f"{count} because {reason}" for reason, count in Counter(self.retried.values()).most_common()
+            )
+            lines.append(
+                f"retried   {len(self.retried)} recorded failure(s) ({why}): "
+                f"{len(self.retried) - again} now in the cache, {again} failed again"
+            )
         lines += [f"skipped   {note}" for note in self.skipped[:20]]
         if len(self.skipped) > 20:
             lines.append(f"          ... and {len(self.skipped) - 20} more folders not listed")

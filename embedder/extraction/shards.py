@@ -51,8 +51,14 @@ def read_shard(path: Path, key: str) -> Batch:
         return Batch.from_columns(handle["embeddings"][...], column)
 
 
-def absorb_shards(cache: CacheWriter, key: str, folder: Path, index: CacheIndex, provenance: dict[str, Any],
-                  summary: ExtractSummary | None = None) -> int:
+def absorb_shards(
+    cache: CacheWriter,
+    key: str,
+    folder: Path,
+    index: CacheIndex,
+    provenance: dict[str, Any],
+    summary: ExtractSummary | None = None,
+) -> int:
     """Journal every finished shard of `folder` into the cache, merge, and delete them; returns how many.
 
     An image whose bytes are already in the cache (or in an earlier shard) becomes a row reusing
@@ -71,9 +77,12 @@ def absorb_shards(cache: CacheWriter, key: str, folder: Path, index: CacheIndex,
             continue
         known = [row.sha256 in added or row.sha256 in index.hashes for row in shard.rows]
         keep = [i for i, cached in enumerate(known) if not cached]
-        batch = Batch(embeddings=shard.embeddings[keep], rows=[shard.rows[i] for i in keep],
-                      aliases=[row for row, cached in zip(shard.rows, known) if cached] + shard.aliases,
-                      failures=shard.failures)
+        batch = Batch(
+            embeddings=shard.embeddings[keep],
+            rows=[shard.rows[i] for i in keep],
+            aliases=[row for row, cached in zip(shard.rows, known) if cached] + shard.aliases,
+            failures=shard.failures,
+        )
         added.update(row.sha256 for row in shard.rows)
         if summary is not None:
             summary.count(batch, index)

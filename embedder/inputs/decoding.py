@@ -61,7 +61,9 @@ def _decode_jpeg(data: bytes, image: Image.Image, size: int) -> np.ndarray | Non
     scale = next((s for s in (8, 4, 2) if min(width // size, height // size) >= s), 1)  # as Pillow's draft()
     shape = (-(-height // scale), -(-width // scale))  # the draft's size, rounded up
     try:
-        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=shape[0], min_width=shape[1], min_factor=scale)
+        pixels = simplejpeg.decode_jpeg(
+            data, colorspace="RGB", min_height=shape[0], min_width=shape[1], min_factor=scale
+        )
     except ValueError:  # corrupt, truncated or unusual: Pillow tolerates or reports it
         return None
     return pixels if pixels.shape[:2] == shape else None
@@ -103,7 +105,9 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
 
 def _over_limit(exc: Image.DecompressionBombError, max_pixels: int) -> ImageTooLargeError:
     """Pillow's own bomb refusal (its threshold is never below `max_pixels`), as a refusal under `max_pixels`."""
-    return ImageTooLargeError(f"{exc}; pass a larger --max-pixels only if you trust this file", limits={"max_pixels": max_pixels})
+    return ImageTooLargeError(
+        f"{exc}; pass a larger --max-pixels only if you trust this file", limits={"max_pixels": max_pixels}
+    )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -119,7 +123,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode != "RGB":
         image = image.convert("RGB")

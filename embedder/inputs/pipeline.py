@@ -172,5 +172,7 @@ def encode_files(
     def load(path: Path) -> LoadedFile:
         return load_file(path, size=size, resize=resize, max_pixels=max_pixels)
 
-    for path, loaded, output in load_and_encode(list(paths), load, encode, batch_size=batch_size, workers=default_workers()):
+    for path, loaded, output in load_and_encode(
+        list(paths), load, encode, batch_size=batch_size, workers=default_workers()
+    ):
         yield Encoded(path, output=output, error=loaded.error)

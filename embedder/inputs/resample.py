@@ -36,7 +36,7 @@ def _coefficients(in_size: int, in0: float, in1: float, out_size: int, kind: int
     scale = np.float64(np.float32(in1) - np.float32(in0)) / out_size  # Pillow keeps the box in C floats
     filterscale = max(scale, 1.0)
     support = (0.5 if kind == BOX else 1.0) * filterscale
-    ksize = int(math.ceil(support)) * 2 + 1
+    ksize = math.ceil(support) * 2 + 1
     weights = np.zeros((out_size, ksize), np.int64)
     bounds = np.zeros((out_size, 2), np.int64)
     taps = np.zeros(ksize, np.float64)
@@ -110,8 +110,9 @@ def _vertical(src: np.ndarray, row_shift: int, weights: np.ndarray, bounds: np.n
 
 
 @numba.njit(cache=True, nogil=True)
-def _resample(image: np.ndarray, left: float, top: float, right: float, bottom: float, out_w: int, out_h: int,
-              kind: int) -> np.ndarray:
+def _resample(
+    image: np.ndarray, left: float, top: float, right: float, bottom: float, out_w: int, out_h: int, kind: int
+) -> np.ndarray:
     """Pillow's ImagingResampleInner: which passes run, on which rows, in which order."""
     in_h, in_w = image.shape[0], image.shape[1]
     need_horizontal = out_w != in_w or left != 0 or right != out_w

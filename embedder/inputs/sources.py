@@ -127,7 +127,9 @@ def _walk(root: Path) -> tuple[list[str], list[str], list[str]]:
             kept = []
             for name in sorted(d for d in dirs if not d.startswith(".")):
                 if os.path.islink(os.path.join(folder, name)):
-                    tops.append((Path(folder) / name, rel_folder / name))  # after the real folders: they keep their path
+                    tops.append(
+                        (Path(folder) / name, rel_folder / name)
+                    )  # after the real folders: they keep their path
                 elif visit(Path(folder) / name, rel_folder / name):
                     kept.append(name)
             dirs[:] = kept
@@ -162,9 +164,7 @@ def folder_items(
     """
     if not images:
         if not others:
-            raise SourceError(
-                f"folder '{where}' is empty: put images in it (one sub-folder per class to get labels)."
-            )
+            raise SourceError(f"folder '{where}' is empty: put images in it (one sub-folder per class to get labels).")
         examples = ", ".join(others[:3])
         raise SourceError(
             f"folder '{where}' has no images: {len(others)} file(s) (e.g. {examples}), none with an image "
@@ -197,11 +197,15 @@ def _list_file(list_path: Path) -> Source:
     items, lines = [], {}
     for line, row in rows:
         if path_col >= len(row) or not row[path_col].strip():
-            raise SourceError(f"list '{list_path}' line {line}: no image path in column {path_col + 1}; "
-                              "write one image path per line (optionally ',label').")
+            raise SourceError(
+                f"list '{list_path}' line {line}: no image path in column {path_col + 1}; "
+                "write one image path per line (optionally ',label')."
+            )
         rel = Path(row[path_col].strip()).as_posix()
         if rel in lines:
-            raise SourceError(f"list '{list_path}' names '{rel}' twice (lines {lines[rel]} and {line}); list each image once.")
+            raise SourceError(
+                f"list '{list_path}' names '{rel}' twice (lines {lines[rel]} and {line}); list each image once."
+            )
         lines[rel] = line
         label = row[label_col].strip() if label_col is not None and label_col < len(row) else ""
         items.append(SourceItem(root / rel, rel, label or None))
@@ -229,8 +233,10 @@ def _read_rows(list_path: Path) -> list[tuple[int, list[str]]]:
             if row and not row[0].startswith("#"):
                 rows.append((reader.line_num, row))
     except csv.Error as exc:
-        raise SourceError(f"list '{list_path}' line {reader.line_num}: not valid CSV ({exc}); "
-                          "write one image path per line (optionally ',label').") from exc
+        raise SourceError(
+            f"list '{list_path}' line {reader.line_num}: not valid CSV ({exc}); "
+            "write one image path per line (optionally ',label')."
+        ) from exc
     return rows
 
 
@@ -239,7 +245,9 @@ def _read_text(list_path: Path) -> str:
     try:
         data = list_path.read_bytes()
     except OSError as exc:
-        raise SourceError(f"cannot read list '{list_path}': {exc.strerror or exc}; check the path and its permissions.") from exc
+        raise SourceError(
+            f"cannot read list '{list_path}': {exc.strerror or exc}; check the path and its permissions."
+        ) from exc
     nul = data.find(b"\x00")
     if nul >= 0:
         raise SourceError(

@@ -25,10 +25,12 @@ def list_uri(uri: str, *, labels: str = "auto") -> Source:
         fs, root = fsspec.core.url_to_fs(uri)
         files = fs.find(root)
     except (OSError, ValueError, ImportError) as exc:
-        raise SourceError(f"cannot list '{uri}': {exc}. Check the URI, its filesystem package and credentials.") from exc
+        raise SourceError(
+            f"cannot list '{uri}': {exc}. Check the URI, its filesystem package and credentials."
+        ) from exc
     protocol = uri.split("://", 1)[0]
     root = root.rstrip("/")
-    rels = sorted(path[len(root) + 1:] for path in files if path.startswith(root + "/"))
+    rels = sorted(path[len(root) + 1 :] for path in files if path.startswith(root + "/"))
     rels = [rel for rel in rels if not any(part.startswith(".") for part in rel.split("/"))]
     images = [rel for rel in rels if is_image_name(rel)]
     others = [rel for rel in rels if not is_image_name(rel)]

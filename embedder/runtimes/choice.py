@@ -33,7 +33,14 @@ import numpy as np
 from embedder.atomic import write_bytes_atomic
 from embedder.backbone import Backbone
 from embedder.errors import RuntimeUnavailableError
-from embedder.runtimes.encoders import Encoder, KerasEncoder, OnnxEncoder, OpenVinoEncoder, reduced_key, runtime_cache_dir
+from embedder.runtimes.encoders import (
+    Encoder,
+    KerasEncoder,
+    OnnxEncoder,
+    OpenVinoEncoder,
+    reduced_key,
+    runtime_cache_dir,
+)
 from embedder.runtimes.exports import compare, int8_model, int8_path, onnx_backbone, parity_images, within_parity
 
 logger = logging.getLogger(__name__)
@@ -52,23 +59,40 @@ def _installed(runtime: str) -> bool:
         return False
 
 
-def build(backbone: Backbone, runtime: str, precision: str, calibration: Sequence[Path] | None,
-           digest: str | None, threads: int | None) -> Encoder:
+def build(
+    backbone: Backbone,
+    runtime: str,
+    precision: str,
+    calibration: Sequence[Path] | None,
+    digest: str | None,
+    threads: int | None,
+) -> Encoder:
     """One encoder, exactly the runtime asked; fp32 fast runtimes are checked against the Keras reference once per key."""
     if precision not in CANDIDATES or runtime not in CANDIDATES[precision]:
         supported = ", ".join(f"{p}: {'/'.join(r)}" for p, r in CANDIDATES.items())
-        raise RuntimeUnavailableError(f"runtime '{runtime}' does not run precision '{precision}' (supported: {supported}).")
+        raise RuntimeUnavailableError(
+            f"runtime '{runtime}' does not run precision '{precision}' (supported: {supported})."
+        )
     if not _installed(runtime):
-        raise RuntimeUnavailableError(f"runtime '{runtime}' is not installed; pip install it, or choose another --runtime.")
+        raise RuntimeUnavailableError(
+            f"runtime '{runtime}' is not installed; pip install it, or choose another --runtime."
+        )
     if runtime == "keras":
         return KerasEncoder(backbone)
     encoder_class = OnnxEncoder if runtime == "onnx" else OpenVinoEncoder
     if precision == "int8":
         if not calibration and not (digest and int8_path(backbone, digest).is_file()):
-            raise RuntimeUnavailableError("precision 'int8' needs calibration images (real photos like the ones to embed).")
+            raise RuntimeUnavailableError(
+                "precision 'int8' needs calibration images (real photos like the ones to embed)."
+            )
         path, digest = int8_model(backbone, calibration or [], digest)
-        return encoder_class(path, key=reduced_key(backbone, precision, runtime, digest), precision=precision,
-                             calibration=digest, threads=threads)
+        return encoder_class(
+            path,
+            key=reduced_key(backbone, precision, runtime, digest),
+            precision=precision,
+            calibration=digest,
+            threads=threads,
+        )
     path = onnx_backbone(backbone)
     if precision == "bf16":
         return encoder_class(path, key=reduced_key(backbone, precision, runtime), precision=precision, threads=threads)
@@ -77,8 +101,10 @@ def build(backbone: Backbone, runtime: str, precision: str, calibration: Sequenc
         images = parity_images(backbone.size)
         parity = compare(np.asarray(OnnxEncoder(path, key=backbone.key)(images)), encoder(images))
         if not within_parity(parity):
-            raise RuntimeUnavailableError(f"runtime '{runtime}' differs from the reference on {backbone.key} "
-                                          f"(max abs {parity['max_abs']:.2e}); choose another --runtime.")
+            raise RuntimeUnavailableError(
+                f"runtime '{runtime}' differs from the reference on {backbone.key} "
+                f"(max abs {parity['max_abs']:.2e}); choose another --runtime."
+            )
     return encoder
 
 
@@ -108,9 +134,17 @@ def remember(backbone: Backbone, precision: str, measured: dict[str, float], *, 
     best = max(measured, key=measured.get)
     path = _choice_path(backbone, precision)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, json.dumps({"runtime": best, "images_per_second": measured, "measured_on": on}, indent=2).encode())
-    logger.info("runtime for %s %s: %s (images/s measured on %s: %s)", backbone.key, precision, best, on,
-                {name: round(rate) for name, rate in measured.items()})
+    write_bytes_atomic(
+        path, json.dumps({"runtime": best, "images_per_second": measured, "measured_on": on}, indent=2).encode()
+    )
+    logger.info(
+        "runtime for %s %s: %s (images/s measured on %s: %s)",
+        backbone.key,
+        precision,
+        best,
+        on,
+        {name: round(rate) for name, rate in measured.items()},
+    )
     return best
 
 
@@ -142,7 +176,8 @@ def load_encoder(
             continue  # the reference is the slowest; it is only the fallback
         try:  # one candidate in memory at a time: peak memory is that of one runtime
             measured[candidate] = throughput(
-                build(backbone, candidate, precision, calibration, calibration_digest, threads), backbone.size)
+                build(backbone, candidate, precision, calibration, calibration_digest, threads), backbone.size
+            )
         except (RuntimeUnavailableError, ImportError) as exc:
             problems.append(str(exc))
     if not measured:

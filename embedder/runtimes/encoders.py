@@ -78,8 +78,9 @@ class OnnxEncoder:
 
     runtime = "onnx"
 
-    def __init__(self, path: Path, *, key: str, precision: str = "fp32", calibration: str = "",
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, path: Path, *, key: str, precision: str = "fp32", calibration: str = "", threads: int | None = None
+    ) -> None:
         import onnxruntime as ort
 
         self.threads = max(1, threads or os.cpu_count() or 1)
@@ -113,15 +114,19 @@ class OpenVinoEncoder:
 
     runtime = "openvino"
 
-    def __init__(self, path: Path, *, key: str, precision: str = "fp32", calibration: str = "",
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, path: Path, *, key: str, precision: str = "fp32", calibration: str = "", threads: int | None = None
+    ) -> None:
         import openvino as ov
 
         self.threads = max(1, threads or os.cpu_count() or 1)
         core = ov.Core()
         core.set_property({"CACHE_DIR": str(runtime_cache_dir() / "openvino")})  # compiled blobs, reused
-        config = {"NUM_STREAMS": self.threads, "INFERENCE_NUM_THREADS": self.threads,
-                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        config = {
+            "NUM_STREAMS": self.threads,
+            "INFERENCE_NUM_THREADS": self.threads,
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        }
         self._queue = ov.AsyncInferQueue(core.compile_model(str(path), "CPU", config), self.threads)
         self._lock = threading.Lock()
         self.key, self.precision, self.calibration = key, precision, calibration

@@ -101,7 +101,9 @@ def export_onnx(backbone: Backbone, path: Path, reference: KerasEncoder | None =
             )
     report = {**parity, "export_seconds": time.perf_counter() - started, "backbone_key": backbone.key}
     write_bytes_atomic(path.with_suffix(".json"), json.dumps(report, indent=2).encode())
-    logger.info("exported %s to ONNX in %.1fs (max abs diff %.1e)", backbone.key, report["export_seconds"], parity["max_abs"])
+    logger.info(
+        "exported %s to ONNX in %.1fs (max abs diff %.1e)", backbone.key, report["export_seconds"], parity["max_abs"]
+    )
     return report
 
 
@@ -119,7 +121,9 @@ def _convert(function: Any) -> Any:
     if CATCH_ERRORS not in os.environ:
         os.environ[CATCH_ERRORS] = "FALSE"
         try:
-            return tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=ONNX_OPSET)[0]
+            return tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=ONNX_OPSET)[
+                0
+            ]
         except Exception:  # a pass failed without its safety net: convert again with it
             logger.info("tf2onnx failed without its optimizer safety net; converting again with it", exc_info=True)
         finally:
@@ -178,8 +182,15 @@ def int8_model(backbone: Backbone, calibration: Sequence[Path], digest: str | No
     try:
         quant_pre_process(str(onnx_backbone(backbone)), str(prepared), skip_symbolic_shape=True)
         with atomic_path(path) as tmp:
-            quantize_static(str(prepared), str(tmp), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            quantize_static(
+                str(prepared),
+                str(tmp),
+                Batches(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
     finally:
         prepared.unlink(missing_ok=True)
     logger.info("quantized %s to int8 on %d images in %.1fs", backbone.key, len(pixels), time.perf_counter() - started)

@@ -87,8 +87,11 @@ class Handover:
         self.images: Counter[str] = Counter()  # images embedded, per runtime
         self._preparing = threading.Thread(target=self._prepare, name="embedder-handover")
         self._preparing.start()
-        logger.info("%s: no runtime chosen on this machine yet: embedding with the Keras reference while the fast "
-                    "runtimes are exported and timed", self.key)
+        logger.info(
+            "%s: no runtime chosen on this machine yet: embedding with the Keras reference while the fast "
+            "runtimes are exported and timed",
+            self.key,
+        )
 
     @property
     def runtime(self) -> str:
@@ -147,8 +150,11 @@ class Handover:
             sample = images[:CHECKED_IMAGES]
             parity = compare(self._reference(sample), output[:CHECKED_IMAGES])
             if not within_parity(parity):
-                self._drop(trial, f"runtime '{trial.encoder.runtime}' differs from the reference on real images "
-                                  f"(max abs {parity['max_abs']:.2e}, min cosine {parity['min_cosine']:.7f})")
+                self._drop(
+                    trial,
+                    f"runtime '{trial.encoder.runtime}' differs from the reference on real images "
+                    f"(max abs {parity['max_abs']:.2e}, min cosine {parity['min_cosine']:.7f})",
+                )
                 return self._run(self._reference, images)
             trial.checked = True  # this first call also warmed it up: not timed
         else:
@@ -175,7 +181,7 @@ class Handover:
             onnx_backbone(self._backbone, reference=self._reference)  # the reference's own trace, converted
         except (RuntimeUnavailableError, ImportError) as exc:  # no export: no fast runtime at all
             problem = str(exc)
-        except Exception as exc:  # noqa: BLE001 -- unexpected: the reference goes on, nothing is remembered, a later run prepares again
+        except Exception as exc:
             problem, self._remember = f"preparing the fast runtimes failed ({exc}); a later run tries again.", False
         if problem is not None:
             self._problems.append(problem)

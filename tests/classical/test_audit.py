@@ -22,12 +22,14 @@ from classical.audit.near_duplicates import (
 from classical.audit.outliers import flag, scores
 from classical.cli import app
 from classical.splits import load_or_make_split
+import itertools
 
 runner = CliRunner()
 
 
-def features(per_class: int = 30, classes: tuple[str, ...] = ("ant", "bee", "cat"), dim: int = 64,
-             seed: int = 0) -> tuple[np.ndarray, list[str]]:
+def features(
+    per_class: int = 30, classes: tuple[str, ...] = ("ant", "bee", "cat"), dim: int = 64, seed: int = 0
+) -> tuple[np.ndarray, list[str]]:
     """Sparse non-negative stand-ins for pooled ReLU features: distinct rows stay below the threshold."""
     rng = np.random.default_rng(seed)
     centres = rng.gamma(2, 1, (len(classes), dim)) * (rng.uniform(size=(len(classes), dim)) < 0.4)
@@ -48,8 +50,11 @@ def planted(per_class: int = 30, seed: int = 0) -> tuple[np.ndarray, list[str], 
     labels = labels + [labels[o] for o in originals] + [classes[0]]
     labels[5] = labels[per_class + 5] = classes[2]  # a class-0 and a class-1 row labelled as class 2
     paths = [f"{label}/{i:04d}.jpg" for i, label in enumerate(labels)]
-    truth = {"pairs": {(paths[o], paths[n + c]) for c, o in enumerate(originals)},
-             "mislabelled": {paths[5], paths[per_class + 5]}, "outlier": paths[n + 3]}
+    truth = {
+        "pairs": {(paths[o], paths[n + c]) for c, o in enumerate(originals)},
+        "mislabelled": {paths[5], paths[per_class + 5]},
+        "outlier": paths[n + 3],
+    }
     return X, labels, {**truth, "paths": paths}
 
 
@@ -72,7 +77,7 @@ def test_blocked_search_equals_brute_force() -> None:
     np.fill_diagonal(S, -np.inf)
     threshold = float(np.sort(S[np.triu_indices(53, 1)])[-20])  # the 20 most similar pairs
     found = search(X, threshold=threshold, k=4, block_rows=7, block_cols=5)
-    expected = {(a, b) for a, b in zip(*np.nonzero(np.triu(S >= threshold, 1)))}
+    expected = {(a, b) for a, b in zip(*np.nonzero(np.triu(threshold <= S, 1)))}
     assert set(zip(found.i.tolist(), found.j.tolist())) == expected and len(found.i) == 20
     assert np.all(np.diff(found.cosine) <= 0)
     np.testing.assert_allclose(found.knn, -np.sort(-S, axis=1)[:, :4], atol=1e-6)
@@ -107,7 +112,10 @@ def test_audit_finds_the_planted_faults(audited) -> None:
     assert len(found) <= len(truth["pairs"]) + 1  # distinct blob members are not flagged en masse
     issues = [issue["path"] for issue in result["label_issues"]]
     assert truth["mislabelled"] <= set(issues[:5])
-    assert {issue["suggested"] for issue in result["label_issues"] if issue["path"] in truth["mislabelled"]} == {"ant", "bee"}
+    assert {issue["suggested"] for issue in result["label_issues"] if issue["path"] in truth["mislabelled"]} == {
+        "ant",
+        "bee",
+    }
     assert truth["outlier"] in {o["path"] for o in result["outliers"]}
     assert len(result["outliers"]) <= 3
     on_disk = json.loads((folder / "run" / "audit.json").read_text())
@@ -125,12 +133,15 @@ def test_audit_finds_the_planted_faults(audited) -> None:
 
 @pytest.mark.parametrize("case", ["one class", "too few per class", "unlabelled only"])
 def test_bad_input_still_reports_near_duplicates_and_outliers(tmp_path: Path, case: str) -> None:
-    X, labels, truth = planted(per_class=8)
+    X, labels, _truth = planted(per_class=8)
     if case == "one class":
         labels = ["ant"] * len(labels)
         expected = "only one class"
     elif case == "too few per class":
-        labels = [label if i % 4 == 0 or label == "ant" else "cat" if label == "bee" else "bee" for i, label in enumerate(labels)]
+        labels = [
+            label if i % 4 == 0 or label == "ant" else "cat" if label == "bee" else "bee"
+            for i, label in enumerate(labels)
+        ]
         labels[1:3] = ["owl", "owl"]
         expected = "at least 5 images per class; too few in owl (2)"
     else:
@@ -154,17 +165,24 @@ def test_skip_reason_counts_folds() -> None:
 
 def rows(X: np.ndarray, y: np.ndarray) -> LabeledEmbeddings:
     paths = np.array([f"c{label}/{i}.jpg" for i, label in enumerate(y)])
-    return LabeledEmbeddings(X=X, y=y, class_names=["c0", "c1", "c2"], paths=paths,
-                             sha256=np.array([f"{i:064x}" for i in range(len(y))]), backbone_key="k",
-                             provenance={}, cache="c.h5")
+    return LabeledEmbeddings(
+        X=X,
+        y=y,
+        class_names=["c0", "c1", "c2"],
+        paths=paths,
+        sha256=np.array([f"{i:064x}" for i in range(len(y))]),
+        backbone_key="k",
+        provenance={},
+        cache="c.h5",
+    )
 
 
 def test_split_keeps_near_duplicate_clusters_in_one_part() -> None:
-    X, labels = features(per_class=40)
+    X, _labels = features(per_class=40)
     y = np.repeat([0, 1, 2], 40)
     rng = np.random.default_rng(0)
     chain = [0, 1, 2, 3]  # a chain of near-duplicates: 0~1, 1~2, 2~3 (one cluster of four)
-    for a, b in zip(chain, chain[1:]):
+    for a, b in itertools.pairwise(chain):
         X[b] = X[a] * (1 + rng.normal(0, 0.01, X.shape[1]))
     X[50] = X[45] * 1.001
     data = rows(X.astype(np.float32), y)
@@ -186,8 +204,17 @@ def test_split_without_near_duplicates_is_unchanged_and_old_files_load(tmp_path:
     grouped = make_split(data.paths, data.sha256, data.y, data.class_names, seed=4, X=data.X)
     assert grouped.assignment == plain.assignment and grouped.id == plain.id
     assert grouped.near_duplicates_grouped and grouped.near_duplicate_clusters == 0
-    record = json.loads(json.dumps({"id": plain.id, "seed": 4, "fractions": [0.7, 0.15, 0.15], "backbone_key": "k",
-                                    "assignment": plain.assignment}))
+    record = json.loads(
+        json.dumps(
+            {
+                "id": plain.id,
+                "seed": 4,
+                "fractions": [0.7, 0.15, 0.15],
+                "backbone_key": "k",
+                "assignment": plain.assignment,
+            }
+        )
+    )
     (tmp_path / "split.json").write_text(json.dumps(record))  # written before near-duplicate grouping
     old = Split.load(tmp_path / "split.json")
     assert old.assignment == plain.assignment and not old.near_duplicates_grouped and old.near_duplicate_clusters == 0
@@ -223,8 +250,15 @@ def test_sweep_on_an_older_split_reports_straddling_pairs(tmp_path: Path) -> Non
     for key in ("near_duplicates_grouped", "near_duplicate_clusters", "near_duplicate_threshold"):
         record.pop(key)
     (tmp_path / "old" / "split.json").write_text(json.dumps(record))
-    report = sweep(tmp_path / "c.h5", tmp_path / "old", models=["lr"], grids={"lr": {"C": [0.1]}}, cv=3,
-                   progress=False, embedding_cost=False)
+    report = sweep(
+        tmp_path / "c.h5",
+        tmp_path / "old",
+        models=["lr"],
+        grids={"lr": {"C": [0.1]}},
+        cv=3,
+        progress=False,
+        embedding_cost=False,
+    )
     result = json.loads((tmp_path / "old" / "audit.json").read_text())
     straddle = [p for p in result["near_duplicates"] if p["straddles"]]
     train_test = [p for p in straddle if sorted(p["splits"]) == ["test", "train"]]
@@ -234,28 +268,54 @@ def test_sweep_on_an_older_split_reports_straddling_pairs(tmp_path: Path) -> Non
     assert result["split"]["near_duplicates_grouped"] is False
     assert sorted(map(sorted, result["straddling"]["pairs"])) == sorted(sorted([p["a"], p["b"]]) for p in straddle)
 
-    new = sweep(tmp_path / "c.h5", tmp_path / "new", models=["lr"], grids={"lr": {"C": [0.1]}}, cv=3,
-                progress=False, embedding_cost=False)
+    new = sweep(
+        tmp_path / "c.h5",
+        tmp_path / "new",
+        models=["lr"],
+        grids={"lr": {"C": [0.1]}},
+        cv=3,
+        progress=False,
+        embedding_cost=False,
+    )
     grouped = json.loads((tmp_path / "new" / "audit.json").read_text())
     assert grouped["straddling"]["count"] == 0 == new["audit"]["straddling"]
     threshold = grouped["near_duplicates_method"]["threshold"]  # raised: these rows are all close to each other
     assert grouped["near_duplicates_method"]["base_threshold"] == DEFAULT_THRESHOLD < threshold
-    assert grouped["split"] == {"id": new["split"]["id"], "near_duplicates_grouped": True,
-                                "near_duplicate_clusters": 30, "near_duplicate_threshold": pytest.approx(threshold)}
+    assert grouped["split"] == {
+        "id": new["split"]["id"],
+        "near_duplicates_grouped": True,
+        "near_duplicate_clusters": 30,
+        "near_duplicate_threshold": pytest.approx(threshold),
+    }
     assert all(p["splits"][0] == p["splits"][1] is not None for p in grouped["near_duplicates"])
 
 
 def test_cli_audit_and_sweep_without_audit(tmp_path: Path) -> None:
     X, labels, truth = planted()
     write_cache(tmp_path / "c.h5", X, labels, paths=truth["paths"])
-    result = runner.invoke(app, ["audit", str(tmp_path / "c.h5"), "--out", str(tmp_path / "run"), "--no-plot",
-                                 "--threshold", "0.95"])
+    result = runner.invoke(
+        app, ["audit", str(tmp_path / "c.h5"), "--out", str(tmp_path / "run"), "--no-plot", "--threshold", "0.95"]
+    )
     assert result.exit_code == 0, result.output
     assert "near-duplicate pairs" in result.output and "label-issue candidates" in result.output
     written = json.loads((tmp_path / "run" / "audit.json").read_text())
     assert written["near_duplicates_method"]["threshold"] == 0.95 and written["map"] is None
-    swept = runner.invoke(app, ["sweep", str(tmp_path / "c.h5"), "--out", str(tmp_path / "run2"), "--models", "knn",
-                                "--no-audit", "--no-embedding-cost", "--cv", "3", "--no-progress"])
+    swept = runner.invoke(
+        app,
+        [
+            "sweep",
+            str(tmp_path / "c.h5"),
+            "--out",
+            str(tmp_path / "run2"),
+            "--models",
+            "knn",
+            "--no-audit",
+            "--no-embedding-cost",
+            "--cv",
+            "3",
+            "--no-progress",
+        ],
+    )
     assert swept.exit_code == 0, swept.output
     assert not (tmp_path / "run2" / "audit.json").exists()
     assert "audit" not in json.loads((tmp_path / "run2" / "report.json").read_text())

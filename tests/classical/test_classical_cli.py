@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import blobs, write_cache
 from typer.testing import CliRunner
 
 from classical.cli import app
-from conftest import blobs, write_cache
 
 runner = CliRunner()
 
@@ -29,8 +29,9 @@ def cache(tmp_path: Path) -> Path:
 def test_sweep_then_report(cache: Path, tmp_path: Path) -> None:
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({"lr": {"C": [0.1, 1.0]}, "knn": {"n_neighbors": [3]}}))
-    code, output = run("sweep", cache, "--out", tmp_path / "run", "--models", "lr,knn", "--grid", grid, "--cv", "3",
-                       "--no-progress")
+    code, output = run(
+        "sweep", cache, "--out", tmp_path / "run", "--models", "lr,knn", "--grid", grid, "--cv", "3", "--no-progress"
+    )
     assert code == 0, output
     assert "model" in output and "test acc" in output and "Best on the test split" in output
     assert output.index("lr ") > 0 and "report.md" in output
@@ -51,12 +52,33 @@ def test_sweep_then_report(cache: Path, tmp_path: Path) -> None:
         (["sweep", "{cache}", "--out", "{tmp}/run", "--models", "lr,xgb"], "unknown models ['xgb']"),
         (["sweep", "{cache}", "--out", "{tmp}/run", "--fractions", "0.5,0.5"], "fractions must be three"),
         (["sweep", "{cache}", "--out", "{tmp}/run", "--grid", "{tmp}/none.json"], "grid file"),
-        (["sweep", "{cache}", "--out", "{tmp}/run", "--models", "lr,knn", "--no-audit", "--no-embedding-cost",
-          "--time-budget", "0.001"], "too small for one fit per model: it needs about"),
+        (
+            [
+                "sweep",
+                "{cache}",
+                "--out",
+                "{tmp}/run",
+                "--models",
+                "lr,knn",
+                "--no-audit",
+                "--no-embedding-cost",
+                "--time-budget",
+                "0.001",
+            ],
+            "too small for one fit per model: it needs about",
+        ),
         (["report", "{tmp}/nothing"], "no report in"),
         (["predict", "{tmp}/nothing/lr", "{tmp}"], "does not exist"),
     ],
-    ids=["missing-cache", "unknown-model", "bad-fractions", "missing-grid", "tiny-budget", "no-report", "missing-model"],
+    ids=[
+        "missing-cache",
+        "unknown-model",
+        "bad-fractions",
+        "missing-grid",
+        "tiny-budget",
+        "no-report",
+        "missing-model",
+    ],
 )
 def test_bad_input_exits_2(cache: Path, tmp_path: Path, args: list[str], message: str) -> None:
     code, output = run(*(a.format(tmp=tmp_path, cache=cache) for a in args))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import blobs, write_cache
 
 from classical import DataError, load_labeled
-from conftest import blobs, write_cache
 
 
 def test_loads_labelled_rows(tmp_path: Path) -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+from conftest import make_dataset, photo
 from typer.testing import CliRunner
 
 from classical import ModelFileError, load_model, predict, sweep
 from classical.cli import app
 from classical.modelfile import save_model
-from conftest import make_dataset, photo
 from embedder import Backbone, extract
 
 TINY = Backbone(size=96, weights=None)
@@ -24,8 +24,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("predict")
     make_dataset(folder / "photos", per_class=12)
     extract(folder / "photos", folder / "c.h5", TINY, progress=False)
-    sweep(folder / "c.h5", folder / "run", models=["lr", "knn"], grids={"lr": {"C": [1.0]}, "knn": {"n_neighbors": [3]}},
-          cv=3, progress=False)
+    sweep(
+        folder / "c.h5",
+        folder / "run",
+        models=["lr", "knn"],
+        grids={"lr": {"C": [1.0]}, "knn": {"n_neighbors": [3]}},
+        cv=3,
+        progress=False,
+    )
     new = folder / "new"
     new.mkdir()
     photo((200, 30, 30), seed=501).save(new / "a_red.jpg")
@@ -40,14 +46,18 @@ def test_predict_new_images_with_the_models_backbone(run: Path) -> None:
     assert (results[0]["label"], results[1]["label"]) == ("red", "blue")
     assert set(results[0]["probs"]) == {"blue", "green", "red"} and abs(sum(results[0]["probs"].values()) - 1) < 1e-6
     assert results[0]["prob"] == max(results[0]["probs"].values())
-    assert results[2] == {"path": str(run / "new" / "c_broken.jpg"),
-                          "error": "not an image: the content is not a format Pillow can decode"}
+    assert results[2] == {
+        "path": str(run / "new" / "c_broken.jpg"),
+        "error": "not an image: the content is not a format Pillow can decode",
+    }
 
 
 def test_model_refuses_embeddings_of_another_backbone(run: Path) -> None:
     saved = load_model(run / "run" / "lr.model")
     other = Backbone(size=96, weights=None, pooling="max").key
-    with pytest.raises(ModelFileError, match=rf"fitted on embeddings of {saved.backbone_key}; these embeddings come from {other}"):
+    with pytest.raises(
+        ModelFileError, match=rf"fitted on embeddings of {saved.backbone_key}; these embeddings come from {other}"
+    ):
         saved.predict_proba(np.zeros((1, 1280), np.float32), backbone_key=other)
     with pytest.raises(ModelFileError, match="expects embeddings of dimension 1280"):
         saved.predict_proba(np.zeros((1, 5), np.float32), backbone_key=saved.backbone_key)
@@ -57,15 +67,20 @@ def test_model_whose_backbone_no_longer_resolves_names_both_keys(run: Path, tmp_
     saved = load_model(run / "run" / "lr.model")
     saved.metadata["backbone"]["pooling"] = "max"  # as if the backbone changed under the model
     save_model(tmp_path / "moved.model", saved.model, saved.metadata)
-    with pytest.raises(ModelFileError, match=r"fitted on embeddings of mobilenet_v2-1.0-96-random-.*-avg-.* resolves to .*-max-"):
+    with pytest.raises(
+        ModelFileError, match=r"fitted on embeddings of mobilenet_v2-1.0-96-random-.*-avg-.* resolves to .*-max-"
+    ):
         predict(tmp_path / "moved.model", [run / "new" / "a_red.jpg"])
 
 
 @pytest.mark.parametrize(
     ("content", "trust", "message"),
-    [(None, False, "does not exist"), (b"not a pickle", False, "is not a bottleneck-lab model file \\(neither"),
-     ({"a": 1}, False, "is a pickle .* --trust-pickle"),
-     ({"a": 1}, True, "is not a bottleneck-lab model file of an earlier release")],
+    [
+        (None, False, "does not exist"),
+        (b"not a pickle", False, "is not a bottleneck-lab model file \\(neither"),
+        ({"a": 1}, False, "is a pickle .* --trust-pickle"),
+        ({"a": 1}, True, "is not a bottleneck-lab model file of an earlier release"),
+    ],
     ids=["missing", "not-a-model", "pickle-untrusted", "pickle-not-ours"],
 )
 def test_bad_model_files(tmp_path: Path, content: object, trust: bool, message: str) -> None:
@@ -80,7 +95,9 @@ def test_bad_model_files(tmp_path: Path, content: object, trust: bool, message: 
 
 def test_cli_predict_formats(run: Path) -> None:
     runner = CliRunner()
-    result = runner.invoke(app, ["predict", str(run / "run" / "knn"), str(run / "new" / "a_red.jpg"), "--format", "json"])
+    result = runner.invoke(
+        app, ["predict", str(run / "run" / "knn"), str(run / "new" / "a_red.jpg"), "--format", "json"]
+    )
     assert result.exit_code == 0
     row = json.loads(result.output)
     assert set(row) == {"path", "label", "prob", "probs"} and row["label"] == "red"
@@ -95,8 +112,15 @@ def test_cli_predict_formats(run: Path) -> None:
 
 def test_model_on_int8_embeddings_predicts_through_the_same_int8_runtime(run: Path) -> None:
     summary = extract(run / "photos", run / "c.h5", TINY, precision="int8", runtime="onnx", progress=False)
-    report = sweep(run / "c.h5", run / "run-int8", backbone=summary.backbone_key, models=["lr"],
-                   grids={"lr": {"C": [1.0]}}, cv=3, progress=False)
+    report = sweep(
+        run / "c.h5",
+        run / "run-int8",
+        backbone=summary.backbone_key,
+        models=["lr"],
+        grids={"lr": {"C": [1.0]}},
+        cv=3,
+        progress=False,
+    )
     saved = load_model(report["models"][0]["model_path"])
     assert saved.backbone_key == summary.backbone_key and saved.metadata["backbone"]["precision"] == "int8"
     results = predict(saved, [run / "new" / "a_red.jpg"])

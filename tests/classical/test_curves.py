@@ -27,13 +27,19 @@ CLASSES = ("ant", "bee", "cat")
 FAST = {"lr": {"C": [0.1, 1.0]}, "knn": {"n_neighbors": [1, 3]}, "dense": {"learning_rate": [0.01]}}
 
 
-def strands(per_class: int, *, dim: int = 16, length: float = 10.0, gap: float = 0.75, noise: float = 0.02,
-            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def strands(
+    per_class: int, *, dim: int = 16, length: float = 10.0, gap: float = 0.75, noise: float = 0.02, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Parallel line segments `gap` apart, one per class, `length` long, with a little noise (non-negative)."""
     rng = np.random.default_rng(seed)
     basis, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
-    X = [1 + rng.uniform(0, length, (per_class, 1)) * basis[0] + gap * basis[1 + c]
-         + noise * rng.normal(size=(per_class, dim)) for c in range(len(CLASSES))]
+    X = [
+        1
+        + rng.uniform(0, length, (per_class, 1)) * basis[0]
+        + gap * basis[1 + c]
+        + noise * rng.normal(size=(per_class, dim))
+        for c in range(len(CLASSES))
+    ]
     return np.abs(np.concatenate(X)).astype(np.float32), np.repeat(np.arange(len(CLASSES)), per_class)
 
 
@@ -42,7 +48,7 @@ def strand_cache(path: Path, *, per_class: int = 100, unlabeled: int = 0, copies
     added again without a label (near-duplicates: the ones of test images must be left out)."""
     X, y = strands(per_class + unlabeled // len(CLASSES) + 1)
     order = np.random.default_rng(1).permutation(len(X))
-    labelled, rest = order[:per_class * len(CLASSES)], order[per_class * len(CLASSES):][:unlabeled]
+    labelled, rest = order[: per_class * len(CLASSES)], order[per_class * len(CLASSES) :][:unlabeled]
     extra = np.concatenate([X[rest], X[labelled[:copies]]])
     labels = [CLASSES[c] for c in y[labelled]] + [""] * len(extra)
     paths = [f"{label}/{i:04d}.jpg" if label else f"unlabelled/{i:04d}.jpg" for i, label in enumerate(labels)]
@@ -54,8 +60,20 @@ def strand_cache(path: Path, *, per_class: int = 100, unlabeled: int = 0, copies
 def semi_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("curves")
     cache = strand_cache(folder / "c.h5", unlabeled=90, copies=30)
-    report = sweep(cache, folder / "run", models=["lr", "knn"], grids=FAST, cv=3, n_jobs=1, progress=False,
-                   embedding_cost=False, audit=False, learning_curve="2,4,25", curve_seeds=3, semi_supervised=True)
+    report = sweep(
+        cache,
+        folder / "run",
+        models=["lr", "knn"],
+        grids=FAST,
+        cv=3,
+        n_jobs=1,
+        progress=False,
+        embedding_cost=False,
+        audit=False,
+        learning_curve="2,4,25",
+        curve_seeds=3,
+        semi_supervised=True,
+    )
     return folder, report
 
 
@@ -72,8 +90,13 @@ def test_curve_rises_and_semi_supervision_helps_at_few_labels(semi_run: tuple[Pa
         supervised = max(curve["models"][name][point] for name in ("lr", "knn"))
         assert curve["models"]["semi-label-spreading"][point] > supervised + margin, curve["models"]
         assert curve["models"]["semi-agreement"][point] > supervised + margin, curve["models"]
-    assert curve["kinds"] == {"lr": "classical", "knn": "classical", "semi-label-spreading": "semi-supervised",
-                              "semi-self-training": "semi-supervised", "semi-agreement": "semi-supervised"}
+    assert curve["kinds"] == {
+        "lr": "classical",
+        "knn": "classical",
+        "semi-label-spreading": "semi-supervised",
+        "semi-self-training": "semi-supervised",
+        "semi-agreement": "semi-supervised",
+    }
 
 
 def test_all_point_reuses_the_sweeps_rows(semi_run: tuple[Path, dict]) -> None:
@@ -143,18 +166,30 @@ def test_capped_points_warn_naming_the_class(tmp_path: Path, caplog: pytest.LogC
     smallest = CLASSES[int(counts.argmin())]
     assert plan.per_class == [5, int(counts.min()), ALL]
     assert f"40 images per class capped to {counts.min()}, the training images of class '{smallest}'" in caplog.text
-    assert plan.capped == [{"requested": 40, "used": int(counts.min()), "class": smallest},
-                           {"requested": 60, "used": int(counts.min()), "class": smallest}]
+    assert plan.capped == [
+        {"requested": 40, "used": int(counts.min()), "class": smallest},
+        {"requested": 60, "used": int(counts.min()), "class": smallest},
+    ]
 
 
-@pytest.mark.parametrize(("text", "points"), [("5,10,25,50", [5, 10, 25, 50, ALL]), ("10, 5,all,5", [5, 10, ALL]),
-                                              ("all", [ALL]), ([25, "2"], [2, 25, ALL])])
+@pytest.mark.parametrize(
+    ("text", "points"),
+    [("5,10,25,50", [5, 10, 25, 50, ALL]), ("10, 5,all,5", [5, 10, ALL]), ("all", [ALL]), ([25, "2"], [2, 25, ALL])],
+)
 def test_parse_points(text: str | list, points: list) -> None:
     assert parse_points(text) == points
 
 
-@pytest.mark.parametrize(("text", "message"), [("0", "at least 2"), ("-3", "at least 2"), ("1", "at least 2"),
-                                               ("five", "whole numbers"), ("2.5", "whole numbers")])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0", "at least 2"),
+        ("-3", "at least 2"),
+        ("1", "at least 2"),
+        ("five", "whole numbers"),
+        ("2.5", "whole numbers"),
+    ],
+)
 def test_bad_points_are_rejected(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_points(text)
@@ -163,27 +198,66 @@ def test_bad_points_are_rejected(text: str, message: str) -> None:
 def test_semi_supervised_without_anything_unlabelled_is_refused(tmp_path: Path) -> None:
     cache = strand_cache(tmp_path / "c.h5", per_class=20)
     with pytest.raises(DataError, match="holds no unlabelled rows .* holds no labels back"):
-        sweep(cache, tmp_path / "run", models=["lr"], grids=FAST, cv=3, n_jobs=1, progress=False,
-              embedding_cost=False, audit=False, semi_supervised=True)
+        sweep(
+            cache,
+            tmp_path / "run",
+            models=["lr"],
+            grids=FAST,
+            cv=3,
+            n_jobs=1,
+            progress=False,
+            embedding_cost=False,
+            audit=False,
+            semi_supervised=True,
+        )
     assert not (tmp_path / "run" / "report.json").exists()  # refused before any model is fitted
 
 
-@pytest.mark.parametrize(("args", "message"), [(["--learning-curve", "0"], "at least 2 images per class"),
-                                               (["--learning-curve", "5,ten"], "Received: 'ten'"),
-                                               (["--semi-supervised"], "nothing to learn from"),
-                                               (["--learning-curve", "5", "--curve-seeds", "0"], "curve_seeds")])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--learning-curve", "0"], "at least 2 images per class"),
+        (["--learning-curve", "5,ten"], "Received: 'ten'"),
+        (["--semi-supervised"], "nothing to learn from"),
+        (["--learning-curve", "5", "--curve-seeds", "0"], "curve_seeds"),
+    ],
+)
 def test_cli_bad_curve_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     cache = strand_cache(tmp_path / "c.h5", per_class=20)
-    result = CliRunner().invoke(app, ["sweep", str(cache), "--out", str(tmp_path / "run"), "--models", "lr",
-                                      "--no-audit", "--no-embedding-cost", "--no-progress", *args])
+    result = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            str(cache),
+            "--out",
+            str(tmp_path / "run"),
+            "--models",
+            "lr",
+            "--no-audit",
+            "--no-embedding-cost",
+            "--no-progress",
+            *args,
+        ],
+    )
     assert result.exit_code == 2 and "error:" in result.output and message in result.output, result.output
     assert "Traceback" not in result.output
 
 
 def test_dense_head_takes_part(tmp_path: Path) -> None:
     cache = strand_cache(tmp_path / "c.h5", per_class=30)
-    report = sweep(cache, tmp_path / "run", models=["dense"], grids=FAST, cv=3, n_jobs=1, progress=False,
-                   embedding_cost=False, audit=False, learning_curve="5", curve_seeds=1)
+    report = sweep(
+        cache,
+        tmp_path / "run",
+        models=["dense"],
+        grids=FAST,
+        cv=3,
+        n_jobs=1,
+        progress=False,
+        embedding_cost=False,
+        audit=False,
+        learning_curve="5",
+        curve_seeds=1,
+    )
     curve = report["learning_curve"]
     assert curve["kinds"] == {"dense": "neural"} and all(0 <= value <= 1 for value in curve["models"]["dense"])
     assert curve["std"]["dense"] == [None, None]  # one seed: no spread

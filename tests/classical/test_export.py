@@ -9,20 +9,33 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import NO_TOP_WEIGHTS, ROOT, copy_files, make_dataset, photo
 from typer.testing import CliRunner
 
 from classical import predict, sweep
 from classical.cli import app
 from classical.export import export_model
 from classical.neural.finetune import finetune
-from conftest import NO_TOP_WEIGHTS, ROOT, copy_files, make_dataset, photo
 from embedder import Backbone, extract, load_files
 
 TINY = Backbone(size=96, weights=None)
-GRIDS = {"lr": {"C": [1.0]}, "svm-linear": {"C": [0.05]}, "svm-rbf": {"C": [1.0], "gamma": ["scale"]},
-         "knn": {"n_neighbors": [3]}, "rf": {"n_estimators": [20]}, "dense": {"learning_rate": [1e-2], "dropout": [0.0]}}
-MODELS = {"lr": "lr.model", "svm-linear": "svm-linear.model", "svm-rbf": "svm-rbf.model", "knn": "knn.model",
-          "rf": "rf.model", "dense": "dense.model", "finetune": "finetune-a.model"}
+GRIDS = {
+    "lr": {"C": [1.0]},
+    "svm-linear": {"C": [0.05]},
+    "svm-rbf": {"C": [1.0], "gamma": ["scale"]},
+    "knn": {"n_neighbors": [3]},
+    "rf": {"n_estimators": [20]},
+    "dense": {"learning_rate": [1e-2], "dropout": [0.0]},
+}
+MODELS = {
+    "lr": "lr.model",
+    "svm-linear": "svm-linear.model",
+    "svm-rbf": "svm-rbf.model",
+    "knn": "knn.model",
+    "rf": "rf.model",
+    "dense": "dense.model",
+    "finetune": "finetune-a.model",
+}
 TOLERANCE = 1e-4
 README = (ROOT / "README.md").read_text()
 
@@ -33,10 +46,28 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("export")
     make_dataset(folder / "photos", per_class=8)
     extract(folder / "photos", folder / "c.h5", TINY, progress=False)
-    sweep(folder / "c.h5", folder / "run", models=list(GRIDS), grids=GRIDS, cv=2, progress=False, audit=False,
-          embedding_cost=False)
-    finetune(folder / "photos", folder / "run", variant="a", head_epochs=1, epochs=1, size=96, weights="none",
-             batch_size=8, views=1, progress=False)
+    sweep(
+        folder / "c.h5",
+        folder / "run",
+        models=list(GRIDS),
+        grids=GRIDS,
+        cv=2,
+        progress=False,
+        audit=False,
+        embedding_cost=False,
+    )
+    finetune(
+        folder / "photos",
+        folder / "run",
+        variant="a",
+        head_epochs=1,
+        epochs=1,
+        size=96,
+        weights="none",
+        batch_size=8,
+        views=1,
+        progress=False,
+    )
     new = folder / "new"
     new.mkdir()
     for i, color in enumerate([(200, 30, 30), (30, 180, 40), (30, 50, 200), (120, 120, 40)]):
@@ -85,8 +116,9 @@ def test_onnx_export_gives_the_models_probabilities(run: Path, tmp_path: Path, k
 
 @pytest.mark.parametrize("kind", ["dense", "finetune"])
 @pytest.mark.parametrize("format", ["saved_model", "tflite"])
-def test_tensorflow_formats_of_neural_models_give_their_probabilities(run: Path, tmp_path: Path, kind: str,
-                                                                     format: str) -> None:
+def test_tensorflow_formats_of_neural_models_give_their_probabilities(
+    run: Path, tmp_path: Path, kind: str, format: str
+) -> None:
     import tensorflow as tf
 
     out = tmp_path / (f"{kind}.tflite" if format == "tflite" else kind)
@@ -107,11 +139,13 @@ def test_tensorflow_formats_of_neural_models_give_their_probabilities(run: Path,
 
 
 @pytest.mark.parametrize(("kind", "format", "suffix"), [("lr", "onnx", ".onnx"), ("finetune", "tflite", ".tflite")])
-def test_int8_export_is_calibrated_on_photos_and_says_so(run: Path, tmp_path: Path, kind: str, format: str,
-                                                         suffix: str) -> None:
+def test_int8_export_is_calibrated_on_photos_and_says_so(
+    run: Path, tmp_path: Path, kind: str, format: str, suffix: str
+) -> None:
     fp32 = export_model(run / "run" / MODELS[kind], tmp_path / f"fp32{suffix}", format=format)
-    int8 = export_model(run / "run" / MODELS[kind], tmp_path / f"int8{suffix}", format=format, int8=True,
-                        calibration=[run / "photos"])
+    int8 = export_model(
+        run / "run" / MODELS[kind], tmp_path / f"int8{suffix}", format=format, int8=True, calibration=[run / "photos"]
+    )
     assert int8.precision == "int8" and int8.check_images == "24 calibration photos"
     assert int8.bytes < fp32.bytes / 2  # int8 weights
     assert 0 <= int8.agreement <= 1 and np.isfinite(int8.max_abs_diff)
@@ -128,12 +162,15 @@ def test_cli_exports_and_refuses_what_it_cannot_do_in_one_line(run: Path, tmp_pa
     assert done.exit_code == 0, done.output
     assert "input images: uint8 RGB [N, 96, 96, 3] (crop)" in done.output and (tmp_path / "lr.onnx").is_file()
     cases = [
-        (["export", str(run / "run" / "lr.model"), "--out", str(tmp_path / "x.tflite"), "--format", "tflite"],
-         "is a classical head: export it as onnx"),
-        (["export", str(run / "run" / "lr.model"), "--out", str(tmp_path / "x.onnx"), "--int8"],
-         "int8 export needs calibration images"),
-        (["export", str(run / "run" / "lr.model"), "--out", str(run / "run" / "lr.model")],
-         "is the model file itself"),
+        (
+            ["export", str(run / "run" / "lr.model"), "--out", str(tmp_path / "x.tflite"), "--format", "tflite"],
+            "is a classical head: export it as onnx",
+        ),
+        (
+            ["export", str(run / "run" / "lr.model"), "--out", str(tmp_path / "x.onnx"), "--int8"],
+            "int8 export needs calibration images",
+        ),
+        (["export", str(run / "run" / "lr.model"), "--out", str(run / "run" / "lr.model")], "is the model file itself"),
         (["export", str(tmp_path / "missing.model"), "--out", str(tmp_path / "x.onnx")], "does not exist"),
     ]
     for args, message in cases:
@@ -183,9 +220,16 @@ def test_exports_of_real_models_match_classical_predict_on_real_photos(shared: P
         new += photos[8:10]
     backbone = Backbone(weights=str(NO_TOP_WEIGHTS))
     extract(tmp_path / "photos", tmp_path / "c.h5", backbone, progress=False)
-    sweep(tmp_path / "c.h5", tmp_path / "run", models=["svm-rbf", "dense"], cv=2, progress=False, audit=False,
-          embedding_cost=False, grids={"svm-rbf": {"C": [1.0], "gamma": ["scale"]}, "dense": {"dropout": [0.0],
-                                                                                              "learning_rate": [1e-3]}})
+    sweep(
+        tmp_path / "c.h5",
+        tmp_path / "run",
+        models=["svm-rbf", "dense"],
+        cv=2,
+        progress=False,
+        audit=False,
+        embedding_cost=False,
+        grids={"svm-rbf": {"C": [1.0], "gamma": ["scale"]}, "dense": {"dropout": [0.0], "learning_rate": [1e-3]}},
+    )
     images = np.stack([item.pixels for item in load_files(new, size=224, resize="crop")])
     for name in ("svm-rbf", "dense"):
         export_model(tmp_path / "run" / f"{name}.model", tmp_path / f"{name}.onnx")

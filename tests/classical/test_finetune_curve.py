@@ -31,8 +31,18 @@ def photos_and_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _sweep(folder: Path, run: Path, **options: object) -> dict:
-    return sweep(folder / "c.h5", run, models=["lr"], grids={"lr": {"C": [1.0]}}, cv=2, n_jobs=1, progress=False,
-                 embedding_cost=False, audit=False, **options)
+    return sweep(
+        folder / "c.h5",
+        run,
+        models=["lr"],
+        grids={"lr": {"C": [1.0]}},
+        cv=2,
+        n_jobs=1,
+        progress=False,
+        embedding_cost=False,
+        audit=False,
+        **options,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +66,11 @@ def test_curve_gains_the_fine_tuned_line(curve_run: tuple[Path, dict]) -> None:
     stored = json.loads((run / "report.json").read_text())["learning_curve"]
     assert stored["models"]["finetune-a"] == values
     markdown = (run / "report.md").read_text()
-    curve_section = markdown[markdown.index("## Learning curve"):]
-    assert "| finetune-a | neural |" in curve_section and "finetune-a: trained with the fine-tuning's settings" in curve_section
+    curve_section = markdown[markdown.index("## Learning curve") :]
+    assert (
+        "| finetune-a | neural |" in curve_section
+        and "finetune-a: trained with the fine-tuning's settings" in curve_section
+    )
     assert "finetune-a" in (run / "report.html").read_text()
     swept = (run.parent / "swept_curve.png").read_bytes()
     assert (run / "plots" / "learning_curve.png").read_bytes() != swept  # redrawn with the new line
@@ -82,7 +95,9 @@ def test_subsets_are_the_classical_ones(curve_run: tuple[Path, dict]) -> None:
     assert state["finished"] and state["config"]["curve"]["per_class"] == 4
 
 
-def test_seed_reproduces_a_subsets_training(curve_run: tuple[Path, dict], photos_and_cache: Path, tmp_path: Path) -> None:
+def test_seed_reproduces_a_subsets_training(
+    curve_run: tuple[Path, dict], photos_and_cache: Path, tmp_path: Path
+) -> None:
     run, report = curve_run
     again = tmp_path / "run"
     shutil.copytree(run, again, ignore=lambda folder, names: ["2-seed0"] if "4-seed0" in names else [])
@@ -99,7 +114,19 @@ def test_run_without_a_curve_is_refused_before_training(photos_and_cache: Path, 
     with pytest.raises(DataError, match="has no learning curve.*--learning-curve 5,10,25,50"):
         finetune(photos_and_cache / "photos", run, learning_curve_neural=True, **TINY)
     assert not (run / "finetune-a").exists()
-    result = CliRunner().invoke(app, ["finetune", str(photos_and_cache / "photos"), "--out", str(run), "--size", "96",
-                                      "--weights", "none", "--learning-curve-neural"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            str(photos_and_cache / "photos"),
+            "--out",
+            str(run),
+            "--size",
+            "96",
+            "--weights",
+            "none",
+            "--learning-curve-neural",
+        ],
+    )
     assert result.exit_code == 2 and "error:" in result.output and "--learning-curve" in result.output, result.output
     assert "Traceback" not in result.output

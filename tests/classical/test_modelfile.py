@@ -29,8 +29,14 @@ RNG = np.random.default_rng(0)
 X = RNG.normal(size=(60, 4)).astype(np.float32)
 Y = np.array(["a", "b", "c"] * 20)
 X[Y == "b"] += 2
-METADATA = {"name": "m", "kind": "classical", "backbone_key": "mobilenet_v2-test", "class_names": ["a", "b", "c"],
-            "dim": 4, "backbone": {"alpha": 1.0, "size": 96, "weights": "none", "pooling": "avg", "resize": "crop"}}
+METADATA = {
+    "name": "m",
+    "kind": "classical",
+    "backbone_key": "mobilenet_v2-test",
+    "class_names": ["a", "b", "c"],
+    "dim": 4,
+    "backbone": {"alpha": 1.0, "size": 96, "weights": "none", "pooling": "avg", "resize": "crop"},
+}
 
 
 def dense_head() -> DenseHead:
@@ -43,8 +49,12 @@ def dense_head() -> DenseHead:
 
 def calibrated(classifier: object) -> Pipeline:  # as classical.selection calibrates the SVMs
     splitter = StratifiedKFold(3, shuffle=True, random_state=0)
-    return Pipeline([("scale", StandardScaler()), ("clf", CalibratedClassifierCV(classifier, method="sigmoid", cv=splitter,
-                                                                                   ensemble=False))])
+    return Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("clf", CalibratedClassifierCV(classifier, method="sigmoid", cv=splitter, ensemble=False)),
+        ]
+    )
 
 
 KINDS: dict[str, Callable[[], object]] = {
@@ -138,14 +148,16 @@ def test_a_part_rewritten_without_its_digest_is_refused(tmp_path: Path, member: 
 
 def test_trust_pickle_reads_a_file_of_an_earlier_release(tmp_path: Path) -> None:
     model = KINDS["lr"]()
-    joblib.dump({"format": 1, "model": model, "metadata": METADATA}, tmp_path / "lr.joblib")  # as releases before 2 wrote
+    joblib.dump(
+        {"format": 1, "model": model, "metadata": METADATA}, tmp_path / "lr.joblib"
+    )  # as releases before 2 wrote
     with pytest.raises(ModelFileError, match="--trust-pickle"):
         load_model(tmp_path / "lr")
     saved = load_model(tmp_path / "lr", trust_pickle=True)
     np.testing.assert_array_equal(saved.predict_proba(X, backbone_key="mobilenet_v2-test"), model.predict_proba(X))
 
 
-def tiny_network(lambda_layer: bool = False):  # noqa: ANN201 - keras is imported lazily
+def tiny_network(lambda_layer: bool = False):
     import keras
 
     inputs = keras.Input((96, 96, 3), dtype="uint8")
@@ -163,8 +175,9 @@ def test_a_network_round_trips_in_keras_format_and_takes_pixels(tmp_path: Path) 
     saved = load_model(tmp_path / "finetune-a.model")
     images = RNG.integers(0, 256, size=(4, 96, 96, 3), dtype=np.uint8)
     assert saved.takes_pixels and "keras" in saved.metadata["versions"]
-    np.testing.assert_allclose(saved.predict_proba(images, backbone_key="mobilenet_v2-test"),
-                               network.predict(images, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        saved.predict_proba(images, backbone_key="mobilenet_v2-test"), network.predict(images, verbose=0), atol=1e-6
+    )
     with pytest.raises(ModelFileError, match=r"expects uint8 images of shape \(n, 96, 96, 3\)"):
         saved.predict_proba(images[:, :64], backbone_key="mobilenet_v2-test")
 
@@ -172,8 +185,11 @@ def test_a_network_round_trips_in_keras_format_and_takes_pixels(tmp_path: Path) 
 def test_a_network_with_code_in_it_is_refused(tmp_path: Path) -> None:
     metadata = {**METADATA, "input": "pixels"}
     save_model(tmp_path / "lambda.model", tiny_network(lambda_layer=True), metadata)
-    with pytest.raises(ModelFileError, match=rf"'{tmp_path / 'lambda.model'}' holds a Keras network that cannot be "
-                                             "loaded safely"):
+    with pytest.raises(
+        ModelFileError,
+        match=rf"'{tmp_path / 'lambda.model'}' holds a Keras network that cannot be "
+        "loaded safely",
+    ):
         load_model(tmp_path / "lambda.model")
 
 
@@ -190,10 +206,17 @@ def test_a_fine_tuned_network_loads_in_a_fresh_process(tmp_path: Path) -> None:
     inner = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.GlobalAveragePooling2D()])
     network = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(InferenceMode(inner)(inputs)))
     save_model(tmp_path / "finetune-a.model", network, {**METADATA, "input": "pixels"})
-    code = ("import numpy as np; from classical import load_model; "
-            f"m = load_model({str(tmp_path / 'finetune-a.model')!r}); "
-            "print(m.predict_proba(np.zeros((1, 96, 96, 3), np.uint8), backbone_key='mobilenet_v2-test').shape)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    code = (
+        "import numpy as np; from classical import load_model; "
+        f"m = load_model({str(tmp_path / 'finetune-a.model')!r}); "
+        "print(m.predict_proba(np.zeros((1, 96, 96, 3), np.uint8), backbone_key='mobilenet_v2-test').shape)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "(1, 3)"

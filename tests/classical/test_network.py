@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 
 from classical.neural.network import (
-    N_GROUPS, base_of, build_network, check_learning_rate, discriminative_adam, layer_group, learning_rate_multipliers,
-    learning_rate_schedule, parameter_counts, set_trainable,
+    N_GROUPS,
+    base_of,
+    build_network,
+    check_learning_rate,
+    discriminative_adam,
+    layer_group,
+    learning_rate_multipliers,
+    learning_rate_schedule,
+    parameter_counts,
+    set_trainable,
 )
 from embedder import Backbone
 
@@ -64,9 +72,19 @@ def test_augmentation_works_on_raw_pixels_before_preprocessing() -> None:
     assert names.index("augmentation") < names.index("base")
 
 
-@pytest.mark.parametrize(("name", "group"), [("block_16_project", 1), ("Conv_1_bn", 1), ("block_13_expand", 2),
-                                             ("block_9_add", 4), ("block_1_depthwise", 6), ("Conv1", 7),
-                                             ("expanded_conv_project", 7), ("input_layer", 0)])
+@pytest.mark.parametrize(
+    ("name", "group"),
+    [
+        ("block_16_project", 1),
+        ("Conv_1_bn", 1),
+        ("block_13_expand", 2),
+        ("block_9_add", 4),
+        ("block_1_depthwise", 6),
+        ("Conv1", 7),
+        ("expanded_conv_project", 7),
+        ("input_layer", 0),
+    ],
+)
 def test_layer_groups(name: str, group: int) -> None:
     assert layer_group(name) == group
 
@@ -87,8 +105,12 @@ def test_discriminative_rates_really_differ_per_group() -> None:
     multipliers = learning_rate_multipliers(network, 0.5)
     network.compile(optimizer=discriminative_adam(1e-3, multipliers), loss="sparse_categorical_crossentropy")
     base = base_of(network)
-    watched = {"head": network.get_layer("head").kernel, "group 1": base.get_layer("Conv_1").kernel,
-               "group 3": base.get_layer("block_11_project").kernel, "group 7": base.get_layer("Conv1").kernel}
+    watched = {
+        "head": network.get_layer("head").kernel,
+        "group 1": base.get_layer("Conv_1").kernel,
+        "group 3": base.get_layer("block_11_project").kernel,
+        "group 7": base.get_layer("Conv1").kernel,
+    }
     before = {name: v.numpy() for name, v in watched.items()}
     network.fit(images(8), np.arange(8) % 3, epochs=1, batch_size=8, verbose=0)
     expected = {"head": 1e-3, "group 1": 5e-4, "group 3": 1.25e-4, "group 7": 1e-3 * 0.5**7}
@@ -108,8 +130,12 @@ def test_cosine_schedule_warms_up_then_decays() -> None:
 
 @pytest.mark.parametrize(
     ("rate", "unfrozen", "message"),
-    [(1e-3, True, "head-training scale with base layers unfrozen"), (1e-6, False, "tiny for a new head"),
-     (1e-5, True, None), (1e-3, False, None)],
+    [
+        (1e-3, True, "head-training scale with base layers unfrozen"),
+        (1e-6, False, "tiny for a new head"),
+        (1e-5, True, None),
+        (1e-3, False, None),
+    ],
 )
 def test_learning_rate_warnings(rate: float, unfrozen: bool, message: str | None) -> None:
     with warnings.catch_warnings(record=True) as caught:

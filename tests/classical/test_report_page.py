@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import make_dataset
 
 from classical import rerender, sweep
-from conftest import make_dataset
 from embedder import Backbone, extract
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -27,9 +27,17 @@ def browser():
         pytest.skip("chromium is not installed")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         yield browser
         browser.close()
 
@@ -39,16 +47,26 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("page")
     make_dataset(folder / "photos", per_class=12)
     extract(folder / "photos", folder / "c.h5", Backbone(size=96, weights=None), progress=False)
-    sweep(folder / "c.h5", folder / "run", models=["lr", "knn"], grids={"lr": {"C": [0.01]}, "knn": {"n_neighbors": [1]}},
-          cv=3, progress=False)
+    sweep(
+        folder / "c.h5",
+        folder / "run",
+        models=["lr", "knn"],
+        grids={"lr": {"C": [0.01]}, "knn": {"n_neighbors": [1]}},
+        cv=3,
+        progress=False,
+    )
     return folder / "run"
 
 
 def open_page(browser, path: Path) -> tuple[object, list[str]]:
     page = browser.new_page()
     problems: list[str] = []
-    page.on("console", lambda message: problems.append(f"console {message.type}: {message.text}")
-            if message.type in ("error", "warning") else None)
+    page.on(
+        "console",
+        lambda message: (
+            problems.append(f"console {message.type}: {message.text}") if message.type in ("error", "warning") else None
+        ),
+    )
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
     page.on("requestfailed", lambda request: problems.append(f"request failed: {request.url}"))
     page.goto(path.as_uri(), wait_until="load")
@@ -57,7 +75,9 @@ def open_page(browser, path: Path) -> tuple[object, list[str]]:
 
 def test_report_page_loads_every_image_and_matches_report_json(browser, run: Path, tmp_path: Path) -> None:
     page, problems = open_page(browser, run / "report.html")
-    images = page.eval_on_selector_all("img", "images => images.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+    images = page.eval_on_selector_all(
+        "img", "images => images.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
+    )
     assert images, "the page shows no images"
     assert [src for src, complete, width in images if not complete or width == 0] == []
     assert any(src.startswith("thumbnails/") for src, _, _ in images)  # the misclassified test photos
@@ -81,7 +101,7 @@ def test_report_page_loads_every_image_and_matches_report_json(browser, run: Pat
 def test_report_command_rerenders_the_page(run: Path) -> None:
     (run / "report.html").unlink()
     rerender(run)
-    assert "<table id=\"models\">" in (run / "report.html").read_text()
+    assert '<table id="models">' in (run / "report.html").read_text()
 
 
 def test_page_says_so_when_the_photos_are_gone(browser, run: Path, tmp_path: Path) -> None:
@@ -95,7 +115,9 @@ def test_page_says_so_when_the_photos_are_gone(browser, run: Path, tmp_path: Pat
     assert "(photo not found)" in page.content() and problems == []
 
 
-def test_photos_that_cannot_be_read_are_one_warning(run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_photos_that_cannot_be_read_are_one_warning(
+    run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A cache whose photos moved away from its source: one warning with the count and an example, not one per photo."""
     moved = tmp_path / "run"
     shutil.copytree(run, moved, ignore=shutil.ignore_patterns("thumbnails"))

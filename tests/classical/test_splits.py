@@ -17,8 +17,16 @@ def data(per_class: tuple[int, ...] = (40, 40, 20), duplicates: int = 0) -> Labe
     paths = np.array([f"c{label}/{i}.jpg" for i, label in enumerate(y)])
     sha = np.array([f"{i:064x}" for i in range(len(y))])
     sha[1 : 1 + duplicates] = sha[0]  # rows 0..duplicates share one content hash
-    return LabeledEmbeddings(X=np.zeros((len(y), 4), np.float32), y=y, class_names=[f"c{i}" for i in range(len(per_class))],
-                             paths=paths, sha256=sha, backbone_key="key-a", provenance={}, cache="c.h5")
+    return LabeledEmbeddings(
+        X=np.zeros((len(y), 4), np.float32),
+        y=y,
+        class_names=[f"c{i}" for i in range(len(per_class))],
+        paths=paths,
+        sha256=sha,
+        backbone_key="key-a",
+        provenance={},
+        cache="c.h5",
+    )
 
 
 def fields(rows: LabeledEmbeddings) -> tuple:

@@ -23,8 +23,9 @@ from classical.zoo import ZOO, grid_for, load_grids
 def small_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Thresholds scaled down, so that synthetic sets of a few hundred rows take every strategy."""
     monkeypatch.setattr(strategies, "SEARCH_ROWS", 60)
-    monkeypatch.setattr(strategies, "EXACT_ROWS", {"lr": 1000, "svm-linear": 60, "svm-rbf": 60, "rf": 60, "knn": 100,
-                                                   "dense": 100})
+    monkeypatch.setattr(
+        strategies, "EXACT_ROWS", {"lr": 1000, "svm-linear": 60, "svm-rbf": 60, "rf": 60, "knn": 100, "dense": 100}
+    )
     monkeypatch.setattr(strategies, "APPROXIMATE_ROWS", {"svm-linear": 150, "svm-rbf": 150, "rf": 150})
     monkeypatch.setattr(strategies, "TREE_ROWS", 100)
 
@@ -99,9 +100,17 @@ def test_linear_svm_is_approximated_by_sgd_above_its_size(small_sizes: None) -> 
 def test_sweep_records_and_shows_the_strategies(tmp_path: Path, small_sizes: None) -> None:
     X, labels = blobs(per_class=60, dim=16)
     write_cache(tmp_path / "c.h5", X, labels)
-    report = sweep(tmp_path / "c.h5", tmp_path / "run", models=["lr", "knn", "svm-linear"],
-                   grids={"knn": {"n_neighbors": [1, 5]}, "svm-linear": {"C": [0.05]}},
-                   cv=3, n_jobs=2, progress=False, embedding_cost=False, audit=False)
+    report = sweep(
+        tmp_path / "c.h5",
+        tmp_path / "run",
+        models=["lr", "knn", "svm-linear"],
+        grids={"knn": {"n_neighbors": [1, 5]}, "svm-linear": {"C": [0.05]}},
+        cv=3,
+        n_jobs=2,
+        progress=False,
+        embedding_cost=False,
+        audit=False,
+    )
     rows = {row["name"]: row for row in report["models"]}
     assert rows["lr"]["strategy"] == "exact" and rows["lr"]["search_rows"] == rows["lr"]["rows"]
     assert rows["knn"]["strategy"] == "subsample-then-refit" and rows["knn"]["search_rows"] == 60
@@ -170,12 +179,14 @@ def test_budget_errors_say_what_is_needed(planned: tuple, monkeypatch: pytest.Mo
 
 @pytest.mark.parametrize(
     ("grid", "message"),
-    [({"lr": {"Cc": [1.0]}}, "'lr': unknown parameter 'Cc'; its parameters: C, "),
-     ({"rf": {"n_estimators": [1.5]}}, "'rf': parameter 'n_estimators' cannot be 1.5: .* must be an int"),
-     ({"svm-rbf": {"gamma": ["wide"]}}, "'svm-rbf': parameter 'gamma' cannot be 'wide'"),
-     ({"dense": {"learning_rate": ["fast"]}}, "'dense': parameter 'learning_rate' cannot be 'fast' \\(a str\\)"),
-     ({"knn": {"n_neighbors": []}}, "'knn': 'n_neighbors' must map to a non-empty list"),
-     ({"lr": {"pca": [-3]}}, "'lr': parameter 'pca' cannot be PCA\\(n_components=-3")],
+    [
+        ({"lr": {"Cc": [1.0]}}, "'lr': unknown parameter 'Cc'; its parameters: C, "),
+        ({"rf": {"n_estimators": [1.5]}}, "'rf': parameter 'n_estimators' cannot be 1.5: .* must be an int"),
+        ({"svm-rbf": {"gamma": ["wide"]}}, "'svm-rbf': parameter 'gamma' cannot be 'wide'"),
+        ({"dense": {"learning_rate": ["fast"]}}, "'dense': parameter 'learning_rate' cannot be 'fast' \\(a str\\)"),
+        ({"knn": {"n_neighbors": []}}, "'knn': 'n_neighbors' must map to a non-empty list"),
+        ({"lr": {"pca": [-3]}}, "'lr': parameter 'pca' cannot be PCA\\(n_components=-3"),
+    ],
 )
 def test_bad_grid_files_name_the_model_and_parameter(tmp_path: Path, grid: dict, message: str) -> None:
     path = tmp_path / "grid.json"

@@ -60,8 +60,9 @@ def test_bootstrap_counts_give_scikit_learns_macro_f1() -> None:
     y, pred = rng.integers(0, 5, 60), rng.integers(0, 4, 60)  # class 4 never predicted
     counts = [np.bincount(a, minlength=5) for a in (y, pred)]
     hits = np.bincount(y[y == pred], minlength=5)
-    assert macro_f1_of_counts(*counts, hits) == pytest.approx(f1_score(y, pred, labels=range(5), average="macro",
-                                                                       zero_division=0))
+    assert macro_f1_of_counts(*counts, hits) == pytest.approx(
+        f1_score(y, pred, labels=range(5), average="macro", zero_division=0)
+    )
     low, high = bootstrap_macro_f1(y, pred, 5)
     assert 0 <= low < high <= 1
     assert bootstrap_macro_f1(y, y, 5) == (1.0, 1.0)
@@ -97,16 +98,37 @@ def rows_for(y: np.ndarray, predictions: dict[str, tuple[str, np.ndarray]]) -> l
     for name, (kind, pred) in predictions.items():
         proba = np.full((len(y), 5), 0.05)
         proba[np.arange(len(y)), pred] = 0.8
-        rows.append({"name": name, "kind": kind, **score(y, proba, list("abcde")), "cv_mean": None, "cv_std": None,
-                     "selection": "", "fit_seconds": 1.0, "head_ms_per_image": 0.01, "predict_ms_per_image": None,
-                     "model_bytes": 1024, "params": {}, "model_path": ""})
+        rows.append(
+            {
+                "name": name,
+                "kind": kind,
+                **score(y, proba, list("abcde")),
+                "cv_mean": None,
+                "cv_std": None,
+                "selection": "",
+                "fit_seconds": 1.0,
+                "head_ms_per_image": 0.01,
+                "predict_ms_per_image": None,
+                "model_bytes": 1024,
+                "params": {},
+                "model_path": "",
+            }
+        )
     return rows
 
 
 def report_for(y: np.ndarray) -> dict:
     paths = [f"c/{i:03d}.jpg" for i in range(len(y))]
-    split = {"id": "s", "n_train": 800, "n_val": 190, "n_test": len(y), "seed": 0, "fractions": [0.7, 0.15, 0.15],
-             "test_paths": paths, "test_labels": y.tolist()}
+    split = {
+        "id": "s",
+        "n_train": 800,
+        "n_val": 190,
+        "n_test": len(y),
+        "seed": 0,
+        "fractions": [0.7, 0.15, 0.15],
+        "test_paths": paths,
+        "test_labels": y.tolist(),
+    }
     return new_report(backbone="k", cache="c.h5", class_names=list("abcde"), split=split)
 
 
@@ -164,7 +186,9 @@ def test_align_predictions_orders_by_the_reports_test_paths() -> None:
     with pytest.raises(ValueError, match="1 missing"):
         align_predictions(report, ["c/003.jpg", "c/001.jpg", "c/000.jpg"], [3, 1, 0])
     with pytest.raises(ValueError, match="another label"):
-        align_predictions(report, ["c/000.jpg", "c/001.jpg", "c/002.jpg", "c/003.jpg"], [0, 1, 2, 3], labels=[1, 1, 2, 3])
+        align_predictions(
+            report, ["c/000.jpg", "c/001.jpg", "c/002.jpg", "c/003.jpg"], [0, 1, 2, 3], labels=[1, 1, 2, 3]
+        )
     fresh = new_report(backbone="k", cache="c", class_names=list("ab"), split={"id": "s", "n_test": 2})
     assert align_predictions(fresh, ["z.jpg", "a.jpg"], [1, 0], labels=[1, 0]) == [0, 1]
     assert fresh["split"]["test_paths"] == ["a.jpg", "z.jpg"] and fresh["split"]["test_labels"] == [0, 1]
@@ -175,9 +199,12 @@ def test_costs_from_pixels_and_tables_accept_missing_costs() -> None:
     report = report_for(y)
     report["embedding"] = {"ms_per_image": 8.0, "train_seconds": 990 * 8.0 / 1000, "method": "test"}
     rows = rows_for(y, {"lr": ("classical", y.copy()), "knn": ("classical", y.copy())})
-    tuned = rows_for(y, {"finetune-a": ("neural", y.copy())})[0] | {"head_ms_per_image": None, "predict_ms_per_image": 19.0,
-                                                                    "fit_seconds": 300.0}
-    add_rows(report, rows + [tuned])
+    tuned = rows_for(y, {"finetune-a": ("neural", y.copy())})[0] | {
+        "head_ms_per_image": None,
+        "predict_ms_per_image": 19.0,
+        "fit_seconds": 300.0,
+    }
+    add_rows(report, [*rows, tuned])
     lr, _, finetune = report["models"]
     assert lr["predict_ms_per_image"] == pytest.approx(8.01) and lr["head_ms_per_image"] == 0.01
     assert lr["fit_seconds_with_embedding"] == pytest.approx(1.0 + 7.92 / 2)  # shared by the 2 rows on embeddings

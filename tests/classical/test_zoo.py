@@ -18,8 +18,10 @@ def test_zoo_has_the_six_models() -> None:
     assert [ZOO[name].kind for name in MODEL_NAMES].count("neural") == 1
 
 
-@pytest.mark.parametrize(("name", "first_step"), [("lr", StandardScaler), ("svm-linear", StandardScaler),
-                                                   ("svm-rbf", StandardScaler), ("knn", Normalizer)])
+@pytest.mark.parametrize(
+    ("name", "first_step"),
+    [("lr", StandardScaler), ("svm-linear", StandardScaler), ("svm-rbf", StandardScaler), ("knn", Normalizer)],
+)
 def test_preprocessing_lives_inside_the_pipeline(name: str, first_step: type) -> None:
     model = ZOO[name].build(0)
     assert isinstance(model, Pipeline) and isinstance(model.steps[0][1], first_step)
@@ -44,7 +46,7 @@ def test_short_keys_and_pca_expand() -> None:
 @pytest.mark.parametrize("suffix", [".json", ".toml"])
 def test_grid_files(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"grid{suffix}"
-    path.write_text(json.dumps({"lr": {"C": [0.5]}}) if suffix == ".json" else '[lr]\nC = [0.5]\npca = [0, 16]\n')
+    path.write_text(json.dumps({"lr": {"C": [0.5]}}) if suffix == ".json" else "[lr]\nC = [0.5]\npca = [0, 16]\n")
     grids = load_grids(path)
     assert grid_for("lr", grids)["clf__C"] == [0.5]
     assert grid_for("rf", grids) == ZOO["rf"].grid  # models not in the file keep their default

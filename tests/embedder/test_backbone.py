@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedder import Backbone
-from embedder import WeightsError
+from embedder import Backbone, WeightsError
 from embedder.backbone.weights import file_sha256, resolve_weights
 
 KEY = re.compile(r"^mobilenet_v2-1\.0-96-random-[0-9a-f]{8}-avg-crop-fp32$")
@@ -62,7 +61,9 @@ def test_preprocessing_is_applied_exactly_once_inside_the_model(tiny: Backbone) 
     images = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3)).astype(np.uint8)
     base = next(layer for layer in tiny.model.layers if layer.name.startswith("mobilenetv2"))
     once = np.asarray(base(mobilenet_v2.preprocess_input(images.astype("float32")), training=False))
-    twice = np.asarray(base(mobilenet_v2.preprocess_input(mobilenet_v2.preprocess_input(images.astype("float32"))), training=False))
+    twice = np.asarray(
+        base(mobilenet_v2.preprocess_input(mobilenet_v2.preprocess_input(images.astype("float32"))), training=False)
+    )
     got = np.asarray(tiny.model(images, training=False))
     np.testing.assert_allclose(got, once, atol=1e-5)
     assert np.abs(got - twice).max() > 1e-2  # the check would notice double preprocessing
@@ -98,10 +99,15 @@ def test_weights_file_that_is_not_hdf5(tmp_path: Path) -> None:
         Backbone(size=96, weights=str(path)).model  # noqa: B018
 
 
-def test_imagenet_without_internet_or_cache_explains_offline_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_imagenet_without_internet_or_cache_explains_offline_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setattr("embedder.backbone.weights.keras_cache_candidates", lambda name: [tmp_path / "models" / name])
-    with pytest.raises(WeightsError, match=r"set KERAS_HOME to a folder holding models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5"):
+    with pytest.raises(
+        WeightsError,
+        match=r"set KERAS_HOME to a folder holding models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5",
+    ):
         resolve_weights("imagenet", alpha=0.35, size=96)
 
 
@@ -109,7 +115,9 @@ def test_imagenet_without_internet_or_cache_explains_offline_use(tmp_path: Path,
 def test_weights_file_for_another_alpha_is_named(shared: Path) -> None:
     from conftest import NO_TOP_WEIGHTS
 
-    with pytest.raises(WeightsError, match=r"first convolution has 32 filters, alpha=0.5 needs 16: it was made for alpha 1.0"):
+    with pytest.raises(
+        WeightsError, match=r"first convolution has 32 filters, alpha=0.5 needs 16: it was made for alpha 1.0"
+    ):
         Backbone(alpha=0.5, size=96, weights=str(NO_TOP_WEIGHTS)).model  # noqa: B018
 
 
@@ -119,7 +127,10 @@ def test_imagenet_weights_load_offline_from_keras_home(keras_home: Path, monkeyp
 
     monkeypatch.setenv("KERAS_HOME", str(keras_home))
     backbone = Backbone(size=128)
-    assert backbone.weights_path == keras_home / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_128_no_top.h5"
+    assert (
+        backbone.weights_path
+        == keras_home / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_128_no_top.h5"
+    )
     assert backbone.weights_sha256 == file_sha256(backbone.weights_path)
     assert backbone.key.startswith(f"mobilenet_v2-1.0-128-imagenet-{backbone.weights_sha256[:8]}-")
     images = np.random.default_rng(2).integers(0, 256, (2, 128, 128, 3)).astype(np.uint8)

@@ -8,8 +8,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import make_dataset
+
 from embedder import Backbone, CacheError, CacheLockedError, extract, open_cache
 from embedder.cache import SCHEMA_VERSION, Batch, CacheWriter
 
@@ -75,7 +75,9 @@ def test_other_schema_version_is_refused_and_kept(cache_file: Path, dataset: Pat
         handle.attrs["schema_version"] = 99
     before = cache_file.read_bytes()
     for action in (lambda: open_cache(cache_file), lambda: extract(dataset, cache_file, TINY, progress=False)):
-        with pytest.raises(CacheError, match="written with schema version 99; this embedder reads and writes version 1"):
+        with pytest.raises(
+            CacheError, match="written with schema version 99; this embedder reads and writes version 1"
+        ):
             action()
     assert cache_file.read_bytes() == before
 
@@ -98,7 +100,9 @@ def test_reader_keeps_a_consistent_view_while_the_file_is_replaced(cache_file: P
         assert len(after.backbone()) == 18
 
 
-def test_failed_merge_keeps_the_file_and_the_journal(cache_file: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_merge_keeps_the_file_and_the_journal(
+    cache_file: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     make_dataset(dataset, per_class=1, start=70)
     real_replace = os.replace
 
@@ -176,4 +180,6 @@ def test_a_changed_file_replaces_its_row_in_place(cache_file: Path, dataset: Pat
         rows = cache.backbone()
         assert list(rows.paths)[:12] == paths and len(rows) == 14  # same position, no duplicate
         after = rows.load()
-        assert not np.allclose(after[4], before[4]) and np.array_equal(np.delete(after[:12], 4, 0), np.delete(before, 4, 0))
+        assert not np.allclose(after[4], before[4]) and np.array_equal(
+            np.delete(after[:12], 4, 0), np.delete(before, 4, 0)
+        )

@@ -10,9 +10,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import blobs, write_cache
 from typer.testing import CliRunner
 
-from conftest import blobs, write_cache
 from embedder import CacheError, open_cache
 from embedder.cache import Batch, CacheWriter, Row, verify
 from embedder.cli import app
@@ -78,13 +78,19 @@ def test_flipped_hashes_are_detected(cache: Path) -> None:
 def test_truncated_file_is_one_line_for_every_command(cache: Path, dataset: Path, tmp_path: Path) -> None:
     data = cache.read_bytes()
     cache.write_bytes(data[: len(data) // 2])
-    for command in (["info", str(cache)], ["verify", str(cache)],
-                    ["extract", str(dataset), "--out", str(cache), "--weights", "none", "--size", "96"]):
+    for command in (
+        ["info", str(cache)],
+        ["verify", str(cache)],
+        ["extract", str(dataset), "--out", str(cache), "--weights", "none", "--size", "96"],
+    ):
         one_line_error(runner.invoke(app, command), f"cache '{cache}' is damaged", "cannot be opened")
     from classical.cli import app as classical_app
 
-    one_line_error(runner.invoke(classical_app, ["sweep", str(cache), "--out", str(tmp_path / "run")]),
-                   "is damaged", "extract again")
+    one_line_error(
+        runner.invoke(classical_app, ["sweep", str(cache), "--out", str(tmp_path / "run")]),
+        "is damaged",
+        "extract again",
+    )
 
 
 def test_missing_dataset_and_foreign_layout(cache: Path, tmp_path: Path) -> None:

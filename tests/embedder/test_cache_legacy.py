@@ -6,8 +6,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
 from conftest import blobs
+
 from embedder import open_cache
 from embedder.cache import Batch, CacheWriter, Failure, Row, verify
 from embedder.cache.layout import FORMAT, STR, write_failures
@@ -21,12 +21,29 @@ def write_legacy(path: Path, X: np.ndarray, labels: list[str]) -> list[str]:
     paths = [f"{label}/{i:04d}.jpg" for i, label in enumerate(labels)]
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as handle:
-        handle.attrs.update({"format": FORMAT, "schema_version": 1, "created": "2026-01-01T00:00:00Z",
-                             "updated": "2026-01-01T00:00:00Z"})
+        handle.attrs.update(
+            {
+                "format": FORMAT,
+                "schema_version": 1,
+                "created": "2026-01-01T00:00:00Z",
+                "updated": "2026-01-01T00:00:00Z",
+            }
+        )
         group = handle.create_group("backbones").create_group(KEY)
-        group.attrs.update({"backbone_key": KEY, "dim": X.shape[1], "size": 96, "alpha": 1.0, "weights": "none",
-                            "pooling": "avg", "resize": "crop", "precision": "fp32",
-                            "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z"})
+        group.attrs.update(
+            {
+                "backbone_key": KEY,
+                "dim": X.shape[1],
+                "size": 96,
+                "alpha": 1.0,
+                "weights": "none",
+                "pooling": "avg",
+                "resize": "crop",
+                "precision": "fp32",
+                "created": "2026-01-01T00:00:00Z",
+                "updated": "2026-01-01T00:00:00Z",
+            }
+        )
         group.attrs["class_names"] = np.array(names, dtype=STR)
         group.create_dataset("embeddings", data=X, chunks=(16, X.shape[1]), maxshape=(None, X.shape[1]))
         group.create_dataset("sha256", data=np.array([rng.bytes(32).hex() for _ in paths], dtype="S64"))
@@ -51,8 +68,9 @@ def test_a_cache_of_the_previous_layout_reads_and_grows(tmp_path: Path) -> None:
         index = writer.index(KEY, [paths[3], "new/0.jpg"])
         assert set(index.rows) == {paths[3]} and index.rows[paths[3]].label == labels[3]
         writer.begin(KEY, {**provenance, "dim": 8})
-        writer.write_batch(KEY, Batch(embeddings=np.full((1, 8), 7, np.float32),
-                                      rows=[Row("new/0.jpg", "ab" * 32, "new", 1, 1)]))
+        writer.write_batch(
+            KEY, Batch(embeddings=np.full((1, 8), 7, np.float32), rows=[Row("new/0.jpg", "ab" * 32, "new", 1, 1)])
+        )
     with open_cache(cache) as opened:
         rows = opened.backbone()
         assert list(rows.paths) == [*paths, "new/0.jpg"] and np.array_equal(rows.load()[:-1], X)

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import photo
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import photo
 from embedder import open_cache
 from embedder.cli import app
 
@@ -61,8 +61,9 @@ def test_bad_input_exits_2_with_the_reason(dataset: Path, tmp_path: Path, args: 
     ],
     ids=["nul-byte", "latin-1"],
 )
-def test_a_list_that_is_not_utf8_text_names_the_file_and_line(dataset: Path, tmp_path: Path, content: bytes,
-                                                              message: str) -> None:
+def test_a_list_that_is_not_utf8_text_names_the_file_and_line(
+    dataset: Path, tmp_path: Path, content: bytes, message: str
+) -> None:
     (dataset / "list.csv").write_bytes(content)
     result = runner.invoke(app, ["extract", str(dataset / "list.csv"), "--out", str(tmp_path / "c.h5"), *TINY])
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)  # an answer, not a crash
@@ -93,11 +94,22 @@ def test_a_larger_max_pixels_and_retry_failed_re_attempt_recorded_failures(tmp_p
     code, output = run("extract", source, "--out", out, "--max-pixels", "1000000", *TINY)
     assert code == 0 and "0 embedded" in output and "retried" not in output
     code, output = run("extract", source, "--out", out, "--max-pixels", "8000000", *TINY)
-    assert code == 0 and "1 embedded" in output and ("retried   1 recorded failure(s) (1 because --max-pixels was raised "
-                                                    "from 1000000 to 8000000): 1 now in the cache, 0 failed again") in output
+    assert (
+        code == 0
+        and "1 embedded" in output
+        and (
+            "retried   1 recorded failure(s) (1 because --max-pixels was raised "
+            "from 1000000 to 8000000): 1 now in the cache, 0 failed again"
+        )
+        in output
+    )
     code, output = run("extract", source, "--out", out, "--max-pixels", "8000000", "--retry-failed", *TINY)
-    assert code == 0 and ("retried   1 recorded failure(s) (1 because --retry-failed was given): 0 now in the cache, "
-                          "1 failed again") in output and "failed    broken.jpg: not an image" in output
+    assert (
+        code == 0
+        and ("retried   1 recorded failure(s) (1 because --retry-failed was given): 0 now in the cache, 1 failed again")
+        in output
+        and "failed    broken.jpg: not an image" in output
+    )
 
 
 @pytest.mark.real_data
@@ -109,9 +121,14 @@ def test_predict_top_k_text_and_json(keras_home: Path, monkeypatch: pytest.Monke
     code, output = run("predict", IMAGENET_PHOTOS / "parrot.jpg", "--top", "3")
     assert code == 0 and output.startswith(f"{IMAGENET_PHOTOS / 'parrot.jpg'}: macaw 0.")
     (tmp_path / "broken.jpg").write_text("no")
-    code, output = run("predict", IMAGENET_PHOTOS / "bird.bmp", tmp_path / "broken.jpg", "--top", "2", "--format", "json")
+    code, output = run(
+        "predict", IMAGENET_PHOTOS / "bird.bmp", tmp_path / "broken.jpg", "--top", "2", "--format", "json"
+    )
     lines = [json.loads(line) for line in output.strip().splitlines()]
     assert code == 1  # one image failed
-    assert lines[0]["path"].endswith("bird.bmp") and [c["name"] for c in lines[0]["top"]][0] == "chickadee"
+    assert lines[0]["path"].endswith("bird.bmp") and next(c["name"] for c in lines[0]["top"]) == "chickadee"
     assert set(lines[0]["top"][0]) == {"index", "name", "prob"} and len(lines[0]["top"]) == 2
-    assert lines[1] == {"path": str(tmp_path / "broken.jpg"), "error": "not an image: the content is not a format Pillow can decode"}
+    assert lines[1] == {
+        "path": str(tmp_path / "broken.jpg"),
+        "error": "not an image: the content is not a format Pillow can decode",
+    }

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_dataset
+
 from embedder import open_cache
 
 pytestmark = pytest.mark.slow
@@ -22,8 +22,20 @@ pytestmark = pytest.mark.slow
 
 def command(source: Path, out: Path, program: str = "-m embedder.cli") -> list[str]:
     return [
-        sys.executable, *program.split(), "-v", "extract", str(source), "--out", str(out),
-        "--size", "96", "--weights", "none", "--batch-size", "8", "--no-progress",
+        sys.executable,
+        *program.split(),
+        "-v",
+        "extract",
+        str(source),
+        "--out",
+        str(out),
+        "--size",
+        "96",
+        "--weights",
+        "none",
+        "--batch-size",
+        "8",
+        "--no-progress",
     ]
 
 
@@ -100,9 +112,16 @@ def prefill(out: Path, rows: int) -> None:
         writer.begin(backbone.key, backbone.provenance())
         for start in range(0, rows, 4096):
             count = min(4096, rows - start)
-            writer.write_batch(backbone.key, Batch(
-                embeddings=rng.random((count, backbone.dim), dtype=np.float32),
-                rows=[Row(f"earlier/{i:06d}.jpg", rng.bytes(32).hex(), "earlier", 1, 1) for i in range(start, start + count)]))
+            writer.write_batch(
+                backbone.key,
+                Batch(
+                    embeddings=rng.random((count, backbone.dim), dtype=np.float32),
+                    rows=[
+                        Row(f"earlier/{i:06d}.jpg", rng.bytes(32).hex(), "earlier", 1, 1)
+                        for i in range(start, start + count)
+                    ],
+                ),
+            )
 
 
 @pytest.mark.parametrize("earlier", [0, 30_000], ids=["small cache", "large cache"])

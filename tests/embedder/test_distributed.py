@@ -27,13 +27,17 @@ import pytest
 # before Ray is imported (and inherited by the head, its workers and the drivers started here).
 os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
 
-import ray  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+import ray
+from conftest import FLOWERS, NO_TOP_WEIGHTS, blobs, make_dataset, write_cache
+from typer.testing import CliRunner
 
-from conftest import FLOWERS, NO_TOP_WEIGHTS, blobs, make_dataset, write_cache  # noqa: E402
-from embedder import Backbone, extract, open_cache  # noqa: E402
-from embedder.extraction import extract_ray, require_ray  # noqa: E402
-from embedder import EmbedderError  # noqa: E402
+from embedder import (
+    Backbone,
+    EmbedderError,
+    extract,
+    open_cache,
+)
+from embedder.extraction import extract_ray, require_ray
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -45,10 +49,25 @@ def cluster(runtime_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> st
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-         "--port", str(port), "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats",
-         "--temp-dir", str(tmp_path_factory.mktemp("ray"))],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--temp-dir",
+            str(tmp_path_factory.mktemp("ray")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
         start_new_session=True,
     )
     address = f"127.0.0.1:{port}"
@@ -120,16 +139,18 @@ def test_distributed_extraction_equals_local_row_by_row(cluster: str, shared: Pa
     backbone = Backbone(size=96, weights=str(NO_TOP_WEIGHTS))
     local = extract(source, tmp_path / "local.h5", backbone, runtime="onnx", progress=False)
 
-    summary = extract_ray(source, tmp_path / "ray.h5", backbone, address=cluster, runtime="onnx", block_size=4,
-                          progress=False)
+    summary = extract_ray(
+        source, tmp_path / "ray.h5", backbone, address=cluster, runtime="onnx", block_size=4, progress=False
+    )
 
     assert (summary.embedded, summary.reused, len(summary.failed)) == (local.embedded, local.reused, 1) == (15, 1, 1)
     assert_same_cache(tmp_path / "ray.h5", tmp_path / "local.h5")
     assert shard_files(tmp_path / "ray.h5", backbone.key) == []  # merged shards are deleted
 
     make_dataset(source, per_class=2, start=5)  # grow the folder; read it through a file:// URI this time
-    again = extract_ray(f"file://{source}", tmp_path / "ray.h5", backbone, address=cluster, runtime="onnx",
-                        block_size=4, progress=False)
+    again = extract_ray(
+        f"file://{source}", tmp_path / "ray.h5", backbone, address=cluster, runtime="onnx", block_size=4, progress=False
+    )
     extract(source, tmp_path / "local.h5", backbone, runtime="onnx", progress=False)
     assert (again.embedded, again.cached, len(again.failed)) == (6, 16, 1)
     assert [failure.reason for failure in again.failed] == [local.failed[0].reason]
@@ -144,8 +165,9 @@ def test_killed_actor_is_replaced_and_the_cache_is_complete(
 
     def run() -> None:
         try:
-            result["summary"] = extract_ray(flowers, out, backbone, address=cluster, runtime="onnx", block_size=8,
-                                            progress=False)
+            result["summary"] = extract_ray(
+                flowers, out, backbone, address=cluster, runtime="onnx", block_size=8, progress=False
+            )
         except BaseException as exc:  # surfaced by the assertion below
             result["error"] = exc
 
@@ -171,9 +193,28 @@ def test_killed_driver_is_resumed_by_rerunning_the_command(
     cluster: str, flowers: Path, backbone: Backbone, local_flowers: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "ray.h5"
-    command = [sys.executable, "-m", "embedder.cli", "extract", str(flowers), "--out", str(out), "--size", "128",
-               "--weights", str(NO_TOP_WEIGHTS), "--runtime", "onnx", "--engine", "ray", "--address", cluster,
-               "--block-size", "8", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "embedder.cli",
+        "extract",
+        str(flowers),
+        "--out",
+        str(out),
+        "--size",
+        "128",
+        "--weights",
+        str(NO_TOP_WEIGHTS),
+        "--runtime",
+        "onnx",
+        "--engine",
+        "ray",
+        "--address",
+        cluster,
+        "--block-size",
+        "8",
+        "--no-progress",
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 300
@@ -197,9 +238,8 @@ def test_killed_driver_is_resumed_by_rerunning_the_command(
 
 
 def test_ray_retries_recorded_failures_as_local_extraction_does(cluster: str, tmp_path: Path) -> None:
-    from PIL import Image
-
     from conftest import photo
+    from PIL import Image
 
     source, tiny = tmp_path / "photos", Backbone(size=96, weights=None)
     source.mkdir()
@@ -209,10 +249,15 @@ def test_ray_retries_recorded_failures_as_local_extraction_does(cluster: str, tm
     Image.new("L", (3000, 3000), 50).save(source / "huge.png")
     (source / "broken.jpg").write_bytes(b"not a picture")
     summaries = {}
-    for name, run in (("local", extract), ("ray", lambda *args, **kwargs: extract_ray(*args, address=cluster, **kwargs))):
+    for name, run in (
+        ("local", extract),
+        ("ray", lambda *args, **kwargs: extract_ray(*args, address=cluster, **kwargs)),
+    ):
         out = tmp_path / f"{name}.h5"
-        runs = [run(source, out, tiny, runtime="onnx", max_pixels=limit, progress=False, **flags)
-                for limit, flags in ((1_000_000, {}), (1_000_000, {}), (5_000_000, {}), (5_000_000, {"retry_failed": True}))]
+        runs = [
+            run(source, out, tiny, runtime="onnx", max_pixels=limit, progress=False, **flags)
+            for limit, flags in ((1_000_000, {}), (1_000_000, {}), (5_000_000, {}), (5_000_000, {"retry_failed": True}))
+        ]
         with open_cache(out) as cache:
             rows = cache.backbone()
             final = (sorted(rows.paths), sorted((f.path, f.sha256, f.reason, f.limits) for f in rows.failures))
@@ -221,7 +266,10 @@ def test_ray_retries_recorded_failures_as_local_extraction_does(cluster: str, tm
     counts, (paths, failures) = summaries["local"]
     assert [(embedded, len(retried)) for embedded, _, _, retried, _ in counts] == [(1, 0), (0, 0), (1, 3), (0, 2)]
     assert paths == ["big-copy.png", "big.png", "small.jpg"]
-    assert [(path, limits) for path, _, _, limits in failures] == [("broken.jpg", ""), ("huge.png", '{"max_pixels": 5000000}')]
+    assert [(path, limits) for path, _, _, limits in failures] == [
+        ("broken.jpg", ""),
+        ("huge.png", '{"max_pixels": 5000000}'),
+    ]
 
 
 def test_ray_sweep_reports_what_a_local_sweep_reports(cluster: str, tmp_path: Path) -> None:
@@ -236,8 +284,16 @@ def test_ray_sweep_reports_what_a_local_sweep_reports(cluster: str, tmp_path: Pa
     write_cache(tmp_path / "cache.h5", X, labels)
     grids = {"lr": {"C": [0.01, 0.1, 1.0]}, "knn": {"n_neighbors": [1, 5, 9]}}
     local = sweep(tmp_path / "cache.h5", tmp_path / "local", models=["lr", "knn"], grids=grids, cv=3, progress=False)
-    distributed = sweep(tmp_path / "cache.h5", tmp_path / "ray", models=["lr", "knn"], grids=grids, cv=3,
-                        progress=False, engine="ray", address=cluster)
+    distributed = sweep(
+        tmp_path / "cache.h5",
+        tmp_path / "ray",
+        models=["lr", "knn"],
+        grids=grids,
+        cv=3,
+        progress=False,
+        engine="ray",
+        address=cluster,
+    )
 
     assert distributed["split"] == local["split"]
     for a, b in zip(distributed["models"], local["models"], strict=True):
@@ -252,8 +308,21 @@ def test_without_ray_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
     with pytest.raises(EmbedderError, match=re.escape('pip install "bottleneck-lab[ray]"')):
         require_ray()
-    result = CliRunner().invoke(app, ["extract", str(dataset), "--out", str(tmp_path / "c.h5"), "--weights", "none",
-                                      "--size", "96", "--engine", "ray"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "extract",
+            str(dataset),
+            "--out",
+            str(tmp_path / "c.h5"),
+            "--weights",
+            "none",
+            "--size",
+            "96",
+            "--engine",
+            "ray",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "bottleneck-lab[ray]" in result.output
     assert not (tmp_path / "c.h5").exists()
@@ -261,6 +330,12 @@ def test_without_ray_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch, 
 
 def test_actors_asking_for_missing_gpus_are_refused(cluster: str, dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(EmbedderError, match="1 GPU, the cluster has 0"):
-        extract_ray(dataset, tmp_path / "c.h5", Backbone(size=96, weights=None), address=cluster, gpus_per_actor=1,
-                    progress=False)
+        extract_ray(
+            dataset,
+            tmp_path / "c.h5",
+            Backbone(size=96, weights=None),
+            address=cluster,
+            gpus_per_actor=1,
+            progress=False,
+        )
     assert not (tmp_path / "c.h5").exists()

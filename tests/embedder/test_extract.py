@@ -11,11 +11,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import make_dataset, photo
 from PIL import Image
 
-from conftest import make_dataset, photo
-from embedder import Backbone, extract, info, open_cache
-from embedder import decode_image
+from embedder import Backbone, decode_image, extract, info, open_cache
 from embedder.runtimes import KerasEncoder
 
 TINY = Backbone(size=96, weights=None)
@@ -125,7 +124,9 @@ def test_second_backbone_lives_beside_the_first_untouched(dataset: Path, tmp_pat
     again = rows_by_path(out, TINY.key)
     assert all(np.array_equal(again[p][2], first[p][2]) and again[p][:2] == first[p][:2] for p in first)
     with h5py.File(out) as handle:
-        assert {k: str(v) for k, v in handle["backbones"][TINY.key].attrs.items()} == {k: str(v) for k, v in first_attrs.items()}
+        assert {k: str(v) for k, v in handle["backbones"][TINY.key].attrs.items()} == {
+            k: str(v) for k, v in first_attrs.items()
+        }
 
 
 def write_bad_files(folder: Path) -> dict[str, str]:
@@ -172,7 +173,9 @@ def test_unreadable_file_is_recorded(dataset: Path, tmp_path: Path) -> None:
     locked = dataset / "red/red_000.jpg"
     locked.chmod(0)
     summary = extract(dataset, tmp_path / "cache.h5", TINY, progress=False)
-    assert [(f.path, f.reason) for f in summary.failed] == [("red/red_000.jpg", "cannot read: permission denied; fix the file's permissions")]
+    assert [(f.path, f.reason) for f in summary.failed] == [
+        ("red/red_000.jpg", "cannot read: permission denied; fix the file's permissions")
+    ]
 
 
 def test_keras_and_onnx_runtimes_agree(dataset: Path, tmp_path: Path) -> None:
@@ -196,8 +199,10 @@ def test_int8_rows_live_in_their_own_group_and_keep_their_calibration(dataset: P
         calibration = json.loads(int8.provenance["calibration_files"])
         assert len(calibration) == 12 and int8.provenance["calibration_digest"][:8] in first.backbone_key
         fp32, reduced = rows_by_path(out, TINY.key), rows_by_path(out, first.backbone_key)
-    similarity = [np.dot(fp32[p][2], reduced[p][2]) / np.linalg.norm(fp32[p][2]) / np.linalg.norm(reduced[p][2]) for p in fp32]
-    assert 0.9 < min(similarity) and not all(np.array_equal(fp32[p][2], reduced[p][2]) for p in fp32)
+    similarity = [
+        np.dot(fp32[p][2], reduced[p][2]) / np.linalg.norm(fp32[p][2]) / np.linalg.norm(reduced[p][2]) for p in fp32
+    ]
+    assert min(similarity) > 0.9 and not all(np.array_equal(fp32[p][2], reduced[p][2]) for p in fp32)
     make_dataset(dataset, per_class=1, start=40)  # grown folder: same calibration, same key, only new rows
     grown = extract(dataset, out, TINY, precision="int8", runtime="onnx", progress=False)
     assert grown.backbone_key == first.backbone_key and (grown.embedded, grown.cached) == (3, 12)

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import make_dataset
+
 from embedder import Backbone, decode_image, extract, open_cache
 from embedder.extraction import local
 from embedder.inputs import load_file
@@ -114,8 +114,25 @@ def test_kill_minus_nine_during_the_export_then_resume(fresh_machine: Path, tmp_
     source = tmp_path / "photos"
     make_dataset(source, per_class=100)  # 300 images
     out = tmp_path / "cache.h5"
-    command = [sys.executable, "-m", "embedder.cli", "-v", "extract", str(source), "--out", str(out), "--size", "96",
-               "--weights", "none", "--pooling", "max", "--batch-size", "8", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "embedder.cli",
+        "-v",
+        "extract",
+        str(source),
+        "--out",
+        str(out),
+        "--size",
+        "96",
+        "--weights",
+        "none",
+        "--pooling",
+        "max",
+        "--batch-size",
+        "8",
+        "--no-progress",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for line in process.stderr:
         if "embedding with the Keras reference" in line:  # the export has just started

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from embedder import EmbedderError, predict_imagenet
-from embedder import load_class_names
+from embedder import EmbedderError, load_class_names, predict_imagenet
 
 
 @pytest.mark.parametrize("lines", [1000, 1001])
@@ -40,7 +39,9 @@ def test_labels_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.real_data
 @pytest.mark.parametrize("resize", ["crop", "squash"])
-def test_real_photos_get_their_expected_classes(shared: Path, keras_home: Path, monkeypatch: pytest.MonkeyPatch, resize: str) -> None:
+def test_real_photos_get_their_expected_classes(
+    shared: Path, keras_home: Path, monkeypatch: pytest.MonkeyPatch, resize: str
+) -> None:
     from conftest import IMAGENET_LABELS, IMAGENET_PHOTOS
 
     monkeypatch.setenv("KERAS_HOME", str(keras_home))  # the unchanged weights="imagenet" default, offline

@@ -130,9 +130,15 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG that is only its header: enough for Pillow to read the size, nothing to decode."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_pillows_own_bomb_refusal_records_the_limit_too() -> None:

@@ -20,8 +20,11 @@ def user_env() -> dict[str, str]:
 
 
 def native_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines()
-            if NATIVE_LINE.match(line.encode()) or any(word in line for word in NOISE_WORDS)]
+    return [
+        line
+        for line in stderr.splitlines()
+        if NATIVE_LINE.match(line.encode()) or any(word in line for word in NOISE_WORDS)
+    ]
 
 
 def test_only_native_lines_are_dropped(capfd: pytest.CaptureFixture[str]) -> None:
@@ -35,7 +38,9 @@ def test_only_native_lines_are_dropped(capfd: pytest.CaptureFixture[str]) -> Non
 
 def test_import_classical_and_tensorflow_is_quiet() -> None:
     code = "import sys, classical, classical.neural.network; print('tensorflow' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=user_env(), timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=user_env(), timeout=300, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"  # TensorFlow really loaded
     assert native_lines(result.stderr) == []
@@ -43,8 +48,23 @@ def test_import_classical_and_tensorflow_is_quiet() -> None:
 
 def test_embedder_command_is_quiet_unless_verbose(dataset: Path, tmp_path: Path) -> None:
     def extract(*flags: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "embedder.cli", *flags, "extract", str(dataset), "--out", str(tmp_path / f"c{len(flags)}.h5"),
-                   "--size", "96", "--weights", "none", "--runtime", "keras", "--no-progress"]
+        command = [
+            sys.executable,
+            "-m",
+            "embedder.cli",
+            *flags,
+            "extract",
+            str(dataset),
+            "--out",
+            str(tmp_path / f"c{len(flags)}.h5"),
+            "--size",
+            "96",
+            "--weights",
+            "none",
+            "--runtime",
+            "keras",
+            "--no-progress",
+        ]
         return subprocess.run(command, capture_output=True, text=True, env=user_env(), timeout=300, check=False)
 
     quiet = extract()

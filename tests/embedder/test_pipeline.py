@@ -48,8 +48,11 @@ def test_skipped_files_are_hashed_but_neither_decoded_nor_encoded(tmp_path: Path
         paths.append(tmp_path / f"{k}.png")
         Image.new("RGB", (20, 20), (40 * k, 0, 0)).save(paths[-1])
     skip = {load_file(paths[2], size=8).sha256}
-    rows = list(load_and_encode(paths, lambda path: load_file(path, size=8, skip=skip.__contains__), mean_colour,
-                                batch_size=2, workers=2))
+    rows = list(
+        load_and_encode(
+            paths, lambda path: load_file(path, size=8, skip=skip.__contains__), mean_colour, batch_size=2, workers=2
+        )
+    )
     assert [output is None for _, _, output in rows] == [False, False, True, False, False, False]
     assert rows[2][1].sha256 in skip and rows[2][1].error is None
 

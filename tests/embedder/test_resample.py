@@ -23,10 +23,15 @@ def pillow_decode(data: bytes, *, size: int, resize: str = "crop") -> np.ndarray
     image = to_rgb(ImageOps.exif_transpose(image))
     width, height = image.size
     side = min(width, height)
-    box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2) if resize == "crop" \
+    box = (
+        ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+        if resize == "crop"
         else (0, 0, width, height)
+    )
     enlarging = min(box[2] - box[0], box[3] - box[1]) < size
-    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR if enlarging else Image.Resampling.BOX, box=box))
+    return np.asarray(
+        image.resize((size, size), Image.Resampling.BILINEAR if enlarging else Image.Resampling.BOX, box=box)
+    )
 
 
 def textured(width: int, height: int, seed: int) -> np.ndarray:
@@ -61,8 +66,13 @@ def test_resample_equals_pillow_resize_bit_for_bit(seed: int) -> None:
     pixels = textured(width, height, seed)
     for bilinear in (False, True):
         expected = Image.fromarray(pixels).resize(
-            (size, size), Image.Resampling.BILINEAR if bilinear else Image.Resampling.BOX, box=box)
-        assert np.array_equal(resample(pixels, box, size, bilinear=bilinear), np.asarray(expected)), (width, height, box)
+            (size, size), Image.Resampling.BILINEAR if bilinear else Image.Resampling.BOX, box=box
+        )
+        assert np.array_equal(resample(pixels, box, size, bilinear=bilinear), np.asarray(expected)), (
+            width,
+            height,
+            box,
+        )
 
 
 def test_resample_takes_views_and_leaves_its_input_alone() -> None:
@@ -113,4 +123,6 @@ def test_real_photos_decode_exactly_as_with_pillow(shared: Path) -> None:
     for path in sorted(FLOWERS.rglob("*.jpg"))[::10]:
         data = path.read_bytes()
         for resize in ("crop", "squash"):
-            assert np.array_equal(decode_image(data, size=224, resize=resize), pillow_decode(data, size=224, resize=resize)), path
+            assert np.array_equal(
+                decode_image(data, size=224, resize=resize), pillow_decode(data, size=224, resize=resize)
+            ), path

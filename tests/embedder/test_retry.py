@@ -10,9 +10,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import photo
 from PIL import Image
 
-from conftest import photo
 from embedder import Backbone, extract, info, open_cache
 from embedder.cache import Batch, CacheWriter, Failure, Row
 from embedder.extraction.shards import read_shard, write_shard
@@ -46,8 +46,12 @@ def failures_table(out: Path) -> dict[str, tuple[str, dict]]:
     """path -> (reason, limits) as stored, read with plain h5py."""
     with h5py.File(out, "r") as handle:
         table = handle["backbones"][TINY.key]["failures"]
-        return {path: (reason, json.loads(limits) if limits else {}) for path, reason, limits in zip(
-            table["path"].asstr()[...], table["reason"].asstr()[...], table["limits"].asstr()[...])}
+        return {
+            path: (reason, json.loads(limits) if limits else {})
+            for path, reason, limits in zip(
+                table["path"].asstr()[...], table["reason"].asstr()[...], table["limits"].asstr()[...]
+            )
+        }
 
 
 def test_refusals_record_their_limit_and_a_larger_limit_retries_them(folder: Path, tmp_path: Path) -> None:
@@ -56,8 +60,10 @@ def test_refusals_record_their_limit_and_a_larger_limit_retries_them(folder: Pat
     assert (first.embedded, first.retried) == (1, {})
     table = failures_table(out)
     assert {path: limits for path, (_, limits) in table.items()} == {
-        "big.png": {"max_pixels": SMALL}, "big-copy.png": {"max_pixels": SMALL},  # same bytes, same refusal
-        "huge.png": {"max_pixels": SMALL}, "truncated.jpg": {},  # no limit would admit a truncated file
+        "big.png": {"max_pixels": SMALL},
+        "big-copy.png": {"max_pixels": SMALL},  # same bytes, same refusal
+        "huge.png": {"max_pixels": SMALL},
+        "truncated.jpg": {},  # no limit would admit a truncated file
     }
     assert "over the limit of 1 Mpx" in table["big.png"][0] and table["big-copy.png"][0] == table["big.png"][0]
     assert {f["path"]: f["limits"] for f in info(out)["backbones"][0]["failures"]}["huge.png"] == {"max_pixels": SMALL}
@@ -102,7 +108,9 @@ def test_retry_failed_reads_every_recorded_failure_again(folder: Path, tmp_path:
     assert f"retried   5 recorded failure(s) (5 because {why}): 1 now in the cache, 4 failed again" in str(retried)
 
 
-def test_new_bytes_that_failed_under_a_smaller_limit_are_decoded_not_refused_by_hash(folder: Path, tmp_path: Path) -> None:
+def test_new_bytes_that_failed_under_a_smaller_limit_are_decoded_not_refused_by_hash(
+    folder: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "cache.h5"
     extract(folder, out, TINY, max_pixels=SMALL, progress=False)
     (folder / "big.png").unlink()
@@ -132,8 +140,11 @@ def test_a_cache_without_the_limits_column_still_reads_and_retries_on_request(fo
 
 
 def test_journal_batches_and_shards_without_the_limits_column_still_read(tmp_path: Path) -> None:
-    batch = Batch(embeddings=np.ones((1, 3), np.float32), rows=[Row("a.jpg", "a" * 64, "", 10, 1)],
-                  failures=[Failure("b.jpg", "b" * 64, "too big", 20, 2, '{"max_pixels": 5}')])
+    batch = Batch(
+        embeddings=np.ones((1, 3), np.float32),
+        rows=[Row("a.jpg", "a" * 64, "", 10, 1)],
+        failures=[Failure("b.jpg", "b" * 64, "too big", 20, 2, '{"max_pixels": 5}')],
+    )
     write_shard(tmp_path / "shard.h5", batch, {"backbone_key": "k"})
     with h5py.File(tmp_path / "shard.h5", "r+") as handle:
         del handle["failures"]["limits"]

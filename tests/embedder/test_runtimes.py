@@ -10,7 +10,14 @@ import pytest
 
 from embedder import Backbone, RuntimeUnavailableError
 from embedder.runtimes import (
-    KerasEncoder, OnnxEncoder, OpenVinoEncoder, compare, load_encoder, onnx_path, parity_images, runtime_cache_dir,
+    KerasEncoder,
+    OnnxEncoder,
+    OpenVinoEncoder,
+    compare,
+    load_encoder,
+    onnx_path,
+    parity_images,
+    runtime_cache_dir,
 )
 
 TINY = Backbone(size=96, weights=None)
@@ -32,9 +39,13 @@ def test_onnx_matches_keras_and_is_cached_per_key() -> None:
     assert onnx_path(other) != path and onnx_path(other).is_file()
 
 
-def test_export_that_differs_from_keras_is_never_used(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_export_that_differs_from_keras_is_never_used(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     backbone = Backbone(size=96, weights=None, resize="squash")
-    monkeypatch.setattr("embedder.runtimes.exports.compare", lambda a, b: {"max_abs": 0.5, "min_cosine": 0.9, "reference_rms": 1.0})
+    monkeypatch.setattr(
+        "embedder.runtimes.exports.compare", lambda a, b: {"max_abs": 0.5, "min_cosine": 0.9, "reference_rms": 1.0}
+    )
     with pytest.raises(RuntimeUnavailableError, match="differs from Keras"):
         load_encoder(backbone, "onnx")
     assert not onnx_path(backbone).exists()

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from embedder import SourceError
-from embedder import list_source
+from embedder import SourceError, list_source
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -20,7 +19,11 @@ def test_class_folders_give_sorted_labels_recursively(tmp_path: Path) -> None:
     for rel in ["b/2.jpg", "a/z.png", "b/sub/1.JPG", "a/.hidden.jpg", ".git/x.jpg", "a/notes.txt"]:
         touch(tmp_path / rel)
     source = list_source(tmp_path)
-    assert [(item.rel, item.label) for item in source.items] == [("a/z.png", "a"), ("b/2.jpg", "b"), ("b/sub/1.JPG", "b")]
+    assert [(item.rel, item.label) for item in source.items] == [
+        ("a/z.png", "a"),
+        ("b/2.jpg", "b"),
+        ("b/sub/1.JPG", "b"),
+    ]
     assert source.class_names == ["a", "b"]
     assert source.items[0].path == tmp_path / "a/z.png"
 
@@ -82,14 +85,32 @@ def test_single_image_file(tmp_path: Path) -> None:
         (lambda p: touch(p / "l.csv", b"path,label\n"), "is empty"),
         (lambda p: touch(p / "l.csv", b"a.jpg,cat\nb.jpg\n"), r"labels 1 of 2 images \(e.g. 'b.jpg' has none\)"),
         (lambda p: touch(p / "l.txt", b"a.jpg\na.jpg\n"), r"names 'a.jpg' twice \(lines 1 and 2\)"),
-        (lambda p: touch(p / "l.csv", b"path,label\na.jpg,cat\nb\x00.jpg,dog\n"), r"l.csv' line 3: contains a NUL byte"),
+        (
+            lambda p: touch(p / "l.csv", b"path,label\na.jpg,cat\nb\x00.jpg,dog\n"),
+            r"l.csv' line 3: contains a NUL byte",
+        ),
         (lambda p: touch(p / "l.txt", "a.jpg\n".encode("utf-16")), r"l.txt' line 1: contains a NUL byte.*UTF-16"),
         (lambda p: touch(p / "l.csv", b"a.jpg,cat\n\nb.jpg,caf\xe9\n"), r"l.csv' line 3: byte 0xe9 is not UTF-8"),
         (lambda p: touch(p / "l.csv", b"label,path\ncat,a.jpg\ndog\n"), r"l.csv' line 3: no image path in column 2"),
-        (lambda p: touch(p / "l.csv", b'a.jpg,cat\n"b.jpg' + b"x" * 200_000 + b'",dog\n'), r"l.csv' line 2: not valid CSV"),
+        (
+            lambda p: touch(p / "l.csv", b'a.jpg,cat\n"b.jpg' + b"x" * 200_000 + b'",dog\n'),
+            r"l.csv' line 2: not valid CSV",
+        ),
     ],
-    ids=["missing", "empty-folder", "no-images", "other-file", "empty-list", "partial-labels", "duplicate", "nul-byte",
-         "utf-16", "not-utf-8", "missing-path", "huge-field"],
+    ids=[
+        "missing",
+        "empty-folder",
+        "no-images",
+        "other-file",
+        "empty-list",
+        "partial-labels",
+        "duplicate",
+        "nul-byte",
+        "utf-16",
+        "not-utf-8",
+        "missing-path",
+        "huge-field",
+    ],
 )
 def test_bad_sources_name_the_problem(tmp_path: Path, setup, message: str) -> None:
     with pytest.raises(SourceError, match=message):
@@ -108,8 +129,10 @@ def test_a_folder_link_loop_is_listed_once_and_named(tmp_path: Path) -> None:
     (tmp_path / "a/also-b").symlink_to("../b")  # a second way into a folder listed already
     source = list_source(tmp_path)
     assert [item.rel for item in source.items] == ["a/x.jpg", "b/y.jpg"]
-    assert source.skipped == ["a/also-b: a link to 'b', a folder already listed; not followed",
-                              "a/cycle: a link to '.', a folder already listed; not followed"]
+    assert source.skipped == [
+        "a/also-b: a link to 'b', a folder already listed; not followed",
+        "a/cycle: a link to '.', a folder already listed; not followed",
+    ]
 
 
 def test_links_to_folders_outside_the_root_are_followed_once(tmp_path: Path) -> None:
@@ -120,5 +143,7 @@ def test_links_to_folders_outside_the_root_are_followed_once(tmp_path: Path) -> 
     (tmp_path / "photos/dogs/more-cats").symlink_to(tmp_path / "elsewhere/cats")
     source = list_source(tmp_path / "photos")
     assert [(item.rel, item.label) for item in source.items] == [("cats/z.jpg", "cats"), ("dogs/d.jpg", "dogs")]
-    assert source.skipped == ["cats/back: a link to '.', a folder already listed; not followed",
-                              "dogs/more-cats: a link to 'cats', a folder already listed; not followed"]
+    assert source.skipped == [
+        "cats/back: a link to '.', a folder already listed; not followed",
+        "dogs/more-cats: a link to 'cats', a folder already listed; not followed",
+    ]

@@ -12,8 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
-from embedder import Embedder, ImageError, InputRangeError
-from embedder import decode_image
+from embedder import Embedder, ImageError, InputRangeError, decode_image
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import logging
 import struct
 import threading
@@ -13,15 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_dataset, photo
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from classical import sweep
-from conftest import make_dataset, photo
-from embedder import Backbone, extract
-from classical import ModelFileError
-from embedder import decode_image
-from embedder import load_encoder
+from classical import ModelFileError, sweep
+from embedder import Backbone, decode_image, extract, load_encoder
 from serving import ServiceSettings, create_app
 
 TINY = Backbone(size=96, weights=None)
@@ -48,8 +44,14 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(run_dir: Path) -> TestClient:
-    settings = ServiceSettings(backbone=TINY, model_dirs=[run_dir / "run"], cache=run_dir / "c.h5", max_images=4,
-                               max_body_bytes=2_000_000, max_pixels=1_000_000)
+    settings = ServiceSettings(
+        backbone=TINY,
+        model_dirs=[run_dir / "run"],
+        cache=run_dir / "c.h5",
+        max_images=4,
+        max_body_bytes=2_000_000,
+        max_pixels=1_000_000,
+    )
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 
@@ -75,7 +77,9 @@ def test_embeddings_multipart_json_and_float32_bytes(client: TestClient) -> None
     answer = client.post("/v1/embeddings", files=files(*blobs)).json()
     assert answer["backbone"] == TINY.key and answer["dim"] == 1280 and answer["encoding"] == "json"
     got = np.array([r["embedding"] for r in answer["results"]])
-    assert [r["name"] for r in answer["results"]] == ["img0.jpg", "img1.jpg"] and not any(r["cached"] for r in answer["results"])
+    assert [r["name"] for r in answer["results"]] == ["img0.jpg", "img1.jpg"] and not any(
+        r["cached"] for r in answer["results"]
+    )
     assert np.abs(got - expected).max() <= 1e-4
     body = {"images": [{"name": "a", "data": base64.b64encode(blobs[0]).decode()}]}
     packed = client.post("/v1/embeddings?encoding=base64", json=body).json()["results"][0]
@@ -103,7 +107,10 @@ def test_predict_with_a_loaded_model(client: TestClient) -> None:
     assert answer["model"] == "lr" and [r["label"] for r in answer["results"]] == ["red", "blue"]
     assert abs(sum(answer["results"][0]["probs"].values()) - 1) < 1e-6
     missing = client.post("/v1/predict/nope", files=files(jpeg(905)))
-    assert missing.status_code == 404 and missing.json()["error"] == {"code": "unknown_model", "message": "no model 'nope'; loaded: lr"}
+    assert missing.status_code == 404 and missing.json()["error"] == {
+        "code": "unknown_model",
+        "message": "no model 'nope'; loaded: lr",
+    }
 
 
 @pytest.mark.parametrize(
@@ -112,15 +119,31 @@ def test_predict_with_a_loaded_model(client: TestClient) -> None:
         ({"files": files(b"just text")}, 415, "unsupported_image", "part 0 ('img0.jpg'): not an image"),
         ({"files": files(jpeg(1)[:300])}, 422, "corrupt_image", "part 0 ('img0.jpg')"),
         ({"files": files(*[jpeg(i) for i in range(5)])}, 413, "too_many_images", "holds 5 images; the limit is 4"),
-        ({"content": b"x" * 2_100_000, "headers": {"content-type": "application/json"}}, 413, "body_too_large", "exceeds"),
+        (
+            {"content": b"x" * 2_100_000, "headers": {"content-type": "application/json"}},
+            413,
+            "body_too_large",
+            "exceeds",
+        ),
         ({"content": b"{}", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type", "multipart"),
         ({"json": {"images": [{"data": "%%%"}]}}, 422, "invalid_base64", "part 0"),
         ({"json": {"pictures": []}}, 422, "invalid_request", "JSON body must be"),
         ({"files": [("other", ("a.jpg", b"1", "image/jpeg"))]}, 422, "no_images", "named 'images'"),
     ],
-    ids=["not-an-image", "truncated", "too-many", "body-too-large", "wrong-type", "bad-base64", "bad-json", "no-images"],
+    ids=[
+        "not-an-image",
+        "truncated",
+        "too-many",
+        "body-too-large",
+        "wrong-type",
+        "bad-base64",
+        "bad-json",
+        "no-images",
+    ],
 )
-def test_bad_requests_get_specific_errors(client: TestClient, request_kwargs: dict, status: int, code: str, message: str) -> None:
+def test_bad_requests_get_specific_errors(
+    client: TestClient, request_kwargs: dict, status: int, code: str, message: str
+) -> None:
     response = client.post("/v1/embeddings", **request_kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -129,11 +152,16 @@ def test_bad_requests_get_specific_errors(client: TestClient, request_kwargs: di
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG that claims width x height 1-bit pixels in a few bytes: what a decompression bomb looks like to Pillow."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_is_refused(client: TestClient) -> None:
@@ -144,20 +172,34 @@ def test_decompression_bomb_is_refused(client: TestClient) -> None:
     # 900 Mpx: over Pillow's own bomb limit (2 x 89 Mpx), which refuses it before the service's limit can
     response = client.post("/v1/embeddings", files=[("images", ("huge.png", png_header(30000, 30000), "image/png"))])
     assert response.status_code == 413, response.text
-    assert response.json()["error"]["code"] == "image_too_large" and "900000000 pixels" in response.json()["error"]["message"]
+    assert (
+        response.json()["error"]["code"] == "image_too_large"
+        and "900000000 pixels" in response.json()["error"]["message"]
+    )
 
 
 def test_hundreds_of_images_get_the_documented_413(client: TestClient) -> None:
     response = client.post("/v1/embeddings", files=files(*[b"x"] * 200))  # the multipart parser stops at 5 (limit + 1)
     assert response.status_code == 413, response.text
-    assert response.json()["error"]["code"] == "too_many_images" and "(--max-images)" in response.json()["error"]["message"]
+    assert (
+        response.json()["error"]["code"] == "too_many_images"
+        and "(--max-images)" in response.json()["error"]["message"]
+    )
 
 
 def test_a_client_leaving_mid_body_is_one_log_line(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     import asyncio
 
-    body = iter([{"type": "http.request", "body": b"--b\r\nContent-Disposition: form-data; name=\"images\"", "more_body": True},
-                 {"type": "http.disconnect"}])
+    body = iter(
+        [
+            {
+                "type": "http.request",
+                "body": b'--b\r\nContent-Disposition: form-data; name="images"',
+                "more_body": True,
+            },
+            {"type": "http.disconnect"},
+        ]
+    )
     sent = []
 
     async def receive() -> dict:
@@ -166,10 +208,20 @@ def test_a_client_leaving_mid_body_is_one_log_line(client: TestClient, caplog: p
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/v1/embeddings", "raw_path": b"/v1/embeddings", "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"100000")],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/embeddings",
+        "raw_path": b"/v1/embeddings",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"100000")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
     with caplog.at_level(logging.INFO):
         asyncio.run(client.app(scope, receive, send))  # raised before: uvicorn logged it as an ERROR with a traceback
     records = [r for r in caplog.records if "disconnected" in r.getMessage()]
@@ -180,7 +232,9 @@ def test_a_client_leaving_mid_body_is_one_log_line(client: TestClient, caplog: p
 
 def test_openapi_documents_every_endpoint_and_field(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
-    assert {"/healthz", "/readyz", "/v1/models", "/v1/embeddings", "/v1/predict/{model}", "/v1/imagenet/top"} <= set(schema["paths"])
+    assert {"/healthz", "/readyz", "/v1/models", "/v1/embeddings", "/v1/predict/{model}", "/v1/imagenet/top"} <= set(
+        schema["paths"]
+    )
     body = schema["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(body)
     fields = schema["components"]["schemas"]["EmbeddingResult"]["properties"]
@@ -193,6 +247,7 @@ def test_concurrent_requests_are_batched_and_answered_to_the_right_caller(run_di
     expected = reference(blobs)
     answers: dict[int, np.ndarray] = {}
     with TestClient(create_app(settings)) as client:
+
         def call(i: int) -> None:
             result = client.post("/v1/embeddings", files=files(blobs[i])).json()["results"][0]
             answers[i] = np.array(result["embedding"])
@@ -227,22 +282,30 @@ def test_full_queue_answers_503_with_retry_after(run_dir: Path) -> None:
 
 def test_bearer_token_is_required_when_set(run_dir: Path) -> None:
     with TestClient(create_app(ServiceSettings(backbone=TINY, token="s3cret"))) as client:
-        assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200  # probes stay open
+        assert (
+            client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+        )  # probes stay open
         refused = client.get("/v1/models", headers={"Authorization": "Bearer wrong"})
         assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
         assert client.get("/v1/models").status_code == 401
         assert client.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert client.get("/openapi.json").status_code == 401  # the schema too
-        assert "/v1/embeddings" in client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json()["paths"]
+        assert (
+            "/v1/embeddings" in client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json()["paths"]
+        )
         for page in ("/docs", "/redoc", "/docs/oauth2-redirect"):  # no page that would pull Swagger UI from a CDN
             assert client.get(page, headers={"Authorization": "Bearer s3cret"}).status_code == 404
 
 
 def test_model_of_another_backbone_is_refused_at_start(run_dir: Path) -> None:
     other = Backbone(size=96, weights=None, pooling="max")
-    with pytest.raises(ModelFileError, match=rf"fitted on embeddings of {TINY.key}, but this server embeds with {other.key}"):
-        with TestClient(create_app(ServiceSettings(backbone=other, model_dirs=[run_dir / "run"]))):
-            pass
+    with (
+        pytest.raises(
+            ModelFileError, match=rf"fitted on embeddings of {TINY.key}, but this server embeds with {other.key}"
+        ),
+        TestClient(create_app(ServiceSettings(backbone=other, model_dirs=[run_dir / "run"]))),
+    ):
+        pass
 
 
 def test_imagenet_endpoint_is_off_unless_enabled(client: TestClient) -> None:
@@ -255,10 +318,14 @@ def test_imagenet_top_k_on_real_photos(keras_home: Path, monkeypatch: pytest.Mon
     from conftest import IMAGENET_LABELS, IMAGENET_PHOTOS, NO_TOP_WEIGHTS
 
     monkeypatch.setenv("KERAS_HOME", str(keras_home))
-    settings = ServiceSettings(backbone=Backbone(weights=str(NO_TOP_WEIGHTS)), imagenet=True, imagenet_labels=IMAGENET_LABELS)
+    settings = ServiceSettings(
+        backbone=Backbone(weights=str(NO_TOP_WEIGHTS)), imagenet=True, imagenet_labels=IMAGENET_LABELS
+    )
     with TestClient(create_app(settings)) as client:
         photos = [(IMAGENET_PHOTOS / name).read_bytes() for name in ("parrot.jpg", "bird.bmp")]
-        answer = client.post("/v1/imagenet/top?k=3", files=[("images", (f"{i}", b, "image/jpeg")) for i, b in enumerate(photos)])
+        answer = client.post(
+            "/v1/imagenet/top?k=3", files=[("images", (f"{i}", b, "image/jpeg")) for i, b in enumerate(photos)]
+        )
     tops = [[c["name"] for c in r["top"]] for r in answer.json()["results"]]
     assert tops[0][0] == "macaw" and tops[1][0] == "chickadee" and len(tops[0]) == 3
 
@@ -282,9 +349,24 @@ def test_real_server_finishes_in_flight_requests_on_sigterm(tmp_path: Path) -> N
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), "--size", "96", "--weights", "none",
-         "--max-wait-ms", "1500"],  # a lone image waits 1.5 s for company: the request is in flight
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "serving.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--size",
+            "96",
+            "--weights",
+            "none",
+            "--max-wait-ms",
+            "1500",
+        ],  # a lone image waits 1.5 s for company: the request is in flight
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -295,8 +377,9 @@ def test_real_server_finishes_in_flight_requests_on_sigterm(tmp_path: Path) -> N
             except httpx.TransportError:
                 time.sleep(0.2)
         answer = {}
-        request = threading.Thread(target=lambda: answer.update(
-            response=httpx.post(f"{base}/v1/embeddings", files=files(jpeg(7)), timeout=30)))
+        request = threading.Thread(
+            target=lambda: answer.update(response=httpx.post(f"{base}/v1/embeddings", files=files(jpeg(7)), timeout=30))
+        )
         request.start()
         time.sleep(0.5)
         server.send_signal(signal.SIGTERM)

@@ -9,12 +9,12 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+from conftest import make_dataset, photo
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from classical import ModelFileError, load_model, sweep
 from classical.modelfile import save_model
-from conftest import make_dataset, photo
 from embedder import Backbone, CacheError, decode_image, extract
 from serving import ServiceSettings, create_app
 from serving.cli import embedder_app
@@ -29,24 +29,38 @@ def export_graph(path: Path, *, backbone_key: str, size: int = 96, resize: str =
     from onnx import TensorProto, helper, numpy_helper
 
     weights = 20.0 * np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], np.float32)  # r -> red, g -> green, b -> blue
-    nodes = [helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
-             helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1, 2], keepdims=0),
-             helper.make_node("Mul", ["mean", "scale"], ["scaled"]),
-             helper.make_node("MatMul", ["scaled", "weights"], ["logits"]),
-             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)]
+    nodes = [
+        helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1, 2], keepdims=0),
+        helper.make_node("Mul", ["mean", "scale"], ["scaled"]),
+        helper.make_node("MatMul", ["scaled", "weights"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
     graph = helper.make_graph(
-        nodes, "export", [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", size, size, 3])],
+        nodes,
+        "export",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", size, size, 3])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
-        initializer=[numpy_helper.from_array(np.array(1 / 255, np.float32), "scale"),
-                     numpy_helper.from_array(weights, "weights")])
+        initializer=[
+            numpy_helper.from_array(np.array(1 / 255, np.float32), "scale"),
+            numpy_helper.from_array(weights, "weights"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    helper.set_model_props(model, {"class_names": json.dumps(CLASSES), "backbone_key": backbone_key, "resize": resize,
-                                   "bottleneck_lab_version": "0.1.0"})
+    helper.set_model_props(
+        model,
+        {
+            "class_names": json.dumps(CLASSES),
+            "backbone_key": backbone_key,
+            "resize": resize,
+            "bottleneck_lab_version": "0.1.0",
+        },
+    )
     onnx.checker.check_model(model)
     onnx.save(model, path)
 
 
-def tiny_network():  # noqa: ANN201 - keras is imported lazily
+def tiny_network():
     """A network on pixels, saved like a fine-tuned one: uint8 images in, class probabilities out."""
     import keras
 
@@ -69,9 +83,18 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("models")
     export_graph(folder / "exported.onnx", backbone_key=TINY.key)
     provenance = TINY.provenance()
-    save_model(folder / "finetune-a.model", tiny_network(), {
-        "name": "finetune-a", "kind": "neural", "input": "pixels", "backbone_key": TINY.key, "class_names": CLASSES,
-        "backbone": {k: provenance[k] for k in ("alpha", "size", "weights", "pooling", "resize", "weights_sha256")}})
+    save_model(
+        folder / "finetune-a.model",
+        tiny_network(),
+        {
+            "name": "finetune-a",
+            "kind": "neural",
+            "input": "pixels",
+            "backbone_key": TINY.key,
+            "class_names": CLASSES,
+            "backbone": {k: provenance[k] for k in ("alpha", "size", "weights", "pooling", "resize", "weights_sha256")},
+        },
+    )
     return folder
 
 
@@ -83,9 +106,12 @@ def test_exported_and_pixel_models_are_served_on_decoded_images(models: Path) ->
     expected = ort.InferenceSession(str(models / "exported.onnx")).run(["probabilities"], {"images": pixels})[0]
     with TestClient(create_app(ServiceSettings(backbone=TINY, model_dirs=[models]))) as client:
         listed = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
-        answers = {name: client.post(f"/v1/predict/{name}", files=[("images", (f"{i}.jpg", b, "image/jpeg"))
-                                                                    for i, b in enumerate(blobs)]).json()
-                   for name in ("exported", "finetune-a")}
+        answers = {
+            name: client.post(
+                f"/v1/predict/{name}", files=[("images", (f"{i}.jpg", b, "image/jpeg")) for i, b in enumerate(blobs)]
+            ).json()
+            for name in ("exported", "finetune-a")
+        }
     assert listed["exported"]["kind"] == "exported" and listed["exported"]["classes"] == CLASSES
     assert listed["finetune-a"]["kind"] == "neural" and listed["exported"]["backbone_key"] == TINY.key
     got = np.array([[r["probs"][c] for c in CLASSES] for r in answers["exported"]["results"]])
@@ -96,9 +122,14 @@ def test_exported_and_pixel_models_are_served_on_decoded_images(models: Path) ->
 
 @pytest.mark.parametrize(
     ("export", "message"),
-    [({"backbone_key": Backbone(size=96, weights=None, pooling="max").key}, "was exported for .*-max-.*, but this server"),
-     ({"backbone_key": TINY.key, "size": 128}, "takes 128x128 images"),
-     ({"backbone_key": TINY.key, "resize": "squash"}, "resized by 'squash'")],
+    [
+        (
+            {"backbone_key": Backbone(size=96, weights=None, pooling="max").key},
+            "was exported for .*-max-.*, but this server",
+        ),
+        ({"backbone_key": TINY.key, "size": 128}, "takes 128x128 images"),
+        ({"backbone_key": TINY.key, "resize": "squash"}, "resized by 'squash'"),
+    ],
     ids=["other-backbone", "other-size", "other-resize"],
 )
 def test_an_export_for_other_images_is_refused_at_start(tmp_path: Path, export: dict, message: str) -> None:
