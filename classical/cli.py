@@ -18,7 +18,8 @@ from classical.predict import predict as run_predict
 from classical.sweep import rerender, summary
 from classical.sweep import sweep as run_sweep
 from classical.zoo import MODEL_NAMES
-from embedder import EmbedderError, Engine, Verbose, fail, setup_logging
+from embedder import EmbedderError
+from embedder.cli import Engine, Verbose, fail, setup_logging
 
 app = typer.Typer(
     help="Classical models and neural heads on cached embeddings, compared on one split.",

@@ -21,7 +21,6 @@ from embedder.backbone import (
     uint8_function,
 )
 from embedder.cache import Cache, CachedBackbone, Failure, info, open_cache
-from embedder.cli_options import Alpha, Engine, Pooling, Resize, Size, Verbose, Weights, fail, setup_logging
 from embedder.errors import (
     CacheError,
     CacheLockedError,
@@ -41,8 +40,6 @@ from embedder.runtimes import Encoder, keras_to_onnx, load_encoder, onnx_backbon
 __all__ = [
     # building blocks for the layers above
     "DEFAULT_MAX_PIXELS",
-    # command-line options shared by the project's CLIs
-    "Alpha",
     # images -> embeddings
     "Backbone",
     # the cache

@@ -14,19 +14,8 @@ from typing import Annotated
 
 import typer
 
-from embedder import (
-    DEFAULT_MAX_PIXELS,
-    Alpha,
-    Backbone,
-    EmbedderError,
-    Pooling,
-    Resize,
-    Size,
-    Verbose,
-    Weights,
-    fail,
-    setup_logging,
-)
+from embedder import DEFAULT_MAX_PIXELS, Backbone, EmbedderError
+from embedder.cli import Alpha, Pooling, Resize, Size, Verbose, Weights, fail, setup_logging
 from embedder.cli import app as embedder_commands
 
 app = typer.Typer(

@@ -75,12 +75,74 @@ def test_layers_point_down_and_use_only_public_names(package: str, may_import: s
             if top not in ours:
                 continue
             assert top in may_import, f"{path.relative_to(ROOT)} imports {module}: a layer above {package}"
-            if (
-                top != package
-            ):  # a lower layer: its public names only (the embedder CLI serving composes is the exception)
+            if top != package:  # a lower layer: its public names only, and a CLI also the CLI's building blocks
                 assert module == top or (path.name == "cli.py" and module == "embedder.cli"), (
                     f"{path.relative_to(ROOT)} imports {module}; use `from {top} import ...`"
                 )
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of `package` it imports, at any depth (lazy imports too: a cycle is a cycle).
+
+    Importing `a.b.c` runs the packages `a` and `a.b` too, so they count, except the importer's own
+    ancestors (already being imported when it runs); `from a.b import c` counts `a.b.c` if it is a module.
+    """
+    modules = {module_name(path): path for path in (ROOT / package).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for module in found:
+                parts = module.split(".")
+                targets.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+        graph[name] = {target for target in targets if target in modules and target not in own and target != name}
+    return graph
+
+
+def cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph, as the modules along it, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (found := visit(target)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+@pytest.mark.parametrize("package", ["embedder", "classical", "serving"])
+def test_no_import_cycles(package: str) -> None:
+    found = cycle(import_graph(package))
+    assert found is None, "import cycle: " + " -> ".join(found or [])
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert cycle({"a": {"b"}, "b": set()}) is None
 
 
 def test_embedder_does_not_mention_what_is_built_on_it() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +14,7 @@ from embedder.cache import info as cache_info
 from embedder.cache import open_cache
 from embedder.cache import verify as verify_cache
 from embedder.cache.verify import pending as pending_batches
-from embedder.cli_options import Alpha, Engine, Pooling, Resize, Size, Verbose, Weights, fail, setup_logging
+from embedder.cli.options import Alpha, Engine, Pooling, Resize, Size, Verbose, Weights, fail, setup_logging
 from embedder.errors import EmbedderError
 from embedder.extraction import extract as run_extract
 from embedder.inputs import DEFAULT_MAX_PIXELS
@@ -230,7 +229,3 @@ def predict(
             typer.echo(f"{prediction.path}: {classes}")
     if any(prediction.error for prediction in predictions):
         raise typer.Exit(1)
-
-
-if __name__ == "__main__":
-    sys.exit(app())
