@@ -1,4 +1,4 @@
-"""`python -m embedder.cli`: the `embedder` commands without the service's `serve`."""
+"""`python -m embedder.cli`: the `embedder` commands of this package alone."""
 
 import sys
 
