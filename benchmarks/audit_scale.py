@@ -4,7 +4,7 @@ Rows are the real flower embeddings (1,280-d) repeated, each component multiplie
 (`--noise`, default 1.5) so that the copies are distinct images, not near-duplicates of each other
 (non-negative, like pooled ReLU6 features); with less noise the copies of one photo are found as
 near-duplicates of each other and storing those pairs dominates the memory. Each size runs in
-its own process (`classical.audit.near_duplicates.search`, exact blocked matrix products, threshold
+its own process (`classical.data.near_duplicates.search`, exact blocked matrix products, threshold
 0.90, upper triangle only); its peak RSS is that process's ru_maxrss, the input rows included.
 The 1M estimate extrapolates the 100k time quadratically (the search compares every pair).
 
@@ -25,7 +25,7 @@ import time
 def child(cache: str, n: int, k: int, noise: float) -> None:
     import numpy as np
 
-    from classical.audit.near_duplicates import normalise, search
+    from classical.data.near_duplicates import normalise, search
     from embedder import open_cache
 
     with open_cache(cache) as opened:

@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="also keep the copies' cache here")
     parser.add_argument("--plain", action="store_true", help="plain cosine instead of the audit's (power-normalised)")
     args = parser.parse_args()
-    from classical.audit.near_duplicates import normalise
+    from classical.data.near_duplicates import normalise
 
     unit = plain_unit if args.plain else normalise
 

@@ -104,7 +104,7 @@ def main() -> None:
 
     from classical import load_labeled, make_split
     from classical.report.uncertainty import wilson_interval
-    from classical.threads import cores
+    from classical.search.threads import cores
 
     models = args.models.split(",")
     real = real_rows([Path(c) for c in args.caches.split(",")])

@@ -8,14 +8,11 @@ report is written, and `finetune` is imported on first access.
 from typing import Any
 
 from classical.audit import audit
-from classical.data import LabeledEmbeddings, load_labeled
+from classical.data import LabeledEmbeddings, Split, load_labeled, make_split
 from classical.errors import ClassicalError, DataError, ModelFileError
-from classical.modelfile import SavedModel, load_model
-from classical.neural import DenseHead
-from classical.predict import predict
-from classical.splits import Split, make_split
-from classical.sweep import rerender, summary, sweep
-from classical.zoo import MODEL_NAMES, ZOO, load_grids
+from classical.experiments import rerender, summary, sweep
+from classical.modelfiles import SavedModel, load_model, predict
+from classical.models import MODEL_NAMES, ZOO, DenseHead, load_grids
 
 __all__ = [
     "MODEL_NAMES",
@@ -42,7 +39,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "finetune":  # imports Keras: only when asked for
-        from classical.neural.finetune import finetune
+        from classical.finetuning.workflow import finetune
 
         globals()["finetune"] = finetune
         return finetune

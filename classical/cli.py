@@ -12,12 +12,12 @@ from typing import Annotated
 
 import typer
 
-from classical.audit import DEFAULT_THRESHOLD
 from classical.audit import summary_line as audit_line
-from classical.predict import predict as run_predict
-from classical.sweep import rerender, summary
-from classical.sweep import sweep as run_sweep
-from classical.zoo import MODEL_NAMES
+from classical.data import DEFAULT_THRESHOLD
+from classical.experiments.sweep import rerender, summary
+from classical.experiments.sweep import sweep as run_sweep
+from classical.modelfiles.predict import predict as run_predict
+from classical.models.zoo import MODEL_NAMES
 from embedder import EmbedderError
 from embedder.cli import Engine, Verbose, fail, setup_logging
 
@@ -138,7 +138,12 @@ def sweep(
     if audit:
         typer.echo(f"audit ({out / 'audit.json'}): {audit_line(json.loads((out / 'audit.json').read_text()))}\n")
     typer.echo(summary(report))
-    typer.echo(f"\nreport: {out / 'report.md'} (json, csv, plots/ beside it)")
+    typer.echo(report_pointer(out))
+
+
+def report_pointer(run: Path) -> str:
+    """The last line of a command that writes a report: the page to open, and what lies beside it."""
+    return f"\nreport: {run / 'report.html'} (open it in a browser; report.md, report.json, report.csv and plots/ beside it)"
 
 
 class MapMethod(str, Enum):
@@ -257,7 +262,7 @@ def finetune(
     ] = False,
 ) -> None:
     """Fine-tune MobileNetV2 on the run's images and add its row to the run's report (recipe 3)."""
-    from classical.neural.finetune import finetune as run_finetune
+    from classical.finetuning.workflow import finetune as run_finetune
 
     try:
         report = run_finetune(
@@ -295,6 +300,7 @@ def finetune(
         )
     typer.echo("")
     typer.echo(summary(report))
+    typer.echo(report_pointer(out))
 
 
 @app.command()

@@ -150,3 +150,34 @@ def test_embedder_does_not_mention_what_is_built_on_it() -> None:
         text = path.read_text()
         for word in ("classical", "serving", "sweep", "model file", "service"):
             assert word not in text.lower(), f"{path.relative_to(ROOT)} mentions {word!r}"
+
+
+# classical's rooms, lowest first: embeddings -> models -> verdict. A room imports only rooms before it.
+CLASSICAL_ROOMS = [
+    "errors",
+    "data",
+    "models",
+    "search",
+    "report",
+    "audit",
+    "modelfiles",
+    "experiments",
+    "finetuning",
+    "export",
+    "cli",
+]
+
+
+def test_classical_rooms_point_down() -> None:
+    def room(module: str) -> str:
+        return module.split(".")[1]
+
+    for module, targets in import_graph("classical").items():
+        if module == "classical":
+            continue
+        assert room(module) in CLASSICAL_ROOMS, f"{module}: a room test_layers.py does not know; add it in its place"
+        for target in targets:
+            if target != "classical" and room(target) != room(module):
+                assert CLASSICAL_ROOMS.index(room(target)) < CLASSICAL_ROOMS.index(room(module)), (
+                    f"{module} imports {target}: {room(target)!r} sits above {room(module)!r}"
+                )

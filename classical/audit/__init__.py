@@ -5,23 +5,5 @@ this package imports neither matplotlib nor cleanlab (they load when an audit ru
 """
 
 from classical.audit.audit import audit, load_rows, summary_line
-from classical.audit.near_duplicates import (
-    DEFAULT_THRESHOLD,
-    SIMILARITY,
-    Neighbours,
-    components,
-    normalise,
-    search,
-)
 
-__all__ = [
-    "DEFAULT_THRESHOLD",
-    "SIMILARITY",
-    "Neighbours",
-    "audit",
-    "components",
-    "load_rows",
-    "normalise",
-    "search",
-    "summary_line",
-]
+__all__ = ["audit", "load_rows", "summary_line"]

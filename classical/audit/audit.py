@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from classical.audit import embedding_map, label_issues, outliers
-from classical.audit.near_duplicates import DEFAULT_THRESHOLD, SIMILARITY, exact_pairs, find_near_duplicates, normalise
-from classical.data import backbone_rows
+from classical.data.near_duplicates import DEFAULT_THRESHOLD, SIMILARITY, exact_pairs, find_near_duplicates, normalise
+from classical.data.rows import backbone_rows
 from classical.errors import DataError
 from embedder import atomic_path, open_cache, utc_now
 
@@ -64,7 +64,7 @@ def audit(
 
     The run's `split.json`, when there is one, decides each pair's `splits` and the straddling count.
     """
-    from classical.splits import Split  # classical.splits uses this package's search
+    from classical.data.splits import Split  # classical.data.splits uses this package's search
 
     started = time.perf_counter()
     run = Path(out)

@@ -1,6 +1,6 @@
 """What an export starts from: a model file of the sweep or of fine-tuning, with its classes and input policy.
 
-Every model file is read through `classical.modelfile.load_model` (no code from the file runs): a
+Every model file is read through `classical.modelfiles.saved.load_model` (no code from the file runs): a
 classical head is the scikit-learn pipeline on embeddings, the Dense head a `DenseHead`, a fine-tuned
 network a Keras model on uint8 pixels whose backbone (size, resize policy) the file records.
 """
@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from classical.modelfile import SavedModel, load_model
-from classical.neural import DenseHead
+from classical.modelfiles.saved import SavedModel, load_model
+from classical.models.dense import DenseHead
 from embedder import Backbone
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class Exportable:
         """Probabilities of decoded pixels as `classical predict` computes them (the network itself if fine-tuned)."""
         if self.kind == "finetune":
             return np.asarray(self.finetuned(pixels, training=False))
-        from classical.predict import model_encoder
+        from classical.modelfiles.predict import model_encoder
 
         _, encoder = model_encoder(self.saved)
         return self.saved.predict_proba(np.asarray(encoder(pixels)), backbone_key=encoder.key)

@@ -1,18 +1,17 @@
 """Scores with their intervals, the report (report.json and what is rendered from it) and its plots."""
 
-from classical.report.files import (
+from classical.report.document import (
     add_rows,
     align_predictions,
     best_row,
     comparison,
-    format_table,
     load_report,
     new_report,
     refresh,
     verdict,
-    write_report,
 )
 from classical.report.metrics import latency_ms, score
+from classical.report.tables import format_table
 from classical.report.uncertainty import (
     bootstrap_macro_f1,
     mcnemar_exact,
@@ -20,6 +19,7 @@ from classical.report.uncertainty import (
     paired_comparison,
     wilson_interval,
 )
+from classical.report.writing import write_report
 
 __all__ = [
     "add_rows",

@@ -1,6 +1,6 @@
 """The learning curve as people read it: its table, its one-line reading and the full-label test, from report.json.
 
-`report["learning_curve"]` (written by `classical.curves`)::
+`report["learning_curve"]` (written by `classical.experiments.curves`)::
 
     {"per_class": [5, 10, 25, 50, "all"], "images": [labelled images per point], "seeds": k,
      "seed_values": [...], "models": {name: [mean test accuracy per point]}, "std": {name: [...]},

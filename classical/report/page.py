@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from classical.report.curve import curve_rows, curve_verdict, neural_notes
-from classical.report.files import repeats_rows, table_rows, verdict
+from classical.report.document import verdict
+from classical.report.tables import repeats_rows, table_rows
 from embedder import atomic_path, open_cache
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from classical.report.files import best_row
+from classical.report.document import best_row
 
 KIND_COLORS = {"classical": "tab:blue", "neural": "tab:orange"}
 

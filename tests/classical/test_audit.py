@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -12,17 +13,16 @@ from typer.testing import CliRunner
 
 from classical import LabeledEmbeddings, Split, audit, make_split, sweep
 from classical.audit.label_issues import skip_reason
-from classical.audit.near_duplicates import (
+from classical.audit.outliers import flag, scores
+from classical.cli import app
+from classical.data.near_duplicates import (
     DEFAULT_THRESHOLD,
     components,
     exact_pairs,
     normalise,
     search,
 )
-from classical.audit.outliers import flag, scores
-from classical.cli import app
-from classical.splits import load_or_make_split
-import itertools
+from classical.data.splits import load_or_make_split
 
 runner = CliRunner()
 
@@ -223,7 +223,7 @@ def test_split_without_near_duplicates_is_unchanged_and_old_files_load(tmp_path:
 
 
 def test_the_threshold_rises_where_every_photo_is_close_to_its_nearest_neighbour() -> None:
-    from classical.audit.near_duplicates import effective_threshold, find_near_duplicates
+    from classical.data.near_duplicates import effective_threshold, find_near_duplicates
 
     assert effective_threshold(0.9, np.full(100, 0.80)) == 0.9  # a loose domain (the flowers: median 0.80)
     assert effective_threshold(0.9, np.full(100, 0.91)) == pytest.approx(1 - 0.6 * 0.09)  # blood cells: median 0.91

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from classical import audit, load_labeled
-from classical.splits import load_or_make_split
+from classical.data.splits import load_or_make_split
 
 CLASSES = ("daisy", "dandelion", "sunflower")
 PER_CLASS = 30

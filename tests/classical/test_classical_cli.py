@@ -34,7 +34,7 @@ def test_sweep_then_report(cache: Path, tmp_path: Path) -> None:
     )
     assert code == 0, output
     assert "model" in output and "test acc" in output and "Best on the test split" in output
-    assert output.index("lr ") > 0 and "report.md" in output
+    assert output.index("lr ") > 0 and f"report: {tmp_path / 'run' / 'report.html'} (open it in a browser" in output
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert [row["name"] for row in report["models"]] == ["lr", "knn"]
     assert "over 2 candidates" in report["models"][0]["selection"]

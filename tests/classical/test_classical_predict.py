@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from classical import ModelFileError, load_model, predict, sweep
 from classical.cli import app
-from classical.modelfile import save_model
+from classical.modelfiles.saved import save_model
 from embedder import Backbone, extract
 
 TINY = Backbone(size=96, weights=None)

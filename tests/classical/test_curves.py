@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from classical import DataError, load_labeled, sweep
 from classical.cli import app
-from classical.curves import ALL, draw_subset, parse_points, plan_curve, run_curve
-from classical.semi import AgreementSelfTraining, label_spreading
-from classical.splits import load_or_make_split
-from classical.sweep import sorted_test
+from classical.data.splits import load_or_make_split
+from classical.experiments.curves import ALL, draw_subset, parse_points, plan_curve, run_curve
+from classical.experiments.semi import AgreementSelfTraining, label_spreading
+from classical.experiments.sweep import sorted_test
 
 CLASSES = ("ant", "bee", "cat")
 FAST = {"lr": {"C": [0.1, 1.0]}, "knn": {"n_neighbors": [1, 3]}, "dense": {"learning_rate": [0.01]}}

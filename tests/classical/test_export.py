@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from classical import predict, sweep
 from classical.cli import app
 from classical.export import export_model
-from classical.neural.finetune import finetune
+from classical.finetuning.workflow import finetune
 from embedder import Backbone, extract, load_files
 
 TINY = Backbone(size=96, weights=None)

@@ -15,7 +15,7 @@ import pytest
 from conftest import make_dataset
 
 from classical import load_model, predict, sweep
-from classical.neural.finetune import finetune, plan_phases
+from classical.finetuning.workflow import finetune, plan_phases
 from embedder import Backbone, extract
 
 pytestmark = pytest.mark.slow
@@ -157,8 +157,8 @@ def test_a_smaller_size_brings_a_dense_head_of_that_size_as_its_partner(swept_ru
 
 
 def test_cached_activations_give_the_networks_own_outputs(tmp_path: Path) -> None:
-    from classical.neural.activations import cache_activations, top_network
-    from classical.neural.network import build_network
+    from classical.finetuning.activations import cache_activations, top_network
+    from classical.models.network import build_network
 
     network = build_network(Backbone(size=96, weights=None), 3, dropout=0.2)
     pixels = np.random.default_rng(0).integers(0, 256, (10, 96, 96, 3)).astype(np.uint8)
@@ -242,6 +242,6 @@ def test_an_interrupted_run_continues_from_the_last_completed_epoch(tmp_path: Pa
 def test_package_exports_the_function_and_imports_keras_only_when_asked() -> None:
     code = (
         "import sys, classical; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; "
-        "from classical import finetune; assert callable(finetune) and finetune.__module__ == 'classical.neural.finetune'"
+        "from classical import finetune; assert callable(finetune) and finetune.__module__ == 'classical.finetuning.workflow'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

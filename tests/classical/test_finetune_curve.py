@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from classical import DataError, load_labeled, sweep
 from classical.cli import app
-from classical.curves import draw_subset, hold_out
-from classical.neural.finetune import finetune
-from classical.splits import Split
+from classical.data.splits import Split
+from classical.experiments.curves import draw_subset, hold_out
+from classical.finetuning.workflow import finetune
 from embedder import Backbone, extract
 
 pytestmark = pytest.mark.slow

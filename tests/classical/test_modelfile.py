@@ -22,8 +22,8 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from classical import DenseHead, ModelFileError, load_model
-from classical.modelfile import save_model
-from classical.modelformat import write_archive
+from classical.modelfiles.format import write_archive
+from classical.modelfiles.saved import save_model
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(60, 4)).astype(np.float32)
@@ -47,7 +47,7 @@ def dense_head() -> DenseHead:
     return head
 
 
-def calibrated(classifier: object) -> Pipeline:  # as classical.selection calibrates the SVMs
+def calibrated(classifier: object) -> Pipeline:  # as classical.search.selection calibrates the SVMs
     splitter = StratifiedKFold(3, shuffle=True, random_state=0)
     return Pipeline(
         [
@@ -200,7 +200,7 @@ def test_a_fine_tuned_network_loads_in_a_fresh_process(tmp_path: Path) -> None:
 
     import keras
 
-    from classical.neural.network import InferenceMode
+    from classical.models.network import InferenceMode
 
     inputs = keras.Input((96, 96, 3))
     inner = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.GlobalAveragePooling2D()])

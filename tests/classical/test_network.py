@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from classical.neural.network import (
+from classical.models.network import (
     N_GROUPS,
     base_of,
     build_network,

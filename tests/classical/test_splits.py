@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from classical import DataError, LabeledEmbeddings
-from classical.splits import Split, load_or_make_split, make_split
+from classical.data.splits import Split, load_or_make_split, make_split
 
 
 def data(per_class: tuple[int, ...] = (40, 40, 20), duplicates: int = 0) -> LabeledEmbeddings:

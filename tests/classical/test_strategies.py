@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from conftest import blobs, write_cache
 
-from classical import budget, strategies, sweep
-from classical.budget import BudgetError, estimate, plan_sweep
-from classical.data import load_labeled
-from classical.modelfile import load_model
-from classical.selection import fit_by_cv
-from classical.strategies import Plan, choose_plan, stratified_rows
-from classical.threads import limited, measure, plan_threads
-from classical.zoo import ZOO, grid_for, load_grids
+from classical import sweep
+from classical.search import budget, strategies
+from classical.data.rows import load_labeled
+from classical.modelfiles.saved import load_model
+from classical.models.zoo import ZOO, grid_for, load_grids
+from classical.search.budget import BudgetError, estimate, plan_sweep
+from classical.search.selection import fit_by_cv
+from classical.search.strategies import Plan, choose_plan, stratified_rows
+from classical.search.threads import limited, measure, plan_threads
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ from classical import (
     summary,
     sweep,
 )
-from classical.repeats import run_repeats
-from classical.sweep import cv_folds
+from classical.experiments.repeats import run_repeats
+from classical.experiments.sweep import cv_folds
 
 FAST = {  # one candidate each, so the test runs in seconds
     "lr": {"C": [0.1]},
@@ -267,7 +267,7 @@ def test_repeats_store_their_splits_and_rank_the_models(tmp_path: Path) -> None:
 
 def test_backbone_timing_from_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The embedding block: real decoded test images when reachable, else synthetic ones; rows add it to their costs."""
-    from classical import costs
+    from classical.experiments import costs
 
     seen: list[np.ndarray] = []
 
@@ -309,7 +309,7 @@ def test_backbone_timing_from_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_backbone_that_cannot_load_leaves_costs_null(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from classical import costs
+    from classical.experiments import costs
 
     def broken(provenance: dict, runtime: str) -> None:
         raise FileNotFoundError("weights file moved")

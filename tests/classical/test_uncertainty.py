@@ -20,7 +20,7 @@ from classical.report import (
     verdict,
     wilson_interval,
 )
-from classical.report.files import table_rows
+from classical.report.tables import table_rows
 from classical.report.uncertainty import macro_f1_of_counts
 
 

@@ -10,7 +10,7 @@ from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from classical.zoo import MODEL_NAMES, ZOO, expand_grid, grid_for, load_grids
+from classical.models.zoo import MODEL_NAMES, ZOO, expand_grid, grid_for, load_grids
 
 
 def test_zoo_has_the_six_models() -> None:

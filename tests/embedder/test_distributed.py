@@ -276,7 +276,7 @@ def test_ray_sweep_reports_what_a_local_sweep_reports(cluster: str, tmp_path: Pa
     from joblib.parallel import get_active_backend
 
     from classical import sweep
-    from classical.sweep import joblib_backend
+    from classical.experiments.sweep import joblib_backend
 
     with joblib_backend("ray", cluster):  # the searches' jobs really go to Ray
         assert type(get_active_backend()[0]).__name__ == "RayBackend"

@@ -37,7 +37,7 @@ def test_only_native_lines_are_dropped(capfd: pytest.CaptureFixture[str]) -> Non
 
 
 def test_import_classical_and_tensorflow_is_quiet() -> None:
-    code = "import sys, classical, classical.neural.network; print('tensorflow' in sys.modules)"
+    code = "import sys, classical, classical.models.network; print('tensorflow' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=user_env(), timeout=300, check=False
     )

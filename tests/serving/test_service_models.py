@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from classical import ModelFileError, load_model, sweep
-from classical.modelfile import save_model
+from classical.modelfiles.saved import save_model
 from embedder import Backbone, CacheError, decode_image, extract
 from serving import ServiceSettings, create_app
 from serving.cli import embedder_app

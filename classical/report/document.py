@@ -1,4 +1,4 @@
-"""The comparison report: report.json (the contract for scripts), and report.csv and report.md rendered from it.
+"""The comparison report as data: report.json (the contract for scripts), its rows, costs, comparison and verdict.
 
 report.json::
 
@@ -38,7 +38,6 @@ whenever rows are added and whenever the report is written, so they never go sta
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from collections.abc import Sequence
@@ -47,34 +46,11 @@ from typing import Any
 
 import numpy as np
 
-from classical.report.curve import curve_markdown, curve_rows, curve_verdict
-from classical.report.strategy import strategy_lines
 from classical.report.uncertainty import CI_NAME, TEST_NAME, paired_comparison
 from embedder import utc_now
 
 logger = logging.getLogger(__name__)
 
-CSV_FIELDS = (
-    "name",
-    "kind",
-    "test_accuracy",
-    "test_accuracy_lo",
-    "test_accuracy_hi",
-    "macro_f1",
-    "macro_f1_lo",
-    "macro_f1_hi",
-    "balanced_accuracy",
-    "log_loss",
-    "cv_mean",
-    "cv_std",
-    "fit_seconds",
-    "fit_seconds_with_embedding",
-    "predict_ms_per_image",
-    "head_ms_per_image",
-    "model_bytes",
-    "params",
-    "model_path",
-)
 AMORTISATION = (
     "fit_seconds_with_embedding = fit_seconds + embedding.train_seconds / amortised_over: the train+val "
     "images are embedded once for the sweep and that time is shared equally by the rows on embeddings"
@@ -236,6 +212,11 @@ def _points(value: float) -> str:
     return f"{100 * value:+.1f}"
 
 
+def format_interval(ci: Sequence[float] | None, digits: int = 3) -> str:
+    """` [lo, hi]` of a 95% interval, or nothing when there is none."""
+    return "" if not ci else f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
 def verdict(report: dict[str, Any]) -> str:
     """One paragraph: who wins, by how much (with its noise), at what cost."""
     best = best_row(report)
@@ -243,7 +224,7 @@ def verdict(report: dict[str, Any]) -> str:
         return "no models yet"
     lines = [
         f"Best on the test split: {best['name']} ({best['kind']}), accuracy {best['test_accuracy']:.3f}"
-        f"{_interval(best.get('test_accuracy_ci'))}, macro-F1 {best['macro_f1']:.3f}, fitted in "
+        f"{format_interval(best.get('test_accuracy_ci'))}, macro-F1 {best['macro_f1']:.3f}, fitted in "
         f"{best['fit_seconds']:.1f} s."
     ]
     classical, neural = best_row(report, "classical"), best_row(report, "neural")
@@ -282,195 +263,3 @@ def verdict(report: dict[str, Any]) -> str:
             f"ranked first on {stats['first']} of {repeats['k']}."
         )
     return " ".join(lines)
-
-
-def _cell(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _interval(ci: Sequence[float] | None, digits: int = 3) -> str:
-    return "" if not ci else f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-
-
-def table_rows(report: dict[str, Any]) -> list[list[str]]:
-    header = [
-        "model",
-        "kind",
-        "test acc [95% CI]",
-        "macro-F1 [95% CI]",
-        "bal. acc",
-        "log-loss",
-        "CV mean ± std",
-        "fit s",
-        "fit s + emb.",
-        "ms/img pixels",
-        "ms/img head",
-        "KB",
-    ]
-    rows = [header]
-    for row in sorted(report["models"], key=lambda r: -r["test_accuracy"]):
-        cv = (
-            "-"
-            if row.get("cv_mean") is None
-            else (f"{row['cv_mean']:.3f}" + ("" if row.get("cv_std") is None else f" ± {row['cv_std']:.3f}"))
-        )
-        model_bytes = row.get("model_bytes")
-        rows.append(
-            [
-                row["name"],
-                row["kind"],
-                _cell(row["test_accuracy"]) + _interval(row.get("test_accuracy_ci")),
-                _cell(row["macro_f1"]) + _interval(row.get("macro_f1_ci")),
-                _cell(row.get("balanced_accuracy")),
-                _cell(row.get("log_loss")),
-                cv,
-                _cell(row.get("fit_seconds"), 1),
-                _cell(row.get("fit_seconds_with_embedding"), 1),
-                _cell(row.get("predict_ms_per_image"), 3),
-                _cell(row.get("head_ms_per_image"), 4),
-                "-" if model_bytes is None else _cell(model_bytes / 1024, 0),
-            ]
-        )
-    return rows
-
-
-def repeats_rows(report: dict[str, Any]) -> list[list[str]]:
-    """The repeats table (header first), best mean first; [] without repeats."""
-    repeats = report.get("repeats")
-    if not repeats or not repeats.get("models"):
-        return []
-    rows = [["model", f"mean acc ({repeats['k']} splits)", "std", "min", "max", "ranked first"]]
-    for name, stats in sorted(repeats["models"].items(), key=lambda item: -item[1]["mean"]):
-        rows.append(
-            [
-                name,
-                _cell(stats["mean"]),
-                _cell(stats["std"]),
-                _cell(min(stats["accuracies"])),
-                _cell(max(stats["accuracies"])),
-                f"{stats['first']} / {repeats['k']}",
-            ]
-        )
-    return rows
-
-
-def _aligned(rows: list[list[str]], left: int) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i < left else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """The console table, best model first (with the repeats table below it when there are repeats)."""
-    text = _aligned(table_rows(report), 2)
-    repeats = repeats_rows(report)
-    if repeats:
-        text += (
-            f"\n\nRepeats: {report['repeats']['k']} re-splits, seeds {report['repeats']['seeds']}, "
-            f"{report['repeats']['seconds']:.0f} s\n" + _aligned(repeats, 1)
-        )
-    curve = curve_rows(report)
-    if curve:
-        text += f"\n\n{curve_verdict(report)}\n" + _aligned(curve, 2)
-    return text
-
-
-def _markdown_table(rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(rows[0]) + " |",
-        "|" + "---|" * len(rows[0]),
-        *("| " + " | ".join(row) + " |" for row in rows[1:]),
-    ]
-
-
-def write_report(report: dict[str, Any], run: Path) -> None:
-    """Draw the plots, then write report.json, report.csv, report.md and report.html into the run directory."""
-    from classical.report.plots import (
-        render_plots,  # matplotlib: imported only when a report is written
-    )
-
-    refresh(report)
-    plots = render_plots(report, run)
-    (run / "report.json").write_text(json.dumps(report, indent=2))
-    with open(run / "report.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for row in report["models"]:
-            intervals = {
-                f"{metric}_{end}": (row.get(f"{metric}_ci") or [None, None])[i]
-                for metric in ("test_accuracy", "macro_f1")
-                for i, end in enumerate(("lo", "hi"))
-            }
-            writer.writerow({**row, **intervals, "params": json.dumps(row.get("params"))})
-    split = report["split"]
-    markdown = [
-        f"# Transfer-learning comparison: {run.name}",
-        "",
-        f"Backbone `{report['backbone']}`, cache `{report['cache']}`, classes: {', '.join(report['class_names'])}.",
-        f"Split `{split['id']}`: {split['n_train']} train / {split['n_val']} validation / {split['n_test']} test images, "
-        "the same for every model.",
-        "",
-        verdict(report),
-        "",
-        *_markdown_table(table_rows(report)),
-        "",
-        "Intervals: test accuracy, 95% Wilson score interval over the test images; macro-F1, 95% percentile bootstrap "
-        "over the test images (2000 resamples, seed 0).",
-    ]
-    compared = report.get("comparison")
-    if compared:
-        markdown += [
-            "",
-            f"Paired comparison of {compared['classical']} and {compared['neural']}: {compared['test']}; "
-            f"interval of the difference: {compared['ci_method']}.",
-        ]
-    embedding = report.get("embedding")
-    if embedding:
-        if embedding.get("ms_per_image") is None:
-            markdown += ["", f"Costs from pixels: backbone {embedding['method']}."]
-        else:
-            markdown += [
-                "",
-                f"Costs from pixels: the backbone takes {embedding['ms_per_image']:.2f} ms per image "
-                f"({embedding['runtime']}; {embedding['pixels']}); embedding the {embedding.get('rows', '?')} "
-                f"cached images takes about {embedding['seconds']:.1f} s. `ms/img pixels` = backbone + head; "
-                f"`ms/img head` = the head alone on embeddings. {embedding['amortisation']}.",
-            ]
-    repeats = repeats_rows(report)
-    if repeats:
-        markdown += [
-            "",
-            f"## Repeats: {report['repeats']['k']} re-splits",
-            "",
-            f"{report['repeats']['method']}. Took {report['repeats']['seconds']:.0f} s.",
-            "",
-            *_markdown_table(repeats),
-        ]
-    curve = curve_rows(report)
-    markdown += curve_markdown(report, _markdown_table(curve) if curve else [])
-    markdown += strategy_lines(report)
-    markdown += [
-        "",
-        "Best hyper-parameters:",
-        "",
-        *(
-            f"- **{row['name']}** ({row.get('selection', '')}): `{json.dumps(row.get('params'))}`"
-            for row in report["models"]
-        ),
-        "",
-        *(f"![{path.stem}](plots/{path.name})" for path in plots),
-    ]
-    (run / "report.md").write_text("\n".join(markdown) + "\n")
-    from classical.report.page import render_page  # Pillow for thumbnails: only when a report is written
-
-    render_page(report, run, plots)

@@ -2,7 +2,7 @@
 
 A model file (NAME.model) is one zip holding the model in a format that runs no code when read
 (skops for scikit-learn estimators, Keras' native format in safe mode for networks), its metadata
-and the sha256 of each part (see `classical.modelformat`). `model` has `predict_proba(X)`: on
+and the sha256 of each part (see `classical.modelfiles.format`). `model` has `predict_proba(X)`: on
 embeddings, or on uint8 pixels for a fine-tuned network (metadata "input": "pixels"); `metadata`
 records the backbone key and the provenance of the embeddings (or the network's input), the class
 names, the embedding dimension, the split id, the test metrics and library versions. The sweep and
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from classical.errors import ModelFileError
-from classical.modelformat import (
+from classical.modelfiles.format import (
     encode_payload,
     is_archive,
     is_keras_model,

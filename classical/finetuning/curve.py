@@ -3,9 +3,9 @@
 A sweep run holds a cache, not photos, so the neural curve is drawn by `classical finetune PHOTOS --out
 RUN --learning-curve-neural`, after the run's own fine-tuning, at the points and seeds of the run's
 `learning_curve` (written by `classical sweep --learning-curve`). Every subset is the classical one:
-`classical.curves.draw_subset` on the same pool (train + validation of the stored split, rows of the
+`classical.experiments.curves.draw_subset` on the same pool (train + validation of the stored split, rows of the
 run's cache) with the same seed, and the network holds out the same rows for early stopping as the
-Dense head does there (`classical.curves.hold_out`: max(1, round(n / 5)) per class; at "all" the stored
+Dense head does there (`classical.experiments.curves.hold_out`: max(1, round(n / 5)) per class; at "all" the stored
 validation part). Each network trains with the fine-tuning's settings, seeded with the subset's seed,
 and is scored on the stored test split. At "all", seed 0 is the fine-tuning's own row when it was
 trained with that seed. Each subset keeps its progress in RUN/learning-curve/finetune-<variant>/<n>-seed<s>/
@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from classical.curves import ALL, draw_subset, hold_out, seed_summary
-from classical.data import load_labeled
+from classical.data.rows import load_labeled
+from classical.data.splits import Split
 from classical.errors import DataError
-from classical.neural.finetune import Images
-from classical.neural.network import predict_proba
-from classical.splits import Split
+from classical.experiments.curves import ALL, draw_subset, hold_out, seed_summary
+from classical.finetuning.images import Images
+from classical.models.network import predict_proba
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from classical.audit.near_duplicates import DEFAULT_THRESHOLD, components, find_near_duplicates
-from classical.data import LabeledEmbeddings
+from classical.data.near_duplicates import DEFAULT_THRESHOLD, components, find_near_duplicates
+from classical.data.rows import LabeledEmbeddings
 from classical.errors import DataError
 
 logger = logging.getLogger(__name__)

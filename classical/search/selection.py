@@ -24,9 +24,10 @@ from sklearn.model_selection import (
     StratifiedKFold,
 )
 
-from classical.data import LabeledEmbeddings
+from classical.data.rows import LabeledEmbeddings
 from classical.errors import DataError
-from classical.strategies import (
+from classical.models.zoo import ModelSpec
+from classical.search.strategies import (
     CALIBRATION_FOLDS,
     Plan,
     choose_plan,
@@ -35,7 +36,6 @@ from classical.strategies import (
     refit_params,
     stratified_rows,
 )
-from classical.zoo import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def select_and_fit(
 ) -> tuple[Any, dict[str, Any]]:
     """The selected model fitted on the split's train (+ validation) rows, and how it was selected.
 
-    `plan` (`classical.strategies`): how the search scales with N; None is `search` on all rows.
+    `plan` (`classical.search.strategies`): how the search scales with N; None is `search` on all rows.
     The returned dict has the plan's record and its `search_seconds` and `refit_seconds`.
     """
     if spec.kind == "neural":

@@ -8,9 +8,9 @@ Affordable by design (`cached=True`, the default), with the same network and for
   base is not run again every epoch), with early stopping on validation, and starts the network's
   head from it;
 - phases that unfreeze only the top layer groups train on cached activations of the frozen lower
-  part (`classical.neural.activations`), with a few cached augmented views per training image.
+  part (`classical.finetuning.activations`), with a few cached augmented views per training image.
 Variant "b", `unfreeze_layers` and `cached=False` run the full forward pass every epoch. See
-`classical.neural.phases` for the phases and for resuming an interrupted run.
+`classical.finetuning.phases` for the phases and for resuming an interrupted run.
 """
 
 from __future__ import annotations
@@ -21,18 +21,21 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from classical.data import load_labeled
+from classical.data.rows import load_labeled
+from classical.data.splits import DEFAULT_FRACTIONS, Split, make_split
 from classical.errors import DataError
-from classical.modelfile import EMBEDDING_FIELDS, MODEL_SUFFIX, save_model
-from classical.neural.activations import BOUNDARY, activation_dataset, cache_activations, top_network
-from classical.neural.dense import DenseHead
-from classical.neural.network import (
+from classical.finetuning.activations import BOUNDARY, activation_dataset, cache_activations, top_network
+from classical.finetuning.images import Images
+from classical.finetuning.phases import Phase, TrainingState, epoch_logger, load_weights, plan_phases, save_weights
+from classical.modelfiles.saved import EMBEDDING_FIELDS, MODEL_SUFFIX, save_model
+from classical.models.dense import DenseHead
+from classical.models.network import (
     build_network,
     check_learning_rate,
     discriminative_adam,
@@ -42,25 +45,13 @@ from classical.neural.network import (
     predict_proba,
     set_trainable,
 )
-from classical.neural.phases import Phase, TrainingState, epoch_logger, load_weights, plan_phases, save_weights
 from classical.report import add_rows, align_predictions, latency_ms, load_report, new_report, score, write_report
-from classical.splits import DEFAULT_FRACTIONS, Split, make_split
 from embedder import Backbone, extract, list_source, load_files, open_cache
 
 logger = logging.getLogger(__name__)
 
 SCHEDULES = ("cosine", "plateau", "constant")
 DEFAULT_SIZE = 224  # without a swept cache to take the size from
-
-
-@dataclass
-class Images:
-    """Decoded images of the split (a uint8 memory map on disk) with class indices and parts."""
-
-    pixels: np.ndarray
-    labels: np.ndarray
-    paths: list[str]
-    parts: dict[str, np.ndarray]
 
 
 def finetune(
@@ -101,7 +92,7 @@ def finetune(
     "cosine" (decay with `warmup_epochs` of linear warm-up), "plateau" (x0.3 when validation loss
     stalls) or "constant". `patience` epochs without a better validation accuracy end a phase.
     `views` cached versions of each training image (1 plain, the rest augmented) feed the cached phases.
-    `learning_curve_neural=True` also trains it on the subsets of the run's learning curve (`classical.neural.curve`).
+    `learning_curve_neural=True` also trains it on the subsets of the run's learning curve (`classical.finetuning.curve`).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}. Received: schedule={schedule!r}")
@@ -123,7 +114,7 @@ def finetune(
     run.mkdir(parents=True, exist_ok=True)
     report = load_report(run) if (run / "report.json").is_file() else None
     if learning_curve_neural:
-        from classical.neural.curve import add_finetune_curve, require_curve
+        from classical.finetuning.curve import add_finetune_curve, require_curve
 
         require_curve(report, run)  # before any training
     provenance = _cache_provenance(report)
@@ -258,8 +249,8 @@ def _embeddings(images: str | os.PathLike, cache: Path, backbone: Backbone, data
 
 def _dense_partner(cache: Path, backbone: Backbone, split: Split, run: Path, *, seed: int) -> dict[str, Any]:
     """The Dense head on embeddings of the fine-tuning's own input size: the same-size row to compare it with."""
-    from classical.sweep import fit_and_score, sorted_test
-    from classical.zoo import ZOO, grid_for
+    from classical.experiments.sweep import fit_and_score, sorted_test
+    from classical.models.zoo import ZOO, grid_for
 
     spec = dataclasses.replace(
         ZOO["dense"],

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from classical.data import LabeledEmbeddings
-from classical.selection import cv_folds, select_and_fit
-from classical.splits import Split, make_split
-from classical.zoo import ZOO, grid_for
+from classical.data.rows import LabeledEmbeddings
+from classical.data.splits import Split, make_split
+from classical.models.zoo import ZOO, grid_for
+from classical.search.selection import cv_folds, select_and_fit
 
 logger = logging.getLogger(__name__)
 

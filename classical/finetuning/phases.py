@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from classical.errors import DataError
-from classical.neural.network import N_GROUPS
+from classical.models.network import N_GROUPS
 from embedder import atomic_path
 
 logger = logging.getLogger(__name__)

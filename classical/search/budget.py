@@ -1,6 +1,6 @@
 """The sweep's plan: each model's strategy at its size, and with `time_budget` the cuts that make it fit.
 
-Without a budget each model gets `classical.strategies.choose_plan`. With `time_budget=SECONDS`
+Without a budget each model gets `classical.search.strategies.choose_plan`. With `time_budget=SECONDS`
 every model is first fitted once (its first grid candidate, the plan's estimator) on stratified
 subsamples of `TRIAL_ROWS` and twice that many rows, plus a prediction of a quarter as many rows;
 the two times give a cost t(m) = t2 (m / m2)^e (e clipped to [0.7, 2.2]; the Dense head: seconds per
@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import ParameterGrid
 
-from classical.data import LabeledEmbeddings
+from classical.data.rows import LabeledEmbeddings
 from classical.errors import ClassicalError
-from classical.strategies import (
+from classical.models.zoo import ModelSpec
+from classical.search.strategies import (
     HALVED,
     SEARCH_ROWS,
     Plan,
@@ -36,8 +37,7 @@ from classical.strategies import (
     grid_for_plan,
     stratified_rows,
 )
-from classical.strategies import with_search_rows as smaller
-from classical.zoo import ModelSpec
+from classical.search.strategies import with_search_rows as smaller
 
 TRIAL_ROWS = 200
 MIN_ROWS = 300

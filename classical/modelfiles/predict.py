@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from classical.errors import ModelFileError
-from classical.modelfile import SavedModel, load_model
+from classical.modelfiles.saved import SavedModel, load_model
 from embedder import Backbone, Encoder, encode_files, expand_inputs, load_encoder
 
 

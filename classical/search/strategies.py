@@ -51,7 +51,7 @@ from sklearn.model_selection import ParameterGrid, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
-from classical.zoo import ModelSpec
+from classical.models.zoo import ModelSpec
 
 STRATEGY_FIELDS = (
     "strategy",

@@ -5,8 +5,8 @@ for a separate validation set); the Dense head is selected on the validation spl
 stopping needs it). The test split is touched once per model, for the final table. Test images
 are scored in the order of their sorted paths (`report["split"]["test_paths"]`), so every row's
 `test_predictions` pair up image by image for the paired comparison. Once per sweep the backbone
-is timed from pixels (`classical.costs`), so that every row's cost counts backbone + head; with
-`repeats=K` the models are also fitted on K re-splits (`classical.repeats`).
+is timed from pixels (`classical.experiments.costs`), so that every row's cost counts backbone + head; with
+`repeats=K` the models are also fitted on K re-splits (`classical.experiments.repeats`).
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ import numpy as np
 from tqdm import tqdm
 
 from classical.audit import audit as run_audit
-from classical.budget import plan_sweep
-from classical.costs import measure_embedding, not_measured
-from classical.curves import ALL, parse_points, plan_curve, run_curve
-from classical.data import LabeledEmbeddings, load_labeled
+from classical.data.rows import LabeledEmbeddings, load_labeled
+from classical.data.splits import DEFAULT_FRACTIONS, Split, load_or_make_split
 from classical.errors import DataError
-from classical.modelfile import EMBEDDING_FIELDS, MODEL_SUFFIX, save_model
+from classical.experiments.costs import measure_embedding, not_measured
+from classical.experiments.curves import ALL, parse_points, plan_curve, run_curve
+from classical.modelfiles.saved import EMBEDDING_FIELDS, MODEL_SUFFIX, save_model
+from classical.models.zoo import MODEL_NAMES, ZOO, ModelSpec, grid_for, load_grids
 from classical.report import (
     add_rows,
     format_table,
@@ -40,11 +41,10 @@ from classical.report import (
     verdict,
     write_report,
 )
-from classical.selection import cv_folds, select_and_fit
-from classical.splits import DEFAULT_FRACTIONS, Split, load_or_make_split
-from classical.strategies import STRATEGY_FIELDS, Plan
-from classical.threads import limited, measure, plan_threads
-from classical.zoo import MODEL_NAMES, ZOO, ModelSpec, grid_for, load_grids
+from classical.search.budget import plan_sweep
+from classical.search.selection import cv_folds, select_and_fit
+from classical.search.strategies import STRATEGY_FIELDS, Plan
+from classical.search.threads import limited, measure, plan_threads
 
 __all__ = ["cv_folds", "fit_and_score", "joblib_backend", "rerender", "summary", "sweep"]
 logger = logging.getLogger(__name__)
@@ -86,11 +86,11 @@ def sweep(
     earlier sweep of the run measured them). `audit=True` (default) audits the cache on the run's
     split first (`classical.audit`: `out/audit.json`, its counts in `report["audit"]`).
     `learning_curve="5,10,25,50"` ("all" implied last) also fits the models on `curve_seeds` seeded
-    subsets of n labelled images per class (`classical.curves`: `report["learning_curve"]`);
-    `semi_supervised=True` adds the semi-supervised models (`classical.semi`) to the curve (alone: at "all").
-    `search="auto"` (default) picks each model's strategy by its size (`classical.strategies`);
+    subsets of n labelled images per class (`classical.experiments.curves`: `report["learning_curve"]`);
+    `semi_supervised=True` adds the semi-supervised models (`classical.experiments.semi`) to the curve (alone: at "all").
+    `search="auto"` (default) picks each model's strategy by its size (`classical.search.strategies`);
     "grid"/"halving" search every model on all rows. `time_budget=SECONDS` plans the model fits
-    within it (`classical.budget`: trial fits, then cuts; a BudgetError before any fit if it cannot).
+    within it (`classical.search.budget`: trial fits, then cuts; a BudgetError before any fit if it cannot).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}. Received: engine={engine!r}")
@@ -179,7 +179,7 @@ def sweep(
             logger.info("%s: test accuracy %.3f, fit %.1f s", name, row["test_accuracy"], row["fit_seconds"])
         bar.close()
         if repeats:
-            from classical.repeats import run_repeats
+            from classical.experiments.repeats import run_repeats
 
             report["repeats"] = run_repeats(
                 data,
@@ -250,7 +250,7 @@ def fit_and_score(
     """Select, fit, score on test and save one model; returns its report row.
 
     `predict_ms_per_image` and `fit_seconds_with_embedding` are filled in by the report from its
-    `embedding` block when the row is added (see `classical.report.files`).
+    `embedding` block when the row is added (see `classical.report.document`).
     """
     started = time.perf_counter()
     model, selection = select_and_fit(

@@ -46,12 +46,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer
 from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
 
-from classical.audit.near_duplicates import (
+from classical.data.near_duplicates import (
     DEFAULT_THRESHOLD,
     find_near_duplicates,
     normalise,
 )
-from classical.data import backbone_rows
+from classical.data.rows import backbone_rows
 from embedder import open_cache
 
 logger = logging.getLogger(__name__)

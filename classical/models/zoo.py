@@ -23,7 +23,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from classical.neural import DenseHead
+from classical.models.dense import DenseHead
 
 
 @dataclass(frozen=True)

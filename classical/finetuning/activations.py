@@ -29,7 +29,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from classical.neural.network import base_of
+from classical.models.network import base_of
 from embedder import atomic_path, utc_now
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def split_base(network: keras.Model, groups: int) -> tuple[keras.Model, keras.Mo
 
 def top_network(network: keras.Model, groups: int) -> keras.Model:
     """Cached activations -> the network's top: upper blocks, pooling, dropout and head, sharing its layers."""
-    from classical.neural.network import InferenceMode
+    from classical.models.network import InferenceMode
 
     _, upper = split_base(network, groups)
     inputs = keras.Input(upper.input.shape[1:], name="activations")

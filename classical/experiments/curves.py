@@ -14,10 +14,10 @@ calibrated on the same folds). The Dense head holds out max(1, round(n / 5)) of 
 as its validation set (early stopping and the choice among its grid), and at "all" uses the stored
 split's validation part, as the sweep does. At "all" the subset is the same for every seed (only
 the models' seeds change), and seed 0 there is the sweep's own fit: its rows are reused, not refitted.
-Fine-tuned networks join the curve only on request, from their photos (`classical.neural.curve`),
+Fine-tuned networks join the curve only on request, from their photos (`classical.finetuning.curve`),
 on the same subsets (`draw_subset`) and the Dense head's held-out rows (`hold_out`).
 
-With `semi_supervised=True` the semi-supervised models of `classical.semi` are added at each point
+With `semi_supervised=True` the semi-supervised models of `classical.experiments.semi` are added at each point
 (curves `semi-...`), and at "all", when the cache holds unlabelled rows, each is compared with the
 supervised model it extends by the paired test of the report (McNemar exact, Newcombe interval):
 did the unlabelled rows help on the test split?
@@ -37,11 +37,9 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from classical.data import LabeledEmbeddings
+from classical.data.rows import LabeledEmbeddings
 from classical.errors import DataError
-from classical.report import paired_comparison
-from classical.selection import fit_by_cv, fit_on_validation
-from classical.semi import (
+from classical.experiments.semi import (
     AGREEMENT,
     LABEL_SPREADING,
     LINEAR_HEADS,
@@ -50,9 +48,11 @@ from classical.semi import (
     fit_semi,
     load_unlabeled,
 )
-from classical.semi import DESCRIPTION as SEMI_DESCRIPTION
-from classical.strategies import choose_plan
-from classical.zoo import ZOO, grid_for
+from classical.experiments.semi import DESCRIPTION as SEMI_DESCRIPTION
+from classical.models.zoo import ZOO, grid_for
+from classical.report import paired_comparison
+from classical.search.selection import fit_by_cv, fit_on_validation
+from classical.search.strategies import choose_plan
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def run_curve(
     fitted: dict[str, dict[str, Any]] | None = None,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """The report's `learning_curve` block (its shape: `classical.report.files`).
+    """The report's `learning_curve` block (its shape: `classical.report.document`).
 
     `fitted`: {model: {"test_predictions", "cv_mean"}} of the sweep's own rows (selected the same
     way, with seed `seed`, on the whole pool), reused as seed 0 of the "all" point.

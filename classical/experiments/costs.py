@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from classical.data import LabeledEmbeddings
+from classical.data.rows import LabeledEmbeddings
 from classical.report import latency_ms
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ KERAS_PAYLOAD = "model.keras"
 PICKLE_MAGIC = b"\x80"  # a pickle of protocol 2 or more: what joblib wrote
 # types a model of the zoo holds beyond skops' defaults (scikit-learn estimators, numpy, scipy); all are data
 TRUSTED_TYPES = [
-    "classical.neural.dense.DenseHead",
+    "classical.models.dense.DenseHead",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.model_selection._split.StratifiedKFold",
@@ -60,7 +60,7 @@ def encode_payload(model: Any) -> tuple[str, bytes]:
     if untrusted:  # refuse now what loading would refuse later
         raise ModelFileError(
             f"the model holds types a model file does not trust: {', '.join(untrusted)}; "
-            "add them to classical.modelformat.TRUSTED_TYPES if they are plain data."
+            "add them to classical.modelfiles.format.TRUSTED_TYPES if they are plain data."
         )
     return SKOPS_PAYLOAD, data
 
@@ -159,7 +159,7 @@ def _decode_skops(path: Path, data: bytes) -> Any:
 def _decode_keras(path: Path, data: bytes) -> Any:
     import keras
 
-    import classical.neural.network  # noqa: F401 - registers the network's own layer (InferenceMode) with Keras
+    import classical.models.network  # noqa: F401 - registers the network's own layer (InferenceMode) with Keras
 
     with tempfile.TemporaryDirectory(prefix="model-") as folder:
         network = Path(folder) / KERAS_PAYLOAD
