@@ -10,10 +10,10 @@ import pytest
 from conftest import blobs, write_cache
 
 from classical import sweep
-from classical.search import budget, strategies
 from classical.data.rows import load_labeled
 from classical.modelfiles.saved import load_model
 from classical.models.zoo import ZOO, grid_for, load_grids
+from classical.search import budget, strategies
 from classical.search.budget import BudgetError, estimate, plan_sweep
 from classical.search.selection import fit_by_cv
 from classical.search.strategies import Plan, choose_plan, stratified_rows

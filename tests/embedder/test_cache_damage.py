@@ -169,10 +169,12 @@ def test_disk_full_during_a_merge_keeps_everything(small_disk: Path) -> None:
     extra = np.random.default_rng(1).random((2000, 256), dtype=np.float32)  # 2 MB: the journal fits, the merge not
     rows = [Row(f"new/{i:05d}.jpg", os.urandom(32).hex(), "new", 1, 1) for i in range(len(extra))]
     filler = fill_disk(small_disk, leave=3 << 20)
-    with pytest.raises(CacheError, match="no space left on the disk .* previous content is intact .* rerun"):
-        with CacheWriter(cache) as writer:
-            writer.begin(key, provenance)
-            writer.write_batch(key, Batch(embeddings=extra, rows=rows))
+    with (
+        pytest.raises(CacheError, match="no space left on the disk .* previous content is intact .* rerun"),
+        CacheWriter(cache) as writer,
+    ):
+        writer.begin(key, provenance)
+        writer.write_batch(key, Batch(embeddings=extra, rows=rows))
     with open_cache(cache) as opened:
         np.testing.assert_array_equal(opened.backbone().load(), before)  # the previous content, intact
     assert not [p for p in small_disk.rglob("*") if ".tmp-" in p.name]  # no temporary file left behind

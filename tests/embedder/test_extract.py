@@ -23,7 +23,7 @@ TINY = Backbone(size=96, weights=None)
 def rows_by_path(cache_path: Path, key: str | None = None) -> dict[str, tuple[str, int, np.ndarray]]:
     with open_cache(cache_path) as cache:
         rows = cache.backbone(key)
-        return {p: (s, int(l), e) for p, s, l, e in zip(rows.paths, rows.sha256, rows.labels, rows.load())}
+        return {p: (s, int(label), e) for p, s, label, e in zip(rows.paths, rows.sha256, rows.labels, rows.load())}
 
 
 def test_first_run_embeds_every_image_with_labels_hashes_and_provenance(dataset: Path, tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_grown_folder_computes_only_new_images(dataset: Path, tmp_path: Path) ->
     new = rows_by_path(out)
     assert len(new) == 15
     for path, (sha, label, embedding) in old.items():
-        assert new[path][0] == sha and np.array_equal(new[path][2], embedding)
+        assert new[path][0] == sha and new[path][1] == label and np.array_equal(new[path][2], embedding)
 
 
 def test_changed_bytes_are_recomputed_in_place(dataset: Path, tmp_path: Path) -> None:

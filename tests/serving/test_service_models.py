@@ -134,9 +134,11 @@ def test_exported_and_pixel_models_are_served_on_decoded_images(models: Path) ->
 )
 def test_an_export_for_other_images_is_refused_at_start(tmp_path: Path, export: dict, message: str) -> None:
     export_graph(tmp_path / "m.onnx", **export)
-    with pytest.raises(ModelFileError, match=message):
-        with TestClient(create_app(ServiceSettings(backbone=TINY, model_dirs=[tmp_path]))):
-            pass
+    with (
+        pytest.raises(ModelFileError, match=message),
+        TestClient(create_app(ServiceSettings(backbone=TINY, model_dirs=[tmp_path]))),
+    ):
+        pass
 
 
 def test_a_file_that_is_no_onnx_model_is_refused_naming_it(tmp_path: Path) -> None:
@@ -187,9 +189,11 @@ def test_serve_cache_errors_speak_of_its_own_option(tmp_path: Path, content: byt
     notes = tmp_path / "notes.h5"
     if content is not None:
         notes.write_bytes(content)
-    with pytest.raises(CacheError, match=f"--cache '{notes}' {message}") as refused:
-        with TestClient(create_app(ServiceSettings(backbone=TINY, cache=notes))):
-            pass
+    with (
+        pytest.raises(CacheError, match=f"--cache '{notes}' {message}") as refused,
+        TestClient(create_app(ServiceSettings(backbone=TINY, cache=notes))),
+    ):
+        pass
     assert "--out" not in str(refused.value)
     status, lines = serve("--cache", str(notes))
     assert status == 2 and len(lines) == 1 and lines[0] == f"error: {refused.value}"
