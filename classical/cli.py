@@ -1,4 +1,6 @@
-"""`classical` command line: sweep, report, predict. Each command parses options and calls the Python API."""
+"""`classical` command line: sweep, audit, finetune, report, predict, log, export.
+
+Each command parses options and calls the Python API."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -32,6 +34,45 @@ class Search(str, Enum):
     auto = "auto"
     grid = "grid"
     halving = "halving"
+
+
+FROM_ENV = "env"
+MlflowUri = Annotated[
+    str | None,
+    typer.Option(
+        "--mlflow",
+        metavar="URI",
+        help="Log the run to MLflow at URI ('env': $MLFLOW_TRACKING_URI); off by default (pip extra [mlflow]).",
+    ),
+]
+Experiment = Annotated[
+    str | None, typer.Option(help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else bottleneck-lab).")
+]
+Register = Annotated[
+    str | None, typer.Option(help="With --mlflow: register the report's best model in MLflow's registry as NAME.")
+]
+
+
+def tracking(mlflow: str | None, experiment: str | None, register: str | None) -> Any:
+    """The MLflow target of --mlflow (checked before any fit), or None when tracking is off."""
+    if mlflow is None:
+        if register or experiment:
+            raise ValueError("--register and --experiment need --mlflow [URI].")
+        return None
+    from classical.tracking import tracking_target
+
+    return tracking_target(None if mlflow == FROM_ENV else mlflow, experiment=experiment, register=register)
+
+
+def track(out: Path, target: Any, command: str) -> None:
+    """Log the finished run folder to MLflow; an unreachable server is one warning line, not an error."""
+    if target is None:
+        return
+    from classical.tracking import log_or_warn
+
+    logged = log_or_warn(out, target, command=command)
+    if logged is not None:
+        typer.echo(logged.line())
 
 
 class Format(str, Enum):
@@ -106,9 +147,13 @@ def sweep(
             help="Seconds for the model fits: planned from a trial fit per model, searches cut to fit; refused before any fit if it cannot."
         ),
     ] = None,
+    mlflow: MlflowUri = None,
+    experiment: Experiment = None,
+    register: Register = None,
 ) -> None:
     """Fit every model on the cache's embeddings and compare them on one stored test split."""
     try:
+        target = tracking(mlflow, experiment, register)
         report = run_sweep(
             cache,
             out,
@@ -139,6 +184,7 @@ def sweep(
         typer.echo(f"audit ({out / 'audit.json'}): {audit_line(json.loads((out / 'audit.json').read_text()))}\n")
     typer.echo(summary(report))
     typer.echo(report_pointer(out))
+    track(out, target, "sweep")
 
 
 def report_pointer(run: Path) -> str:
@@ -172,11 +218,14 @@ def audit_command(
         MapMethod, typer.Option("--map", help="2-D map of the embeddings: 'pca' or 'tsne'.")
     ] = MapMethod.pca,
     plot: Annotated[bool, typer.Option(help="Draw plots/embedding_map.png.")] = True,
+    mlflow: MlflowUri = None,
+    experiment: Experiment = None,
 ) -> None:
     """Audit a cache's embeddings: near-duplicates (and pairs across the run's split), label issues, outliers, a map."""
     from classical.audit import audit as run_audit
 
     try:
+        target = tracking(mlflow, experiment, None)
         result = run_audit(
             cache, out, backbone=backbone, threshold=threshold, cv=cv, seed=seed, map_method=map.value, plot=plot
         )
@@ -192,6 +241,7 @@ def audit_command(
     for outlier in result["outliers"][:10]:
         typer.echo(f"  outlier {outlier['score']:.3f}: {outlier['path']}")
     typer.echo(f"audit: {out / 'audit.json'}")
+    track(out, target, "audit")
 
 
 class Variant(str, Enum):
@@ -260,11 +310,15 @@ def finetune(
             help="Also train it on the subsets of the run's learning curve (from `classical sweep --learning-curve`): far more costly.",
         ),
     ] = False,
+    mlflow: MlflowUri = None,
+    experiment: Experiment = None,
+    register: Register = None,
 ) -> None:
     """Fine-tune MobileNetV2 on the run's images and add its row to the run's report (recipe 3)."""
     from classical.finetuning.workflow import finetune as run_finetune
 
     try:
+        target = tracking(mlflow, experiment, register)
         report = run_finetune(
             images,
             out,
@@ -301,6 +355,7 @@ def finetune(
     typer.echo("")
     typer.echo(summary(report))
     typer.echo(report_pointer(out))
+    track(out, target, "finetune")
 
 
 @app.command()
@@ -360,6 +415,31 @@ def predict(
             )
     if any("error" in r for r in results):
         raise typer.Exit(1)
+
+
+@app.command("log")
+def log_command(
+    run: Annotated[Path, typer.Argument(help="A run folder (report.json and/or audit.json) to log again.")],
+    mlflow: MlflowUri = None,
+    experiment: Experiment = None,
+    register: Register = None,
+    models: Annotated[bool, typer.Option(help="Also log each model row as an MLflow ONNX model.")] = True,
+) -> None:
+    """Log an existing run folder to MLflow from its report.json: a parent run and one nested run per model."""
+    from classical.tracking import log_run, tracking_target, unreachable
+
+    try:
+        uri = None if mlflow in (None, FROM_ENV) else mlflow
+        target = tracking_target(uri, experiment=experiment, register=register, models=models)
+        problem = unreachable(target)
+        if problem:
+            raise ConnectionError(f"cannot log {run} to {target.uri}: {problem}")
+        logged = log_run(run, target, command="log")
+    except (EmbedderError, ValueError, OSError) as exc:
+        fail(exc)
+    typer.echo(logged.line())
+    for item in logged.not_logged:
+        typer.echo(f"not logged: {item}", err=True)
 
 
 class ExportFormat(str, Enum):

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-HEAVY = ("tensorflow", "keras", "matplotlib", "fastapi", "ray")
+HEAVY = ("tensorflow", "keras", "matplotlib", "fastapi", "ray", "mlflow")
 
 
-@pytest.mark.parametrize("package", ["embedder", "classical", "serving", "classical.cli", "serving.cli"])
+@pytest.mark.parametrize(
+    "package", ["embedder", "classical", "serving", "classical.cli", "serving.cli", "classical.tracking"]
+)
 def test_importing_loads_no_heavy_library(package: str) -> None:
     code = f"import sys, {package}; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -164,6 +166,7 @@ CLASSICAL_ROOMS = [
     "experiments",
     "finetuning",
     "export",
+    "tracking",
     "cli",
 ]
 
