@@ -30,7 +30,8 @@ def console_scripts() -> dict[str, Any]:
 
 def cell(text: str) -> str:
     """Text fit for one Markdown table cell."""
-    return " ".join(text.split()).replace("|", "\\|")
+    text = " ".join(text.split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("|", "\\|")
 
 
 def reference(command: Any, path: str, context_class: Any, parent: Any = None, level: int = 3) -> str:
@@ -42,7 +43,7 @@ def reference(command: Any, path: str, context_class: Any, parent: Any = None, l
     rows = [(param, record) for param, record in records if record]
     if rows:
         lines += ["| argument / option | description |", "|---|---|"]
-        lines += [f"| `{cell(record[0])}` | {cell(record[1])} |" for _, record in rows]
+        lines += [f"| {cell(record[0])} | {cell(record[1])} |" for _, record in rows]
         lines.append("")
     for name, sub in getattr(command, "commands", {}).items():
         lines.append(reference(sub, f"{path} {name}", context_class, ctx, level + 1))
