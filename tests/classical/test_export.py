@@ -37,7 +37,7 @@ MODELS = {
     "finetune": "finetune-a.model",
 }
 TOLERANCE = 1e-4
-README = (ROOT / "README.md").read_text()
+EXPORT_GUIDE = (ROOT / "docs" / "guides" / "export.md").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -193,14 +193,16 @@ def test_a_damaged_model_file_is_not_exported(run: Path, tmp_path: Path) -> None
 
 
 def test_readme_client_classifies_like_classical_predict(run: Path, tmp_path: Path) -> None:
-    """The README's onnxruntime + numpy + Pillow client, run as written, on an exported model."""
+    """The export guide's onnxruntime + numpy + Pillow client, run as written, on an exported model."""
     export_model(run / "run" / "svm-rbf.model", tmp_path / "model.onnx")
-    client = re.search(r"```python\n(# client: onnxruntime, numpy and Pillow only.*?)```", README, flags=re.DOTALL)
+    client = re.search(
+        r"```python\n(# client: onnxruntime, numpy and Pillow only.*?)```", EXPORT_GUIDE, flags=re.DOTALL
+    )
     client = client.group(1)
     assert len(client.strip().splitlines()) <= 20
     files = sorted((run / "new").iterdir())
     namespace: dict = {"__name__": "client"}
-    exec(compile(client, "README.md", "exec"), namespace)
+    exec(compile(client, "docs/guides/export.md", "exec"), namespace)
     expected = predict(run / "run" / "svm-rbf.model", files)
     for path, result in zip(files, expected):
         label, probabilities = namespace["classify"](str(tmp_path / "model.onnx"), str(path))
