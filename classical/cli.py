@@ -57,7 +57,7 @@ def tracking(mlflow: str | None, experiment: str | None, register: str | None) -
     """The MLflow target of --mlflow (checked before any fit), or None when tracking is off."""
     if mlflow is None:
         if register or experiment:
-            raise ValueError("--register and --experiment need --mlflow [URI].")
+            raise ValueError("--register and --experiment need --mlflow URI.")
         return None
     from classical.tracking import tracking_target
 
