@@ -135,7 +135,7 @@ def test_verify_finds_an_index_of_other_vectors(cache: tuple, tmp_path: Path) ->
 def test_the_plan_follows_the_row_count() -> None:
     assert plan_for(1_000).kind == "exact"
     big = plan_for(100_000)
-    assert (big.kind, big.nlist, big.trained_on) == ("ivf-sq8", 1024, 40 * 1024)
+    assert (big.kind, big.nlist, big.nprobe, big.trained_on) == ("ivf-sq8", 1024, 8, 40 * 1024)
     assert plan_for(1_000_000).nlist == 4096
     assert outgrown(big, 200_000) is None
     assert "10x" in outgrown(big, 10 * big.trained_on + 1)

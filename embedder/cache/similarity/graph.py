@@ -5,10 +5,12 @@ Built on a transient `VectorIndex` of the rows with `plan_for(len(rows))`:
 - exact (below EXACT_ROWS rows): the pairs are every pair at or above the threshold (faiss range
   search on the flat index), the neighbours the exact k nearest: the answers of an all-pairs product.
 - approximate (IVF-SQ8): each row's GRAPH_K nearest rows are searched; the pairs are the graph's edges
-  at or above the threshold. A pair is missed when one of its photos has more than GRAPH_K neighbours
-  at or above the threshold that rank before the other (it lies in a cluster of many near-duplicates)
-  and the other photo does not rank it either, or when the IVF scan misses it. Rows whose GRAPH_K
-  neighbours are all at or above the threshold are counted as `saturated`: their pairs may be incomplete.
+  at or above the threshold. A photo with more than GRAPH_K near-duplicates would lose some of its
+  pairs there: such rows (all GRAPH_K neighbours at or above the threshold) are counted as
+  `saturated`, and all their pairs are taken from a range search of the index instead. A pair is
+  then missed only when the IVF scan misses it: the two photos fall in cells the `nprobe` cells
+  searched do not include (rare for near-duplicates, which sit next to each other), or the 8-bit
+  similarity is more than QUANTISATION_MARGIN below the exact one.
 
 Every similarity returned is exact: the flat index's own (float32 products, as numpy's), or, for the
 IVF's quantised ones, recomputed from the rows, so the threshold is applied to exact values.
@@ -23,6 +25,8 @@ import numpy as np
 from embedder.cache.similarity.vectors_index import SEARCH_ROWS, Plan, VectorIndex, plan_for
 
 GRAPH_K = 20  # neighbours per row in the approximate graph (the pairs come from these edges)
+QUANTISATION_MARGIN = 0.01  # below the threshold, on the IVF's 8-bit similarities, before the exact check
+RESCORE_ROWS = 256  # rows whose neighbours are re-scored at once (256 x 21 x D floats gathered)
 
 
 @dataclass
@@ -68,13 +72,19 @@ def neighbours(Z: np.ndarray, *, k: int = 10, threshold: float | None = None, pl
         pairs = _range_pairs(index, Z, threshold)
     else:
         edge = sims >= threshold
-        saturated = int(edge[:, graph_k - 1].sum()) if graph_k else 0
+        full = np.flatnonzero(edge[:, graph_k - 1])  # rows with graph_k neighbours at the threshold: maybe more
+        saturated = len(full)
         a = np.repeat(np.arange(n), edge.sum(axis=1))
         b = near[edge]
+        if saturated:  # all their pairs, by a range search of the index (quantised: a margin, then exact)
+            more = _range_pairs(index, Z, threshold - QUANTISATION_MARGIN, rows=full, upper=False)
+            a, b = np.concatenate([a, more[0]]), np.concatenate([b, more[1]])
         lo, hi = np.minimum(a, b), np.maximum(a, b)
         unique = np.unique(lo * n + hi)
         lo, hi = unique // n, unique % n
-        pairs = (lo, hi, _dots(Z, lo, hi))
+        similarity = _dots(Z, lo, hi)
+        keep = similarity >= threshold
+        pairs = (lo[keep], hi[keep], similarity[keep])
     i, j, c = pairs
     order = np.lexsort((j, i, -c))
     return Graph(
@@ -106,7 +116,12 @@ def _knn(index: VectorIndex, Z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
         ids, found = ids[keep].reshape(stop - start, k), found[keep].reshape(stop - start, k)
         valid = ids >= 0
         if index.plan.kind != "exact":  # the quantised similarities, recomputed from the rows
-            found = np.einsum("ij,ikj->ik", Z[start:stop], Z[np.maximum(ids, 0)])
+            found = np.concatenate(
+                [
+                    np.einsum("ij,ikj->ik", Z[start + s : start + s + RESCORE_ROWS], Z[np.maximum(part, 0)])
+                    for s, part in ((s, ids[s : s + RESCORE_ROWS]) for s in range(0, stop - start, RESCORE_ROWS))
+                ]
+            )
         exact = np.where(valid, found, -np.inf).astype(np.float32)
         order = np.argsort(-exact, axis=1, kind="stable")
         near[start:stop] = np.where(valid, ids, -1)[np.arange(stop - start)[:, None], order]
@@ -114,15 +129,22 @@ def _knn(index: VectorIndex, Z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     return near, sims
 
 
-def _range_pairs(index: VectorIndex, Z: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair (i < j) at or above `threshold` (faiss range search keeps similarities above its radius)."""
+def _range_pairs(
+    index: VectorIndex, Z: np.ndarray, threshold: float, *, rows: np.ndarray | None = None, upper: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (row, other) at or above `threshold` of `rows` (None: all), other > row when `upper`, itself left out.
+
+    faiss's range search keeps similarities above its radius: the radius is the float32 just below.
+    """
     radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+    rows = np.arange(len(Z)) if rows is None else np.asarray(rows, np.int64)
     parts_i, parts_j, parts_c = [], [], []
-    for start in range(0, len(Z), SEARCH_ROWS):
-        limits, sims, ids = index.range_search(Z[start : start + SEARCH_ROWS], radius)
-        rows = np.repeat(np.arange(start, start + len(limits) - 1), np.diff(limits).astype(np.int64))
-        keep = (ids > rows) & (sims >= threshold)
-        parts_i.append(rows[keep])
+    for start in range(0, len(rows), SEARCH_ROWS):
+        block = rows[start : start + SEARCH_ROWS]
+        limits, sims, ids = index.range_search(Z[block], radius)
+        own = np.repeat(block, np.diff(limits).astype(np.int64))
+        keep = ((ids > own) if upper else (ids != own)) & (sims >= threshold)
+        parts_i.append(own[keep])
         parts_j.append(ids[keep])
         parts_c.append(sims[keep])
     if not parts_i:
