@@ -9,6 +9,16 @@ its own process (`classical.data.near_duplicates.search`, exact blocked matrix p
 The 1M estimate extrapolates the 100k time quadratically (the search compares every pair).
 
     python benchmarks/audit_scale.py --cache /tmp/audit/flowers.h5 [--sizes 10000,30000,100000] [--knn]
+
+With `--index` it measures the audit's search as it is now, on the similarity index (faiss, see
+`embedder.cache.similarity`), at each size (e.g. `--index --sizes 100000,1000000`): building the index
+and the k-NN graph (`neighbours`: k = 10 for outliers, 20 per row for the pairs, threshold 0.90),
+the split grouping (connected components of the pairs), single-query latency (p50/p95 of 200
+queries of one row, k = 10), recall@10 of those queries against an exact numpy product, and the
+recall of the exact near-duplicate pairs: 1,000 rows sampled, all their pairs at or above 0.90 found
+by an exact product against every row, and the share of them the graph has. Near-duplicates are
+planted so that there are pairs to find: 950 rows get one copy, 50 get 25 copies each (more than k:
+the case where the graph can miss pairs), each copy the row times exp(N(0, 0.03)) per component.
 """
 
 from __future__ import annotations
@@ -64,6 +74,127 @@ def child(cache: str, n: int, k: int, noise: float) -> None:
     )
 
 
+def make_rows(cache: str, n: int, noise: float):
+    """n normalised rows: real embeddings with log-normal noise, then planted near-duplicate copies at the end."""
+    import numpy as np
+
+    from embedder import normalise, open_cache
+
+    with open_cache(cache) as opened:
+        base = opened.backbone().load()
+    rng = np.random.default_rng(0)
+    copies = [(r, 1) for r in range(950)] + [(950 + r, 25) for r in range(50)]
+    planted = sum(c for _, c in copies)
+    Z = np.empty((n, base.shape[1]), np.float32)
+    for start in range(0, n - planted, 10_000):
+        stop = min(n - planted, start + 10_000)
+        rows = rng.integers(0, len(base), stop - start)
+        Z[start:stop] = normalise(base[rows] * np.exp(rng.normal(0, noise, (len(rows), base.shape[1]))))
+    originals = rng.permutation(n - planted)[: len(copies)]
+    at = n - planted
+    for (slot, count), original in zip(copies, originals):
+        source = np.square(Z[original])  # back to the raw (non-negative) components, up to scale
+        Z[at : at + count] = normalise(source * np.exp(rng.normal(0, 0.03, (count, base.shape[1]))))
+        at += count
+    return Z
+
+
+def child_index(cache: str, n: int, noise: float) -> None:
+    import numpy as np
+
+    from classical.audit.near_duplicates import components
+    from embedder.cache.similarity import VectorIndex, neighbours, plan_for
+
+    Z = make_rows(cache, n, noise)
+    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731
+    before = rss()
+    started = time.perf_counter()
+    graph = neighbours(Z, k=10, threshold=0.90)
+    graph_seconds = time.perf_counter() - started
+    graph_peak = rss()
+    started = time.perf_counter()
+    root = components(n, graph.i, graph.j)
+    group_seconds = time.perf_counter() - started
+    rng = np.random.default_rng(1)
+    plan = plan_for(n)
+    started = time.perf_counter()
+    if plan.kind == "exact":
+        index = VectorIndex.create(plan, Z.shape[1])
+    else:
+        index = VectorIndex.create(plan, Z.shape[1], Z[np.sort(rng.permutation(n)[: plan.trained_on])])
+    for start in range(0, n, 65536):
+        index.add(Z[start : start + 65536], np.arange(start, min(n, start + 65536)))
+    build_seconds = time.perf_counter() - started
+    queries = rng.integers(0, n, 200)
+    latency = []
+    found = []
+    for q in queries.tolist():
+        t0 = time.perf_counter()
+        _, ids = index.search(Z[q : q + 1], 10)
+        latency.append(time.perf_counter() - t0)
+        found.append(ids[0])
+    truth = np.concatenate([Z[s : s + 65536] @ Z[queries].T for s in range(0, n, 65536)])  # (n, 200)
+    exact = np.argsort(-truth, axis=0)[:10].T
+    recall10 = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(found, exact)]))
+    del truth
+    sample = rng.choice(n, 1000, replace=False)
+    sample = np.union1d(sample, np.arange(n - 1200, n, 7))  # planted copies among them too
+    pairs = set()
+    for s in range(0, n, 65536):
+        sims = Z[s : s + 65536] @ Z[sample].T
+        a, b = np.nonzero(sims >= 0.90)
+        pairs |= {(min(x, y), max(x, y)) for x, y in zip((a + s).tolist(), sample[b].tolist()) if x != y}
+    got = set(zip(graph.i.tolist(), graph.j.tolist()))
+    print(
+        json.dumps(
+            {
+                "n": n,
+                "plan": graph.plan.describe(),
+                "graph_seconds": graph_seconds,
+                "graph_peak_mb": graph_peak,
+                "input_mb": Z.nbytes / 2**20,
+                "before_mb": before,
+                "group_seconds": group_seconds,
+                "groups": int(len(np.unique(root))),
+                "pairs": len(graph.i),
+                "saturated": graph.saturated,
+                "index_seconds": build_seconds,
+                "p50_ms": 1000 * float(np.median(latency)),
+                "p95_ms": 1000 * float(np.percentile(latency, 95)),
+                "recall10": recall10,
+                "pair_recall": len(pairs & got) / max(len(pairs), 1),
+                "sampled_pairs": len(pairs),
+                "peak_mb": rss(),
+            }
+        )
+    )
+
+
+def main_index(args: argparse.Namespace) -> None:
+    results = []
+    for n in [int(s) for s in args.sizes.split(",")]:
+        out = subprocess.run(
+            [sys.executable, __file__, "--cache", args.cache, "--noise", str(args.noise), "--index-child", str(n)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        results.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"  ran n={n:,}: {results[-1]['graph_seconds']:.1f} s", file=sys.stderr)
+    print(f"similarity index, 1,280-d, threshold 0.90, {os.cpu_count()} cores, load average {os.getloadavg()}\n")
+    print(
+        f"{'rows':>9} {'graph s':>8} {'graph peak MB':>13} {'rows MB':>8} {'group s':>8} {'pairs':>7} {'saturated':>9} "
+        f"{'index s':>8} {'p50 ms':>7} {'p95 ms':>7} {'recall@10':>9} {'pair recall':>11}"
+    )
+    for r in results:
+        print(
+            f"{r['n']:>9,} {r['graph_seconds']:>8.1f} {r['graph_peak_mb']:>13.0f} {r['input_mb']:>8.0f} "
+            f"{r['group_seconds']:>8.1f} {r['pairs']:>7} {r['saturated']:>9} {r['index_seconds']:>8.1f} "
+            f"{r['p50_ms']:>7.2f} {r['p95_ms']:>7.2f} {r['recall10']:>9.3f} {r['pair_recall']:>11.3f}"
+        )
+        print(f"          {r['plan']}; {r['sampled_pairs']} exact pairs of the sampled rows")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", required=True, help="a cache of real embeddings (e.g. the flowers)")
@@ -74,8 +205,16 @@ def main() -> None:
         help="also time the audit's full pass (pairs + 10 nearest neighbours) at the smallest size",
     )
     parser.add_argument("--noise", type=float, default=1.5, help="log-normal noise of the repeated rows")
+    parser.add_argument("--index", action="store_true", help="measure the similarity index instead (see above)")
     parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--index-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.index_child:
+        child_index(args.cache, args.index_child, args.noise)
+        return
+    if args.index:
+        main_index(args)
+        return
     if args.child:
         child(args.cache, *args.child, args.noise)
         return

@@ -21,6 +21,8 @@ from embedder.backbone import (
     uint8_function,
 )
 from embedder.cache import Cache, CachedBackbone, Failure, info, open_cache
+from embedder.cache.similarity import EXACT_ROWS, SIMILARITY, Graph, SimilarityIndex, index_dir, neighbours, normalise
+from embedder.cache.similarity.query import Match
 from embedder.errors import (
     CacheError,
     CacheLockedError,
@@ -40,6 +42,8 @@ from embedder.runtimes import Encoder, keras_to_onnx, load_encoder, onnx_backbon
 __all__ = [
     # building blocks for the layers above
     "DEFAULT_MAX_PIXELS",
+    "EXACT_ROWS",
+    "SIMILARITY",
     # images -> embeddings
     "Backbone",
     # the cache
@@ -54,12 +58,15 @@ __all__ = [
     "Engine",
     "ExtractSummary",
     "Failure",
+    "Graph",
     "ImageError",
     "ImageTooLargeError",
     "InputRangeError",
+    "Match",
     "Pooling",
     "Resize",
     "RuntimeUnavailableError",
+    "SimilarityIndex",
     "Size",
     "SourceError",
     "Verbose",
@@ -75,6 +82,7 @@ __all__ = [
     "extract",
     "extract_ray",
     "fail",
+    "index_dir",
     "info",
     "keras_to_onnx",
     "library_versions",
@@ -82,6 +90,8 @@ __all__ = [
     "load_class_names",
     "load_encoder",
     "load_files",
+    "neighbours",
+    "normalise",
     "onnx_backbone",
     "open_cache",
     "parity_images",

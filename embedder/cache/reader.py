@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -13,6 +13,10 @@ from embedder.cache.batch import Failure
 from embedder.cache.layout import GROUP, attr_value, check_cache_file, read_failures
 from embedder.cache.segments import COLUMNS, segments_folder
 from embedder.errors import CacheError
+
+if TYPE_CHECKING:
+    from embedder.cache.similarity import SimilarityIndex
+    from embedder.cache.similarity.query import Match
 
 
 class CachedBackbone:
@@ -78,6 +82,59 @@ class CachedBackbone:
     @property
     def failures(self) -> list[Failure]:
         return read_failures(self._group)
+
+    def index(self, *, refresh: bool = True) -> SimilarityIndex:
+        """This backbone's similarity index (faiss), built or refreshed as needed and saved with the cache.
+
+        With `refresh=False` a missing or stale index raises CacheError instead of being (re)built.
+        """
+        from embedder.cache.similarity import open_index
+
+        return open_index(self._path, self._group, refresh=refresh)
+
+    def search(self, X: np.ndarray, k: int = 10) -> list[list[Match]]:
+        """The k cached photos most similar to each embedding of `X` (raw embeddings of this backbone), best first."""
+        from embedder.cache.similarity import normalise
+        from embedder.cache.similarity.query import matches
+
+        X = np.atleast_2d(np.asarray(X, np.float32))
+        if X.shape[1] != self.dim:
+            raise ValueError(f"backbone {self.key} has {self.dim}-d embeddings; the queries are {X.shape[1]}-d")
+        return matches(self._group, *self.index().search(normalise(X), k))
+
+    def similar(self, paths: list[str], k: int = 10) -> list[list[Match]]:
+        """The k cached photos most similar to each cached photo of `paths` (itself left out), best first.
+
+        Raises KeyError naming the paths that are not in the cache.
+        """
+        from embedder.cache.similarity import normalise
+        from embedder.cache.similarity.query import cached_rows, matches
+
+        found = cached_rows(self._group, list(paths))
+        missing = [p for p in paths if p not in found]
+        if missing:
+            raise KeyError(f"backbone {self.key} of cache '{self._path}' has no row for {', '.join(missing[:5])}")
+        rows = [found[p] for p in paths]
+        order = sorted(set(rows))
+        X = dict(zip(order, self.embeddings[order])) if order else {}
+        Z = normalise(np.stack([X[r] for r in rows])) if rows else np.zeros((0, self.dim), np.float32)
+        similarity, near = self.index().search(Z, k + 1)
+        results = []
+        for row, sims, hits in zip(rows, similarity, near):
+            keep = hits != row
+            results.append((sims[keep][:k], hits[keep][:k]))
+        if not results:
+            return []
+        return matches(self._group, np.stack([s for s, _ in results]), np.stack([h for _, h in results]))
+
+    def search_files(self, files: list[str | os.PathLike], k: int = 10, *, runtime: str = "auto") -> list[list[Match]]:
+        """The k cached photos most similar to each image file, embedded with this backbone (its preprocessing inside).
+
+        Raises ImageError naming a file that cannot be decoded.
+        """
+        from embedder.cache.similarity.query import embed_files
+
+        return self.search(embed_files(self.provenance, self.key, [Path(f) for f in files], runtime=runtime), k)
 
     def class_counts(self) -> dict[str, int]:
         """Rows per class name (unlabeled rows under "")."""

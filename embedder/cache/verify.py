@@ -60,7 +60,12 @@ def _verify_group(path: Path, group: h5py.Group) -> list[str]:
     problems = _verify_segments(path, group) if "runs" in group else []
     if problems:
         return problems
-    return _verify_rows(group)
+    problems = _verify_rows(group)
+    if problems:
+        return problems
+    from embedder.cache.similarity.verify import verify_index
+
+    return verify_index(path, group)
 
 
 def _verify_segments(path: Path, group: h5py.Group) -> list[str]:

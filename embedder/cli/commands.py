@@ -1,4 +1,7 @@
-"""`embedder` command line: extract, info, verify, predict. Each command parses options and calls the Python API."""
+"""`embedder` command line: extract, info, verify, index, similar, predict.
+
+Each command parses options and calls the Python API.
+"""
 
 from __future__ import annotations
 
@@ -191,8 +194,65 @@ def verify(cache: Annotated[Path, typer.Argument(help="HDF5 cache file.")]) -> N
     with open_cache(cache) as opened:
         rows = sum(len(opened[key]) for key in opened.keys)
         typer.echo(
-            f"{cache}: sound ({rows} rows in {len(opened.keys)} backbone(s); checksums, values and lookup tables checked)"
+            f"{cache}: sound ({rows} rows in {len(opened.keys)} backbone(s); checksums, values, lookup tables "
+            "and similarity indexes checked)"
         )
+
+
+Backbone_ = Annotated[str | None, typer.Option("--backbone", help="Backbone key (default: the cache's only backbone).")]
+
+
+@app.command()
+def index(cache: Annotated[Path, typer.Argument(help="HDF5 cache file.")], backbone: Backbone_ = None) -> None:
+    """Build the similarity index of a cache's backbone, or refresh it to the cache's rows; print what it holds."""
+    try:
+        with open_cache(cache) as opened:
+            described = opened.backbone(backbone).index().describe()
+    except (EmbedderError, KeyError) as exc:
+        fail(exc)
+    typer.echo(
+        f"{cache}: backbone {described['backbone']}: {described['indexed']} of {described['rows']} rows indexed, "
+        f"{described['method']} ({described['folder']})"
+    )
+
+
+@app.command()
+def similar(
+    cache: Annotated[Path, typer.Argument(help="HDF5 cache file.")],
+    queries: Annotated[
+        list[str], typer.Argument(help="Image files, or paths already in the cache (as `embedder info` lists them).")
+    ],
+    k: Annotated[int, typer.Option("--k", min=1, help="Photos per query.")] = 10,
+    format: Annotated[Format, typer.Option("--format", help="'text', or 'json' (one object per query).")] = Format.text,
+    backbone: Backbone_ = None,
+    runtime: Annotated[str, typer.Option(help="Runtime embedding query images ('auto', 'onnx', ...).")] = "auto",
+) -> None:
+    """The cached photos most similar to each query, with similarity and label (the query image itself left out)."""
+    from embedder.cache.similarity.query import cached_rows
+
+    try:
+        with open_cache(cache) as opened:
+            rows = opened.backbone(backbone)
+            cached = cached_rows(rows._group, queries)
+            files = [q for q in queries if q not in cached]
+            missing = [q for q in files if not Path(q).is_file()]
+            if missing:
+                raise ValueError(
+                    f"'{missing[0]}' is neither an image file nor a path in backbone {rows.key} of '{cache}' "
+                    "(cached paths are relative to the extracted folder, as `embedder info` shows)"
+                )
+            found = dict(zip([q for q in queries if q in cached], rows.similar([q for q in queries if q in cached], k)))
+            found |= dict(zip(files, rows.search_files(files, k, runtime=runtime) if files else []))
+    except (EmbedderError, ValueError, KeyError) as exc:
+        fail(exc)
+    for query in queries:
+        kind = "cached" if query in cached else "image"
+        if format is Format.json:
+            typer.echo(json.dumps({"query": query, "kind": kind, "matches": [m.as_dict() for m in found[query]]}))
+            continue
+        typer.echo(f"{query} ({'cached photo' if kind == 'cached' else 'image file'}):")
+        for rank, match in enumerate(found[query], 1):
+            typer.echo(f"  {rank:>3}. {match.similarity:.4f}  {match.label or '-':<12} {match.path}")
 
 
 @app.command()
