@@ -20,7 +20,7 @@ from embedder.backbone import (
     top_classes,
     uint8_function,
 )
-from embedder.cache import Cache, CachedBackbone, Failure, info, open_cache
+from embedder.cache import Cache, CachedBackbone, Failure, LabelUpdate, info, open_cache, set_labels
 from embedder.errors import (
     CacheError,
     CacheLockedError,
@@ -57,6 +57,7 @@ __all__ = [
     "ImageError",
     "ImageTooLargeError",
     "InputRangeError",
+    "LabelUpdate",
     "Pooling",
     "Resize",
     "RuntimeUnavailableError",
@@ -86,6 +87,7 @@ __all__ = [
     "open_cache",
     "parity_images",
     "predict_imagenet",
+    "set_labels",
     "setup_logging",
     "top_classes",
     "uint8_function",
