@@ -20,7 +20,7 @@ from embedder.backbone import (
     top_classes,
     uint8_function,
 )
-from embedder.cache import Cache, CachedBackbone, Failure, info, open_cache
+from embedder.cache import Cache, CachedBackbone, Failure, LabelUpdate, info, open_cache, set_labels
 from embedder.cache.similarity import EXACT_ROWS, SIMILARITY, Graph, SimilarityIndex, index_dir, neighbours, normalise
 from embedder.cache.similarity.query import Match
 from embedder.errors import (
@@ -62,6 +62,7 @@ __all__ = [
     "ImageError",
     "ImageTooLargeError",
     "InputRangeError",
+    "LabelUpdate",
     "Match",
     "Pooling",
     "Resize",
@@ -96,6 +97,7 @@ __all__ = [
     "open_cache",
     "parity_images",
     "predict_imagenet",
+    "set_labels",
     "setup_logging",
     "top_classes",
     "uint8_function",

@@ -1,6 +1,7 @@
 """The HDF5 embeddings cache: its layout, a lazy reader, and the crash-safe single writer."""
 
 from embedder.cache.batch import NUMERIC, Batch, Failure, Row, limits_text
+from embedder.cache.labels import LabelUpdate, set_labels
 from embedder.cache.layout import SCHEMA_VERSION, STR
 from embedder.cache.reader import Cache, CachedBackbone, info, open_cache
 from embedder.cache.verify import verify
@@ -16,9 +17,11 @@ __all__ = [
     "CacheWriter",
     "CachedBackbone",
     "Failure",
+    "LabelUpdate",
     "Row",
     "info",
     "limits_text",
     "open_cache",
+    "set_labels",
     "verify",
 ]
