@@ -83,8 +83,8 @@ def make_rows(cache: str, n: int, noise: float):
     with open_cache(cache) as opened:
         base = opened.backbone().load()
     rng = np.random.default_rng(0)
-    copies = [(r, 1) for r in range(950)] + [(950 + r, 25) for r in range(50)]
-    planted = sum(c for _, c in copies)
+    copies = [1] * 950 + [25] * 50  # how many near-copies each planted original gets
+    planted = sum(copies)
     Z = np.empty((n, base.shape[1]), np.float32)
     for start in range(0, n - planted, 10_000):
         stop = min(n - planted, start + 10_000)
@@ -92,7 +92,7 @@ def make_rows(cache: str, n: int, noise: float):
         Z[start:stop] = normalise(base[rows] * np.exp(rng.normal(0, noise, (len(rows), base.shape[1]))))
     originals = rng.permutation(n - planted)[: len(copies)]
     at = n - planted
-    for (slot, count), original in zip(copies, originals):
+    for count, original in zip(copies, originals):
         source = np.square(Z[original])  # back to the raw (non-negative) components, up to scale
         Z[at : at + count] = normalise(source * np.exp(rng.normal(0, 0.03, (count, base.shape[1]))))
         at += count
@@ -155,7 +155,7 @@ def child_index(cache: str, n: int, noise: float) -> None:
                 "input_mb": Z.nbytes / 2**20,
                 "before_mb": before,
                 "group_seconds": group_seconds,
-                "groups": int(len(np.unique(root))),
+                "groups": len(np.unique(root)),
                 "pairs": len(graph.i),
                 "saturated": graph.saturated,
                 "index_seconds": build_seconds,
