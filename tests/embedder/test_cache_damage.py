@@ -27,10 +27,13 @@ def cache(tmp_path: Path) -> Path:
     return tmp_path / "cache.h5"
 
 
-def segment_of(cache: Path) -> Path:
+def segment_of(cache: Path, backbone: str = "") -> Path:
+    """The segment file of the first rows of the backbone whose key holds `backbone` (the only one by default)."""
     with h5py.File(cache) as handle:
-        [group] = handle["backbones"].values()
-        [(_, file, _, _)] = group["embeddings"].virtual_sources()
+        groups = [group for key, group in handle["backbones"].items() if backbone in key]
+        if not backbone:
+            [_] = groups
+        file = groups[0]["embeddings"].virtual_sources()[0][1]
     return cache.parent / file
 
 

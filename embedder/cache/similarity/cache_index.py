@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from embedder.atomic import atomic_path
+from embedder.cache.damage import reading
 from embedder.cache.lookup import RowLookup
 from embedder.cache.similarity.storage import key_dir
 from embedder.cache.similarity.vectors import SIMILARITY, normalise
@@ -152,7 +153,8 @@ def open_index(cache: Path, group: h5py.Group, *, refresh: bool = True) -> Simil
     backbone key, or of other dimensions, is refused naming both.
     """
     key = group.name.rsplit("/", 1)[-1]
-    keys = row_keys(group)
+    with reading(cache, f"reading the lookup tables of backbone {key} failed"):
+        keys = row_keys(group)
     current = fingerprint(keys)
     folder = key_dir(cache, key)
     with _locked(folder):
