@@ -176,8 +176,15 @@ def check_tables(path: str | os.PathLike) -> None:
     path = Path(path)
     with reading(path, "its lookup tables cannot be read"), h5py.File(path, "r") as handle:
         for group in handle.get(GROUP, {}).values():
-            if "index" in group:
-                RowLookup.read(group)
+            check_group_tables(path, group)
+
+
+def check_group_tables(path: Path, group: h5py.Group) -> None:
+    """Read backbone group `group`'s lookup tables (if it has them); raise CacheError naming cache `path` if they fail."""
+    if "index" in group:
+        key = group.name.rsplit("/", 1)[-1]
+        with reading(path, f"the lookup tables of backbone {key} cannot be read"):
+            RowLookup.read(group)
 
 
 def ranges(starts: list[tuple[int, int]]) -> str:

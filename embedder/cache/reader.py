@@ -179,6 +179,9 @@ class Cache:
                 f"{f' (and {len(gone) - 1} more)' if len(gone) > 1 else ''}; "
                 "a cache must be moved together with its .segments folder",
             )
+        from embedder.cache.damage import check_group_tables  # (damage.py builds on this module)
+
+        check_group_tables(self.path, group)  # checksummed lookup tables: damage there is said on open too
         return CachedBackbone(group, self.path)
 
     def backbone(self, key: str | None = None) -> CachedBackbone:

@@ -65,8 +65,8 @@ def _verify_group(path: Path, group: h5py.Group) -> list[str]:
     problems = structure_problems(path, group)
     problems += _verify_tables(group)
     segmented = "runs" in group
-    segment_problems = _verify_segments(path, group) if segmented else []
-    problems += segment_problems
+    problems += _verify_segments(path, group) if segmented else []
+    segment_problems = [problem for problem in problems if problem.startswith("segment ")]
     if any(name not in group for name in COLUMNS) or len({group[name].shape[0] for name in COLUMNS}) > 1:
         return problems  # the rows cannot be read as rows
     row_problems, unreadable = _verify_rows(path, group)

@@ -32,6 +32,7 @@ import numpy as np
 from embedder.atomic import atomic_path
 from embedder.cache.damage import reading
 from embedder.cache.lookup import RowLookup
+from embedder.cache.reader import damaged
 from embedder.cache.similarity.storage import key_dir
 from embedder.cache.similarity.vectors import SIMILARITY, normalise
 from embedder.cache.similarity.vectors_index import Plan, VectorIndex, outgrown, plan_for
@@ -86,9 +87,8 @@ def row_blocks(embeddings: h5py.Dataset, rows: np.ndarray | None = None) -> Iter
         try:
             X = embeddings[start:stop]
         except OSError as exc:
-            raise CacheError(
-                f"reading rows {start}-{stop - 1} of '{embeddings.file.filename}' failed ({exc}); "
-                "run `embedder verify` on it."
+            raise damaged(
+                Path(embeddings.file.filename), f"reading its rows {start}-{stop - 1} failed ({exc})"
             ) from None
         finite = np.isfinite(X).all(axis=1)
         yield np.arange(start, stop)[finite], normalise(X[finite])
