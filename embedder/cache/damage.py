@@ -24,13 +24,20 @@ import numpy as np
 
 from embedder.cache.layout import GROUP
 from embedder.cache.lookup import DIGEST, RowLookup, path_hashes
-from embedder.cache.reader import damaged
 from embedder.cache.segments import COLUMNS, read_runs
 from embedder.errors import CacheError
 
 RESTORE = "restore the cache from a backup, or extract again into a new file"
 LOOKUP = ("path_hash", "path_row", "sha", "sha_row")
 SHOWN = 3  # row ranges named in one line
+
+
+def damaged(path: Path, what: str) -> CacheError:
+    """The one error of a damaged cache: what is wrong, and how to find out more and recover."""
+    return CacheError(
+        f"cache '{path}' is damaged: {what}. Run `embedder verify {path}` for every problem; restore "
+        "the file from a backup, or extract again into a new file (the images are re-embedded)."
+    )
 
 
 def segment_path(cache: Path, file: str) -> Path:

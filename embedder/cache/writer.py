@@ -28,11 +28,10 @@ import numpy as np
 
 from embedder.atomic import atomic_path, write_bytes_atomic
 from embedder.cache.batch import NUMERIC, Batch, Failure, Row
-from embedder.cache.damage import check_before_write, from_h5py, reading
+from embedder.cache.damage import check_before_write, damaged, from_h5py, reading
 from embedder.cache.layout import FORMAT, GROUP, SCHEMA_VERSION, check_cache_file
 from embedder.cache.lookup import DIGEST, KnownHashes
 from embedder.cache.merge import carry_group, find_rows, merge_group, read_rows, read_state
-from embedder.cache.reader import damaged
 from embedder.cache.segments import read_runs, referenced_files, segments_folder
 from embedder.errors import CacheError, CacheLockedError
 from embedder.provenance import utc_now

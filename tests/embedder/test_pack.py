@@ -188,3 +188,28 @@ def test_a_packed_file_is_swept(cache: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "report.json").is_file()
+
+
+@pytest.mark.slow
+def test_embedder_extract_grows_a_packed_file(tmp_path: Path) -> None:
+    from conftest import make_dataset
+
+    photos = tmp_path / "photos"
+    make_dataset(photos, per_class=2)
+    tiny = ["--size", "96", "--weights", "none", "--no-progress"]
+    cache = tmp_path / "cache.h5"
+    assert runner.invoke(app, ["extract", str(photos), "--out", str(cache), *tiny]).exit_code == 0
+    packed = tmp_path / "moved" / "packed.h5"
+    packed.parent.mkdir()
+    assert runner.invoke(app, ["pack", str(cache), "--out", str(packed)]).exit_code == 0
+    with open_cache(packed) as opened:
+        before = opened.backbone().load()
+    make_dataset(photos, per_class=2, start=2)  # two more photos per class
+    result = runner.invoke(app, ["extract", str(photos), "--out", str(packed), *tiny])
+    assert result.exit_code == 0, result.output
+    assert "6 embedded" in result.output and "6 cached" in result.output
+    with open_cache(packed) as opened:
+        grown = opened.backbone().load()
+    assert len(grown) == 12
+    np.testing.assert_array_equal(grown[:6], before)
+    assert verify(packed) == []

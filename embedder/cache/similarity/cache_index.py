@@ -30,9 +30,8 @@ import h5py
 import numpy as np
 
 from embedder.atomic import atomic_path
-from embedder.cache.damage import reading
+from embedder.cache.damage import damaged, reading
 from embedder.cache.lookup import RowLookup
-from embedder.cache.reader import damaged
 from embedder.cache.similarity.storage import key_dir
 from embedder.cache.similarity.vectors import SIMILARITY, normalise
 from embedder.cache.similarity.vectors_index import Plan, VectorIndex, outgrown, plan_for
