@@ -20,7 +20,17 @@ from embedder.backbone import (
     top_classes,
     uint8_function,
 )
-from embedder.cache import Cache, CachedBackbone, Failure, LabelUpdate, info, open_cache, set_labels
+from embedder.cache import (
+    Cache,
+    CachedBackbone,
+    Failure,
+    LabelUpdate,
+    PackSummary,
+    info,
+    open_cache,
+    pack,
+    set_labels,
+)
 from embedder.cache.similarity import EXACT_ROWS, SIMILARITY, Graph, SimilarityIndex, index_dir, neighbours, normalise
 from embedder.cache.similarity.query import Match
 from embedder.errors import (
@@ -64,6 +74,7 @@ __all__ = [
     "InputRangeError",
     "LabelUpdate",
     "Match",
+    "PackSummary",
     "Pooling",
     "Resize",
     "RuntimeUnavailableError",
@@ -95,6 +106,7 @@ __all__ = [
     "normalise",
     "onnx_backbone",
     "open_cache",
+    "pack",
     "parity_images",
     "predict_imagenet",
     "set_labels",

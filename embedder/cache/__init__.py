@@ -3,6 +3,7 @@
 from embedder.cache.batch import NUMERIC, Batch, Failure, Row, limits_text
 from embedder.cache.labels import LabelUpdate, set_labels
 from embedder.cache.layout import SCHEMA_VERSION, STR
+from embedder.cache.pack import PackSummary, pack
 from embedder.cache.reader import Cache, CachedBackbone, info, open_cache
 from embedder.cache.verify import verify
 from embedder.cache.writer import CacheIndex, CacheWriter
@@ -18,10 +19,12 @@ __all__ = [
     "CachedBackbone",
     "Failure",
     "LabelUpdate",
+    "PackSummary",
     "Row",
     "info",
     "limits_text",
     "open_cache",
+    "pack",
     "set_labels",
     "verify",
 ]

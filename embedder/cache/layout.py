@@ -21,6 +21,9 @@ The six row datasets are HDF5 virtual datasets over segment files in `CACHE.segm
 (each with the same six datasets, fletcher32-checksummed); h5py reads them like any dataset as long
 as the `.segments` folder sits next to the cache file. Files written before segments hold the row
 datasets directly; they are read as they are and moved into a segment on their first write.
+
+A file written by `embedder pack` (pack.py) holds them directly too, fletcher32-checksummed, with no
+`runs/`; its root attrs add `packed_from`. It grows like a file of the layout before segments.
 """
 
 from __future__ import annotations

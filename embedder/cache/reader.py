@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 
 from embedder.cache.batch import Failure
+from embedder.cache.damage import check_group_tables, damaged
 from embedder.cache.layout import GROUP, attr_value, check_cache_file, read_failures
 from embedder.cache.segments import COLUMNS, segments_folder
 from embedder.errors import CacheError
@@ -179,6 +180,7 @@ class Cache:
                 f"{f' (and {len(gone) - 1} more)' if len(gone) > 1 else ''}; "
                 "a cache must be moved together with its .segments folder",
             )
+        check_group_tables(self.path, group)  # checksummed lookup tables: damage there is said on open too
         return CachedBackbone(group, self.path)
 
     def backbone(self, key: str | None = None) -> CachedBackbone:
@@ -216,14 +218,6 @@ def open_cache(path: str | os.PathLike) -> Cache:
         return Cache(h5py.File(path, "r"), path)
     except OSError as exc:
         raise damaged(path, f"it cannot be opened ({exc})") from None
-
-
-def damaged(path: Path, what: str) -> CacheError:
-    """The one error of a damaged cache: what is wrong, and how to find out more and recover."""
-    return CacheError(
-        f"cache '{path}' is damaged: {what}. Run `embedder verify {path}` for every problem; restore "
-        "the file from a backup, or extract again into a new file (the images are re-embedded)."
-    )
 
 
 def info(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,27 +1,30 @@
 """`embedder verify`: every check a cache can fail, each problem one line with what to do.
 
-Opens the file, checks that every backbone's datasets are there and row-aligned, reads every segment
-in full (fletcher32 checksums are verified on read), and checks the rows themselves: finite
-embeddings, unique paths, well-formed hashes, labels in range, lookup tables that match the rows.
+Opens the file, checks that every backbone's datasets are there and row-aligned (see damage.py),
+reads every segment and the small file's tables block by block (fletcher32 checksums are verified
+on read; an unreadable block is reported and the reading goes on), and checks the rows themselves:
+finite embeddings, unique paths, well-formed hashes, labels in range, lookup tables that match the
+rows. Every problem is listed, not only the first.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from embedder.cache.damage import RESTORE, RowChecker, bad_segments, ranges, segment_path, structure_problems
 from embedder.cache.layout import GROUP, check_cache_file
 from embedder.cache.lookup import RowLookup
-from embedder.cache.segments import COLUMNS, read_runs
+from embedder.cache.segments import COLUMNS, expand, read_runs
 from embedder.errors import CacheError
 
 READ_ROWS = 8192
-HEX64 = re.compile(r"[0-9a-f]{64}")
-RESTORE = "restore the cache from a backup, or extract again into a new file"
+SMALL_TABLES = ("index/path_hash", "index/path_row", "index/sha", "index/sha_row", "runs/file", "runs/start")
+SMALL_TABLES += ("runs/length", "runs/rows", "failures/path", "failures/sha256", "failures/reason")
+SMALL_TABLES += ("failures/file_size", "failures/mtime_ns", "failures/limits")
 
 
 def verify(path: str | os.PathLike) -> list[str]:
@@ -34,9 +37,17 @@ def verify(path: str | os.PathLike) -> list[str]:
     except CacheError as exc:
         return [str(exc)]
     problems: list[str] = []
-    with h5py.File(path, "r") as handle:
-        for key, group in handle.get(GROUP, {}).items():
-            problems += [f"{path}: backbone {key}: {problem}" for problem in _verify_group(path, group)]
+    try:
+        with h5py.File(path, "r") as handle:
+            groups = handle.get(GROUP, {})
+            for key in list(groups):
+                try:
+                    found = _verify_group(path, groups[key])
+                except (OSError, KeyError, ValueError) as exc:  # what no check foresaw: still one line
+                    found = [f"cannot be read ({type(exc).__name__}: {exc}); {RESTORE}."]
+                problems += [f"{path}: backbone {key}: {problem}" for problem in found]
+    except (OSError, KeyError) as exc:
+        problems.append(f"{path}: the file's list of backbones cannot be read ({exc}); {RESTORE}.")
     return problems
 
 
@@ -51,16 +62,17 @@ def pending(path: str | os.PathLike) -> str | None:
 
 
 def _verify_group(path: Path, group: h5py.Group) -> list[str]:
-    missing = [name for name in (*COLUMNS, "failures") if name not in group]
-    if missing:
-        return [f"dataset {', '.join(missing)} missing (damaged, or written by another tool); {RESTORE}."]
-    lengths = {name: group[name].shape[0] for name in COLUMNS}
-    if len(set(lengths.values())) > 1:
-        return [f"datasets are not row-aligned ({', '.join(f'{n} {r}' for n, r in lengths.items())}); {RESTORE}."]
-    problems = _verify_segments(path, group) if "runs" in group else []
-    if problems:
-        return problems
-    problems = _verify_rows(group)
+    problems = structure_problems(path, group)
+    problems += _verify_tables(group)
+    segmented = "runs" in group
+    problems += _verify_segments(path, group) if segmented else []
+    segment_problems = [problem for problem in problems if problem.startswith("segment ")]
+    if any(name not in group for name in COLUMNS) or len({group[name].shape[0] for name in COLUMNS}) > 1:
+        return problems  # the rows cannot be read as rows
+    row_problems, unreadable = _verify_rows(path, group)
+    if unreadable and not (segmented and segment_problems):  # a segment's damage is named above, with its file
+        problems += unreadable
+    problems += row_problems
     if problems:
         return problems
     from embedder.cache.similarity.verify import verify_index
@@ -68,78 +80,87 @@ def _verify_group(path: Path, group: h5py.Group) -> list[str]:
     return verify_index(path, group)
 
 
-def _verify_segments(path: Path, group: h5py.Group) -> list[str]:
-    """Every segment file exists, has the rows its runs read, and reads back with valid checksums."""
-    problems: list[str] = []
-    runs = read_runs(group)
-    sizes: dict[str, int] = {}
-    for run in runs:
-        sizes[run.file] = max(sizes.get(run.file, 0), run.rows)
-    for file, rows in sizes.items():
-        segment = path.parent / file
-        if not segment.is_file():
-            problems.append(
-                f"segment {segment} is missing; move the cache together with its .segments folder, or {RESTORE}."
-            )
+def _verify_tables(group: h5py.Group) -> list[str]:
+    """The small file's own tables (lookup tables, runs, failures) read back: checksums, readable strings."""
+    problems = []
+    for name in SMALL_TABLES:
+        if name not in group:
             continue
         try:
-            with h5py.File(segment, "r") as handle:
-                for name in COLUMNS:
-                    if name not in handle or handle[name].shape[0] != rows:
-                        problems.append(f"segment {segment}: dataset {name} missing or not {rows} rows; {RESTORE}.")
-                        continue
-                    for start in range(0, rows, READ_ROWS):
-                        try:
-                            handle[name][start : start + READ_ROWS]
-                        except OSError:
-                            problems.append(
-                                f"segment {segment}: {name} rows {start}-{min(rows, start + READ_ROWS) - 1} "
-                                f"fail their checksum (the bytes on disk changed); {RESTORE}."
-                            )
-                            break
-        except OSError as exc:
-            problems.append(f"segment {segment} cannot be opened ({exc}); {RESTORE}.")
+            dataset = group[name]
+            for start in range(0, dataset.shape[0], READ_ROWS * 8):
+                block = dataset[start : start + READ_ROWS * 8]
+                if dataset.dtype == object:  # variable-length utf-8: the bytes must decode
+                    [value.decode() if isinstance(value, bytes) else value for value in block]
+        except (OSError, KeyError, UnicodeDecodeError) as exc:
+            problems.append(f"table {name} of the cache file cannot be read ({exc}); {RESTORE}.")
     return problems
 
 
-def _verify_rows(group: h5py.Group) -> list[str]:
-    """The rows' values: finite embeddings, unique paths, hashes, labels, lookup tables."""
+def _verify_segments(path: Path, group: h5py.Group) -> list[str]:
+    """Every readable segment file read in full, block by block: each dataset's unreadable rows, in one line."""
     problems: list[str] = []
-    rows = group["path"].shape[0]
     try:
-        bad = 0
-        for start in range(0, rows, READ_ROWS):
-            bad += int((~np.isfinite(group["embeddings"][start : start + READ_ROWS]).all(axis=1)).sum())
-        paths, shas, labels = group["path"].asstr()[...], group["sha256"].asstr()[...], group["label"][...]
-    except OSError as exc:
-        return [f"rows cannot be read ({exc}); {RESTORE}."]
-    if bad:
-        problems.append(f"{bad} embedding row(s) hold NaN or infinite values; {RESTORE}.")
-    unique, counts = np.unique(paths, return_counts=True)
-    if (counts > 1).any():
-        problems.append(
-            f"{int((counts > 1).sum())} path(s) appear more than once (first: {unique[counts > 1][0]}); {RESTORE}."
-        )
-    malformed = [sha for sha in shas.tolist() if not HEX64.fullmatch(sha)]
-    if malformed:
-        problems.append(
-            f"{len(malformed)} content hash(es) are not 64 hex digits (first: {malformed[0]!r}); {RESTORE}."
-        )
-    classes = len(group.attrs.get("class_names", []))
-    if len(labels) and (labels.min() < -1 or labels.max() >= classes):
-        problems.append(f"labels outside -1..{classes - 1} (the class names); {RESTORE}.")
-    if "index" in group and not malformed:
-        stored, expected = RowLookup.read(group), RowLookup.build(paths, shas, np.arange(rows, dtype=np.int64))
-        if _pairs(stored) != _pairs(expected):
-            problems.append(
-                f"the lookup tables do not match the rows (a rerun could skip or duplicate images); {RESTORE}."
-            )
+        runs = read_runs(group)
+    except (OSError, KeyError, ValueError):
+        return []  # reported by the structural checks
+    for file in dict.fromkeys(run.file for run in runs):
+        segment = segment_path(path, file)
+        try:
+            handle = h5py.File(segment, "r")
+        except OSError:
+            continue  # missing or not openable: reported by the structural checks
+        with handle:
+            for name in COLUMNS:
+                if name not in handle:
+                    continue
+                dataset, failed = handle[name], []
+                for start in range(0, dataset.shape[0], READ_ROWS):
+                    stop = min(dataset.shape[0], start + READ_ROWS)
+                    try:
+                        dataset[start:stop]
+                    except OSError:
+                        failed.append((start, stop - 1))
+                if failed:
+                    problems.append(
+                        f"segment {segment}: {name} {ranges(failed)} fail their checksum (the bytes on disk "
+                        f"changed); {RESTORE}."
+                    )
     return problems
 
 
-def _pairs(lookup: RowLookup) -> tuple[set, set]:
-    """A lookup's (key, row) entries, whatever the order of equal keys."""
-    return (
-        set(zip(lookup.path_hash.tolist(), lookup.path_row.tolist())),
-        set(zip(lookup.sha.tolist(), lookup.sha_row.tolist())),
-    )
+def _verify_rows(path: Path, group: h5py.Group) -> tuple[list[str], list[str]]:
+    """The rows' values, block by block; and the blocks of the group's datasets that could not be read."""
+    rows = group["path"].shape[0]
+    keep = np.ones(rows, bool)
+    if "runs" in group:
+        try:
+            bad = bad_segments(path, group)
+            files, file_of, _ = expand(read_runs(group))
+            keep = ~np.isin(file_of, [i for i, run in enumerate(files) if run.file in bad])
+        except (OSError, KeyError, ValueError):
+            pass
+    checker = RowChecker(len(group.attrs.get("class_names", [])))
+    failed: dict[str, list[tuple[int, int]]] = {}
+    for start in range(0, rows, READ_ROWS):
+        stop = min(rows, start + READ_ROWS)
+        block = {}
+        for name in COLUMNS:  # every column: a packed file's own checksums are verified here
+            try:
+                dataset = group[name].asstr() if name == "path" else group[name]
+                block[name] = dataset[start:stop]
+            except (OSError, UnicodeDecodeError):
+                failed.setdefault(name, []).append((start, stop - 1))
+        if len(block) == len(COLUMNS):
+            checker.add(start, block["embeddings"], block["path"], block["sha256"], block["label"], keep[start:stop])
+        else:
+            checker.skipped += stop - start
+    unreadable = [
+        f"{name} {ranges(spans)} cannot be read (checksum or storage failure); {RESTORE}."
+        for name, spans in failed.items()
+    ]
+    try:
+        stored = RowLookup.read(group) if "index" in group else None
+    except (OSError, KeyError):
+        stored = None  # reported with the tables
+    return checker.problems(group["path"], stored), unreadable

@@ -28,6 +28,7 @@ import numpy as np
 
 from embedder.atomic import atomic_path, write_bytes_atomic
 from embedder.cache.batch import NUMERIC, Batch, Failure, Row
+from embedder.cache.damage import check_before_write, damaged, from_h5py, reading
 from embedder.cache.layout import FORMAT, GROUP, SCHEMA_VERSION, check_cache_file
 from embedder.cache.lookup import DIGEST, KnownHashes
 from embedder.cache.merge import carry_group, find_rows, merge_group, read_rows, read_state
@@ -68,6 +69,7 @@ class CacheWriter:
         try:
             for stale in self.path.parent.glob(self.path.name + ".tmp-*"):
                 stale.unlink()
+            check_before_write(self.path)  # a write never proceeds on a damaged cache
             self.commit()
             self._collect_segments()
         except BaseException:
@@ -124,7 +126,7 @@ class CacheWriter:
         """
         if not self.path.exists():
             return CacheIndex()
-        with h5py.File(self.path, "r") as handle:
+        with reading(self.path, "reading its lookup tables and rows failed"), h5py.File(self.path, "r") as handle:
             if key not in handle.get(GROUP, {}):
                 return CacheIndex()
             group = handle[GROUP][key]
@@ -184,7 +186,15 @@ class CacheWriter:
             self._check_space(keys)
             try:
                 self._merge(keys)
-            except OSError as exc:
+            except (OSError, KeyError) as exc:
+                if isinstance(exc, KeyError) and not from_h5py(exc):
+                    raise
+                if isinstance(exc, KeyError) or _read_failure(exc):
+                    raise damaged(
+                        self.path,
+                        f"reading its rows failed ({exc}); nothing was written, the finished batches stay in "
+                        f"'{self.journal}'",
+                    ) from None
                 raise CacheError(
                     f"could not write cache '{self.path}' ({_reason(exc, self.path)}); its previous content is intact and "
                     f"the finished batches stay in '{self.journal}': free space and rerun the same command to complete it."
@@ -244,7 +254,7 @@ class CacheWriter:
             return
         referenced: set[str] = set()
         if self.path.exists():
-            with h5py.File(self.path, "r") as handle:
+            with reading(self.path, "reading its list of segments failed"), h5py.File(self.path, "r") as handle:
                 for group in handle.get(GROUP, {}).values():
                     if "runs" in group:
                         referenced |= referenced_files(read_runs(group))
@@ -254,6 +264,12 @@ class CacheWriter:
         for empty in folder.iterdir():
             if empty.is_dir() and not any(empty.iterdir()):
                 empty.rmdir()
+
+
+def _read_failure(exc: OSError) -> bool:
+    """Whether HDF5 failed reading (a damaged cache or segment), not writing (full disk, permissions)."""
+    message = str(exc).lower()
+    return exc.errno is None and "read" in message and "write" not in message
 
 
 def _reason(exc: OSError, path: Path) -> str:

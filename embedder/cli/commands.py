@@ -1,6 +1,7 @@
-"""`embedder` command line: extract, info, verify, index, similar, predict.
+"""`embedder` command line: extract, info, verify, pack, index, similar, predict.
 
-Each command parses options and calls the Python API.
+Each command parses options and calls the Python API. A damaged cache is one line and a non-zero
+exit, whatever h5py raises reading it (`reading` names the file).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import typer
 from embedder.backbone import Backbone
 from embedder.cache import info as cache_info
 from embedder.cache import open_cache
+from embedder.cache import pack as pack_cache
 from embedder.cache import verify as verify_cache
+from embedder.cache.damage import check_tables, reading
 from embedder.cache.verify import pending as pending_batches
 from embedder.cli.options import Alpha, Engine, Pooling, Resize, Size, Verbose, Weights, fail, setup_logging
 from embedder.errors import EmbedderError
@@ -156,7 +159,9 @@ def info(
 ) -> None:
     """Describe a cache: backbones, rows per class, failures, provenance."""
     try:
-        described = cache_info(cache)
+        with reading(cache):
+            described = cache_info(cache)
+        check_tables(cache)  # the lookup tables info does not show: damage there is said too
     except EmbedderError as exc:
         fail(exc)
     if format is Format.json:
@@ -191,12 +196,32 @@ def verify(cache: Annotated[Path, typer.Argument(help="HDF5 cache file.")]) -> N
     note = pending_batches(cache)
     if note:
         typer.echo(note)
-    with open_cache(cache) as opened:
-        rows = sum(len(opened[key]) for key in opened.keys)
-        typer.echo(
-            f"{cache}: sound ({rows} rows in {len(opened.keys)} backbone(s); checksums, values, lookup tables "
-            "and similarity indexes checked)"
-        )
+    try:
+        with reading(cache), open_cache(cache) as opened:
+            rows, backbones = sum(len(opened[key]) for key in opened.keys), len(opened.keys)
+    except EmbedderError as exc:
+        fail(exc)
+    typer.echo(
+        f"{cache}: sound ({rows} rows in {backbones} backbone(s); checksums, values, lookup tables "
+        "and similarity indexes checked)"
+    )
+
+
+@app.command()
+def pack(
+    cache: Annotated[Path, typer.Argument(help="HDF5 cache file (with its segment files).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The self-contained HDF5 file to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+) -> None:
+    """Write CACHE (every backbone) as one self-contained HDF5 file: no virtual datasets, no segment files.
+
+    Rows are checked as they are copied; a damaged cache is refused and nothing is written.
+    """
+    try:
+        summary = pack_cache(cache, out, force=force)
+    except EmbedderError as exc:
+        fail(exc)
+    typer.echo(str(summary))
 
 
 Backbone_ = Annotated[str | None, typer.Option("--backbone", help="Backbone key (default: the cache's only backbone).")]
@@ -206,7 +231,7 @@ Backbone_ = Annotated[str | None, typer.Option("--backbone", help="Backbone key 
 def index(cache: Annotated[Path, typer.Argument(help="HDF5 cache file.")], backbone: Backbone_ = None) -> None:
     """Build the similarity index of a cache's backbone, or refresh it to the cache's rows; print what it holds."""
     try:
-        with open_cache(cache) as opened:
+        with reading(cache), open_cache(cache) as opened:
             described = opened.backbone(backbone).index().describe()
     except (EmbedderError, KeyError) as exc:
         fail(exc)
@@ -231,7 +256,7 @@ def similar(
     from embedder.cache.similarity.query import cached_rows
 
     try:
-        with open_cache(cache) as opened:
+        with reading(cache), open_cache(cache) as opened:
             rows = opened.backbone(backbone)
             cached = cached_rows(rows._group, queries)
             files = [q for q in queries if q not in cached]

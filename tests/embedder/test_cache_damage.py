@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -27,16 +28,20 @@ def cache(tmp_path: Path) -> Path:
     return tmp_path / "cache.h5"
 
 
-def segment_of(cache: Path) -> Path:
+def segment_of(cache: Path, backbone: str = "") -> Path:
+    """The segment file of the first rows of the backbone whose key holds `backbone` (the only one by default)."""
     with h5py.File(cache) as handle:
-        [group] = handle["backbones"].values()
-        [(_, file, _, _)] = group["embeddings"].virtual_sources()
+        groups = [group for key, group in handle["backbones"].items() if backbone in key]
+        if not backbone:
+            [_] = groups
+        file = groups[0]["embeddings"].virtual_sources()[0][1]
     return cache.parent / file
 
 
 def one_line_error(result, *fragments: str) -> None:
     """A CLI failure that is one sentence naming the problem: no traceback."""
     assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception  # not raised
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in result.output, result.output
@@ -185,3 +190,130 @@ def test_disk_full_during_a_merge_keeps_everything(small_disk: Path) -> None:
     with open_cache(cache) as opened:
         assert len(opened.backbone()) == 60 + 2000
     assert verify(cache) == []
+
+
+# ---- damage is a sentence: every command, on the real CLI
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMANDS = {  # each command, on cache {cache}; {photos} and {tmp} are filled in
+    "info": ["embedder.cli", "info", "{cache}"],
+    "verify": ["embedder.cli", "verify", "{cache}"],
+    "similar": ["embedder.cli", "similar", "{cache}", "red/red_000.jpg", "--k", "2"],
+    "index": ["embedder.cli", "index", "{cache}"],
+    "pack": ["embedder.cli", "pack", "{cache}", "--out", "{tmp}/packed.h5"],
+    "extract": ["embedder.cli", "extract", "{photos}", "--out", "{cache}", "--size", "96", "--weights", "none"],
+    "sweep": ["classical.cli", "sweep", "{cache}", "--out", "{tmp}/run", "--models", "lr", "--n-jobs", "1"],
+}
+
+
+def flip_small_file(cache: Path) -> Path:
+    """64 flipped bytes in the small file's lookup table of content hashes (a checksummed chunk)."""
+    with h5py.File(cache) as handle:
+        [group] = handle["backbones"].values()
+        at = group["index/sha"].id.get_chunk_info(0).byte_offset + 8
+    data = bytearray(cache.read_bytes())
+    data[at : at + 64] = bytes(b ^ 0xFF for b in data[at : at + 64])
+    cache.write_bytes(bytes(data))
+    return cache
+
+
+def truncate(path: Path) -> Path:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def delete_dataset(cache: Path, name: str = "embeddings") -> Path:
+    with h5py.File(cache, "a") as handle:
+        [group] = handle["backbones"].values()
+        del group[name]
+    return cache
+
+
+DAMAGE = {  # what is done to the cache -> the file the one line names
+    "small-file-flipped-bytes": lambda cache: flip_small_file(cache),
+    "segment-truncated": lambda cache: truncate(segment_of(cache)),
+    "embeddings-deleted": lambda cache: delete_dataset(cache),
+    "segment-missing": lambda cache: (segment_of(cache).unlink(), segment_of(cache))[1],
+    "small-file-truncated": lambda cache: truncate(cache),
+}
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache written by a real `embedder extract` (the rows of `embedder extract` itself, with its segment)."""
+    from conftest import make_dataset
+
+    from embedder import Backbone, extract
+
+    folder = tmp_path_factory.mktemp("extracted")
+    make_dataset(folder / "photos")
+    (folder / "cache").mkdir()
+    extract(folder / "photos", folder / "cache" / "cache.h5", Backbone(size=96, weights=None), progress=False)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_every_command_on_a_damaged_cache_says_one_line_naming_the_file(
+    damage: str, extracted: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(extracted / "cache", tmp_path / "cache")  # the cache with its segments, as the docs say
+    cache = tmp_path / "cache" / "cache.h5"
+    named = DAMAGE[damage](cache)
+    before = {p: p.read_bytes() for p in cache.parent.rglob("*.h5")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for command, args in COMMANDS.items():
+        filled = [a.format(cache=cache, photos=extracted / "photos", tmp=tmp_path) for a in args]
+        result = subprocess.run(
+            [sys.executable, "-m", *filled, "--no-progress"]
+            if command in ("extract", "sweep")
+            else [sys.executable, "-m", *filled],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+        lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+        assert result.returncode != 0, (damage, command, lines)
+        assert len(lines) == 1 and "Traceback" not in lines[0], (damage, command, lines)
+        assert str(named) in lines[0] or f"'{cache}'" in lines[0], (damage, command, lines)
+        assert "restore" in lines[0].lower(), (damage, command, lines)  # and what to do
+    assert {p: p.read_bytes() for p in cache.parent.rglob("*.h5")} == before  # no write proceeded
+    assert not cache.with_name(cache.name + ".journal").exists()
+    assert not (tmp_path / "packed.h5").exists()
+
+
+def test_a_write_never_proceeds_on_a_damaged_cache(cache: Path, dataset: Path) -> None:
+    delete_dataset(cache)
+    result = runner.invoke(app, ["extract", str(dataset), "--out", str(cache), "--size", "96", "--weights", "none"])
+    one_line_error(result, f"cache '{cache}' is damaged, nothing was written", "dataset embeddings missing")
+    assert not cache.with_name(cache.name + ".journal").exists()
+    with pytest.raises(CacheError, match="nothing was written: .*dataset embeddings missing"), CacheWriter(cache):
+        pass
+
+
+def test_verify_lists_every_problem_and_keeps_reading(tmp_path: Path) -> None:
+    X, labels = blobs(per_class=7000, dim=8)  # 21000 rows: three blocks of reading
+    cache = tmp_path / "cache.h5"
+    write_cache(cache, X, labels)
+    maximum = write_cache(cache, X[:50], labels[:50], pooling="max")
+    with open_cache(cache) as opened:
+        rows = opened.backbone("mobilenet_v2-1.0-96-random-synthetic-avg-crop-fp32").load()
+    flip_bytes(segment_of(cache, "avg"), rows[3].tobytes())  # block 0
+    flip_bytes(segment_of(cache, "avg"), rows[20500].tobytes())  # block 2: found after block 0 failed
+    with h5py.File(segment_of(cache, "avg"), "a") as handle:
+        handle["embeddings"][9000] = np.nan  # block 1: a value problem among checksum problems
+    with h5py.File(cache) as handle:
+        at = handle["backbones"][maximum]["index/sha"].id.get_chunk_info(0).byte_offset + 8
+    data = bytearray(cache.read_bytes())
+    data[at : at + 64] = bytes(b ^ 0xFF for b in data[at : at + 64])
+    cache.write_bytes(bytes(data))
+    problems = verify(cache)
+    assert any("embeddings rows 0-8191, 16384-20999 fail their checksum" in p and "-avg-" in p for p in problems), (
+        problems
+    )
+    assert any("1 embedding row(s) hold NaN" in p for p in problems), problems
+    assert any("table index/sha of the cache file cannot be read" in p and "-max-" in p for p in problems), problems
+    result = runner.invoke(app, ["verify", str(cache)])
+    assert result.exit_code == 1 and (result.exception is None or isinstance(result.exception, SystemExit))
+    assert result.output.count(f"{cache}: backbone") == len(problems) >= 3

@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from embedder.atomic import atomic_path
+from embedder.cache.damage import damaged, reading
 from embedder.cache.lookup import RowLookup
 from embedder.cache.similarity.storage import key_dir
 from embedder.cache.similarity.vectors import SIMILARITY, normalise
@@ -85,9 +86,8 @@ def row_blocks(embeddings: h5py.Dataset, rows: np.ndarray | None = None) -> Iter
         try:
             X = embeddings[start:stop]
         except OSError as exc:
-            raise CacheError(
-                f"reading rows {start}-{stop - 1} of '{embeddings.file.filename}' failed ({exc}); "
-                "run `embedder verify` on it."
+            raise damaged(
+                Path(embeddings.file.filename), f"reading its rows {start}-{stop - 1} failed ({exc})"
             ) from None
         finite = np.isfinite(X).all(axis=1)
         yield np.arange(start, stop)[finite], normalise(X[finite])
@@ -152,7 +152,8 @@ def open_index(cache: Path, group: h5py.Group, *, refresh: bool = True) -> Simil
     backbone key, or of other dimensions, is refused naming both.
     """
     key = group.name.rsplit("/", 1)[-1]
-    keys = row_keys(group)
+    with reading(cache, f"reading the lookup tables of backbone {key} failed"):
+        keys = row_keys(group)
     current = fingerprint(keys)
     folder = key_dir(cache, key)
     with _locked(folder):
