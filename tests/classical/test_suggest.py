@@ -171,8 +171,17 @@ def test_the_cli_end_to_end_on_a_tiny_extracted_cache(tmp_path: Path) -> None:
     for folder, labels in ((photos, "folders"), (unlabelled, "none")):
         extracted = runner.invoke(
             embedder_app,
-            ["extract", str(folder), "-o", str(cache), "--weights", "none", "--size", "96", "--labels", labels]
-            + ["--no-progress"],
+            [
+                "extract",
+                str(folder),
+                "-o",
+                str(cache),
+                "--weights",
+                "none",
+                "--size",
+                "96",
+                *("--labels", labels, "--no-progress"),
+            ],
         )
         assert extracted.exit_code == 0, extracted.output
     code, output = run_cli(
