@@ -443,7 +443,9 @@ def suggest_command(
     format: Annotated[
         SuggestFormat,
         typer.Option(
-            "--format", help="RUN/suggest.csv, RUN/suggest.json or RUN/suggest.label-studio.json (Label Studio tasks)."
+            "--format",
+            help="RUN/suggest.csv, RUN/suggest.json or RUN/suggest.label-studio.json (Label Studio tasks); "
+            "suggest.json is always written, and report.html gains the photos.",
         ),
     ] = SuggestFormat.csv,
     model: Annotated[str | None, typer.Option(help="A model of the run instead of its best one, e.g. lr.")] = None,
@@ -452,11 +454,11 @@ def suggest_command(
     ] = DEFAULT_THRESHOLD,
 ) -> None:
     """Rank the cache's unlabelled photos for labelling next, by the run's best model and the embeddings."""
-    from classical.labelling import suggest, write_suggestions
+    from classical.labelling import suggest, write_outputs
 
     try:
         result = suggest(cache, run, budget=budget, strategy=strategy.value, model=model, threshold=threshold)
-        written = write_suggestions(result, run, format.value)
+        written = write_outputs(result, run, format.value)
     except (EmbedderError, ValueError, OSError) as exc:
         fail(exc)
     for warning in result.warnings:
@@ -467,7 +469,7 @@ def suggest_command(
     )
     for row in result.rows[:20]:
         typer.echo(f"  {row['score']:.3f} {row['path']}: {row['label']} {row['prob']:.3f}; {row['reason']}")
-    typer.echo(f"suggestions: {written}")
+    typer.echo(f"suggestions: {written[-1]} (and {written[0].name}); report: {run / 'report.html'}")
 
 
 @app.command("label")

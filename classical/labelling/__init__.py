@@ -7,7 +7,14 @@ cache's unlabelled rows with a run's best model and writes the files a labelling
 
 from classical.labelling.imports import import_labels, read_labels
 from classical.labelling.ranking import STRATEGIES, Ranked, margin_uncertainty, rank
-from classical.labelling.suggest import FORMATS, Suggestions, label_studio_tasks, suggest, write_suggestions
+from classical.labelling.suggest import (
+    FORMATS,
+    Suggestions,
+    label_studio_tasks,
+    suggest,
+    write_outputs,
+    write_suggestions,
+)
 
 __all__ = [
     "FORMATS",
@@ -20,5 +27,6 @@ __all__ = [
     "rank",
     "read_labels",
     "suggest",
+    "write_outputs",
     "write_suggestions",
 ]

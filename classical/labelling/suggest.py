@@ -25,7 +25,7 @@ from classical.data.rows import backbone_rows
 from classical.errors import DataError, ModelFileError
 from classical.labelling.ranking import rank
 from classical.modelfiles import SavedModel, load_model
-from classical.report import load_report
+from classical.report import load_report, write_report
 from embedder import atomic_path, open_cache
 
 logger = logging.getLogger(__name__)
@@ -229,3 +229,13 @@ def write_suggestions(suggestions: Suggestions, run: str | os.PathLike, format: 
         else:
             Path(tmp).write_text(json.dumps(label_studio_tasks(suggestions), indent=2) + "\n")
     return path
+
+
+def write_outputs(suggestions: Suggestions, run: str | os.PathLike, format: str = "csv") -> list[Path]:
+    """RUN/suggest.json (always: the record report.html reads) and the file of `format`, then report.html again."""
+    run = Path(run)
+    written = [write_suggestions(suggestions, run, "json")]
+    if format != "json":
+        written.append(write_suggestions(suggestions, run, format))
+    write_report(load_report(run), run)  # the page gains its "Photos to label next" section
+    return written

@@ -155,6 +155,9 @@ def test_fewer_unlabelled_rows_than_the_budget_is_said(swept: tuple[Path, Path])
     with open(run / "suggest.csv", newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0][0] == "path" and 1 <= len(rows) - 1 <= 16
+    record = json.loads((run / "suggest.json").read_text())
+    assert [row["path"] for row in record["suggestions"]] == [row[0] for row in rows[1:]]
+    assert record["warnings"] and 'id="suggestions"' in (run / "report.html").read_text()
 
 
 @pytest.mark.slow
@@ -194,6 +197,9 @@ def test_the_cli_end_to_end_on_a_tiny_extracted_cache(tmp_path: Path) -> None:
     assert "of 9 unlabelled photos suggested (hybrid, model lr" in output
     tasks = json.loads((tmp_path / "run" / "suggest.label-studio.json").read_text())
     assert 1 <= len(tasks) <= 4
+    page = (tmp_path / "run" / "report.html").read_text()
+    section = page[page.index('id="suggestions"') :]
+    assert section.count('src="thumbnails/') == len(tasks)  # the suggested photos, as thumbnails
     # the labeller accepts the model's pre-annotations: the export carries them as annotations
     export = [{"data": t["data"], "annotations": [{"result": t["predictions"][0]["result"]}]} for t in tasks]
     (tmp_path / "export.json").write_text(json.dumps(export))
