@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 STRATEGIES = ("uncertainty", "diversity", "hybrid")
-POOL_FACTOR = 10  # hybrid: candidates = the budget x this many most uncertain rows (at least POOL_MIN)
-POOL_MIN = 200
+POOL_FACTOR = 3  # hybrid: candidates = the budget x this many most uncertain rows (at least POOL_MIN)
+POOL_MIN = 20
 BLOCK = 4096
 
 
