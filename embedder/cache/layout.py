@@ -74,6 +74,9 @@ def check_cache_file(path: Path) -> None:
             f"{SCHEMA_VERSION}. Extract into a new file (images are re-embedded), or use the bottleneck-lab "
             "release that wrote it."
         )
+    from embedder.cache.storage import check_storage  # storage.py builds on this module
+
+    check_storage(path)
 
 
 def read_failures(group: h5py.Group) -> list[Failure]:
