@@ -33,7 +33,7 @@ from embedder.cache.layout import FORMAT, GROUP, SCHEMA_VERSION, check_cache_fil
 from embedder.cache.lookup import DIGEST, KnownHashes
 from embedder.cache.merge import carry_group, find_rows, merge_group, read_rows, read_state
 from embedder.cache.segments import read_runs, referenced_files, segments_folder
-from embedder.cache.storage import claim, new_cache_id
+from embedder.cache.storage import check_storage, claim, new_cache_id
 from embedder.errors import CacheError, CacheLockedError
 from embedder.provenance import utc_now
 
@@ -64,6 +64,7 @@ class CacheWriter:
 
     def __enter__(self) -> CacheWriter:
         check_cache_file(self.path)
+        check_storage(self.path)
         if not self.path.parent.is_dir():
             raise CacheError(f"folder '{self.path.parent}' of cache '{self.path}' does not exist; create it first.")
         self._lock()
