@@ -1,4 +1,4 @@
-"""`classical` command line: sweep, audit, finetune, report, predict, log, export.
+"""`classical` command line: sweep, audit, finetune, report, predict, suggest, label, log, export.
 
 Each command parses options and calls the Python API."""
 
@@ -415,6 +415,83 @@ def predict(
             )
     if any("error" in r for r in results):
         raise typer.Exit(1)
+
+
+class Strategy(str, Enum):
+    uncertainty = "uncertainty"
+    diversity = "diversity"
+    hybrid = "hybrid"
+
+
+class SuggestFormat(str, Enum):
+    csv = "csv"
+    json = "json"
+    label_studio = "label-studio"
+
+
+@app.command("suggest")
+def suggest_command(
+    cache: Annotated[Path, typer.Argument(help="HDF5 cache whose unlabelled rows (label -1) are the candidates.")],
+    run: Annotated[Path, typer.Option("--run", help="Run directory of a sweep: its best model ranks the rows.")],
+    budget: Annotated[int, typer.Option(help="Photos to suggest.")] = 50,
+    strategy: Annotated[
+        Strategy,
+        typer.Option(
+            help="'uncertainty' (smallest margin), 'diversity' (k-center greedy) or 'hybrid' (both, no near-duplicates)."
+        ),
+    ] = Strategy.hybrid,
+    format: Annotated[
+        SuggestFormat,
+        typer.Option(
+            "--format",
+            help="RUN/suggest.csv, RUN/suggest.json or RUN/suggest.label-studio.json (Label Studio tasks); "
+            "suggest.json is always written, and report.html gains the photos.",
+        ),
+    ] = SuggestFormat.csv,
+    model: Annotated[str | None, typer.Option(help="A model of the run instead of its best one, e.g. lr.")] = None,
+    threshold: Annotated[
+        float, typer.Option(help="Near-duplicate similarity threshold (the audit's; raised in dense domains).")
+    ] = DEFAULT_THRESHOLD,
+) -> None:
+    """Rank the cache's unlabelled photos for labelling next, by the run's best model and the embeddings."""
+    from classical.labelling import suggest, write_outputs
+
+    try:
+        result = suggest(cache, run, budget=budget, strategy=strategy.value, model=model, threshold=threshold)
+        written = write_outputs(result, run, format.value)
+    except (EmbedderError, ValueError, OSError) as exc:
+        fail(exc)
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(
+        f"{len(result.rows)} of {result.unlabelled} unlabelled photos suggested ({result.strategy}, model "
+        f"{result.model}, {result.labelled} labelled)"
+    )
+    for row in result.rows[:20]:
+        typer.echo(f"  {row['score']:.3f} {row['path']}: {row['label']} {row['prob']:.3f}; {row['reason']}")
+    typer.echo(f"suggestions: {written[-1]} (and {written[0].name}); report: {run / 'report.html'}")
+
+
+@app.command("label")
+def label_command(
+    cache: Annotated[Path, typer.Argument(help="HDF5 cache whose rows get the labels.")],
+    file: Annotated[Path, typer.Argument(help="A CSV with path and label columns, or a Label Studio JSON export.")],
+    backbone: Annotated[str | None, typer.Option(help="Backbone key, when the cache holds several.")] = None,
+    new_classes: Annotated[
+        bool, typer.Option("--new-classes", help="Append classes the cache does not know yet.")
+    ] = False,
+) -> None:
+    """Set the labels of cached rows from a label file, without re-embedding: all of them or none."""
+    from classical.labelling import import_labels
+
+    try:
+        update = import_labels(cache, file, backbone=backbone, new_classes=new_classes)
+    except (EmbedderError, ValueError) as exc:
+        fail(exc)
+    added = f", new classes {', '.join(update.new_classes)}" if update.new_classes else ""
+    typer.echo(
+        f"{len(update.changed)} labels changed, {len(update.unchanged)} already so in {cache} ({update.key}){added}"
+    )
 
 
 @app.command("log")

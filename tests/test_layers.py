@@ -164,6 +164,7 @@ CLASSICAL_ROOMS = [
     "audit",
     "modelfiles",
     "experiments",
+    "labelling",
     "finetuning",
     "export",
     "tracking",

@@ -1,11 +1,12 @@
-"""RUN/report.html: one page for people who would rather look than read, rendered from report.json and audit.json.
+"""RUN/report.html: one page for people who would rather look than read, from report.json, audit.json and suggest.json.
 
 It works offline, opened from disk: no script, no network; the plots sit in RUN/plots/ and the
 photo thumbnails in RUN/thumbnails/ (small JPEGs made once per photo), both beside the page.
 Everything on it is read from the two JSON contracts, so the page never disagrees with them:
 the comparison table with intervals, the paired verdict, the repeats, the learning curve, the plots, the test photos
 each model got wrong (true and predicted class, the model's probability), and the audit's
-near-duplicate pairs, label-issue candidates, outliers and map.
+near-duplicate pairs, label-issue candidates, outliers and map; and the photos `classical suggest`
+ranked to label next (RUN/suggest.json), when there are any.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def render_page(report: dict[str, Any], run: Path, plots: list[Path]) -> Path:
     ]
     if audit is not None:
         body.append(_audit(audit, run, thumbnails))
+    suggested = run / "suggest.json"
+    if suggested.is_file():
+        body.append(_suggestions(json.loads(suggested.read_text()), thumbnails))
     thumbnails.report_missing()
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -241,6 +245,20 @@ def _audit(audit: dict[str, Any], run: Path, thumbnails: _Thumbnails) -> str:
             f'<h3>Map of the embeddings</h3><div class="plots"><img src="{_e(drawn)}" alt="embedding map"></div>'
         )
     return "".join(parts)
+
+
+def _suggestions(suggested: dict[str, Any], thumbnails: _Thumbnails) -> str:
+    """The photos `classical suggest` would have labelled next (RUN/suggest.json), with the model's guess."""
+    rows = suggested.get("suggestions") or []
+    figures = [
+        _figure(thumbnails, row["path"], f"#{row['rank']} {row['label']} {row['prob']:.2f}", row["reason"])
+        for row in rows[:MAX_FINDINGS_SHOWN]
+    ]
+    return (
+        f'<h2 id="suggestions">Photos to label next ({len(rows)}, {_e(suggested.get("strategy"))}, '
+        f"model {_e(suggested.get('model'))})</h2>"
+        f'<p class="muted">{_e(" ".join(suggested.get("warnings") or []))}</p><div class="grid">{"".join(figures)}</div>'
+    )
 
 
 def _figure(thumbnails: _Thumbnails, path: str, caption: str, title: str | None = None) -> str:
