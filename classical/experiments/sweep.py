@@ -64,7 +64,7 @@ def sweep(
     cv: int = 5,
     n_jobs: int = -1,
     seed: int = 0,
-    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
     progress: bool | None = None,
     engine: str = "local",
     address: str | None = None,

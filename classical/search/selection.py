@@ -195,6 +195,8 @@ def fit_on_validation(
             -min(best.history_["val_loss"]),
         ):
             best, best_params = model, params
+    if best is None or best_params is None:
+        raise ValueError(f"the grid of {spec.name} has no candidates")
     search_seconds, started = time.perf_counter() - started, time.perf_counter()
     if len(searched) < len(train):  # one refit of the chosen candidate on all train rows
         best = clone(spec.build(seed)).set_params(**best_params)
