@@ -282,6 +282,7 @@ def fit_and_score(
         "cv_mean": selection["cv_mean"],
         "cv_std": selection["cv_std"],
         "selection": selection["selection"],
+        "grid": selection["grid"],
         "fit_seconds": fit_seconds,
         "fit_seconds_with_embedding": None,
         "predict_ms_per_image": None,

@@ -75,7 +75,8 @@ def row_params(row: dict[str, Any], report: dict[str, Any]) -> dict[str, str]:
     """A model row's params: the model, its chosen hyper-parameters (hp.*), its search and grid, the split."""
     params: dict[str, Any] = {key: row.get(key) for key in ROW_PARAMS}
     params["model"] = params.pop("name")
-    params["grid"] = row.get("grid", row.get("selection"))  # the searched grid as the row records it
+    grid = row.get("grid")  # reports written before it had the grid: the selection text
+    params["grid"] = json.dumps(grid, sort_keys=True) if grid is not None else row.get("selection")
     params["approximation"] = row.get("approximation")
     for key, value in (row.get("params") or {}).items():
         params[metric_key(f"hp.{key}")] = value
