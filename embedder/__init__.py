@@ -49,23 +49,18 @@ from embedder.inputs import DEFAULT_MAX_PIXELS, decode_image, encode_files, expa
 from embedder.provenance import library_versions, utc_now
 from embedder.runtimes import Encoder, keras_to_onnx, load_encoder, onnx_backbone, parity_images
 
-__all__ = [
-    # building blocks for the layers above
+__all__ = [  # the library's face; the CLI's building blocks live in embedder.cli
     "DEFAULT_MAX_PIXELS",
     "EXACT_ROWS",
     "SIMILARITY",
-    # images -> embeddings
     "Backbone",
-    # the cache
     "Cache",
-    # errors
     "CacheError",
     "CacheLockedError",
     "CachedBackbone",
     "Embedder",
     "EmbedderError",
     "Encoder",
-    "Engine",
     "ExtractSummary",
     "Failure",
     "Graph",
@@ -75,14 +70,9 @@ __all__ = [
     "LabelUpdate",
     "Match",
     "PackSummary",
-    "Pooling",
-    "Resize",
     "RuntimeUnavailableError",
     "SimilarityIndex",
-    "Size",
     "SourceError",
-    "Verbose",
-    "Weights",
     "WeightsError",
     "atomic_path",
     "build_classifier",
@@ -93,7 +83,6 @@ __all__ = [
     "expand_inputs",
     "extract",
     "extract_ray",
-    "fail",
     "index_dir",
     "info",
     "keras_to_onnx",
@@ -110,7 +99,6 @@ __all__ = [
     "parity_images",
     "predict_imagenet",
     "set_labels",
-    "setup_logging",
     "top_classes",
     "uint8_function",
     "utc_now",

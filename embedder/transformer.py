@@ -85,8 +85,8 @@ class Embedder(TransformerMixin, BaseEstimator):
             )
             failed = next((row for row in rows if row.error is not None), None)
             if failed is not None:
-                raise ImageError(failed.error, path=str(failed.path))
-            outputs = [row.output for row in rows]
+                raise ImageError(failed.error or "", path=str(failed.path))
+            outputs = [row.output for row in rows if row.output is not None]
             return np.stack(outputs) if outputs else np.empty((0, self.n_features_out_), np.float32)
         images = X if isinstance(X, np.ndarray) else [np.asarray(image) for image in X]
         if isinstance(images, list):
@@ -111,7 +111,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         if getattr(self, "encoder_", None) is None:
             calibration = None
             if self.calibration is not None:
-                calibration = [item.path for item in list_source(self.calibration, labels="none").items]
+                calibration = [Path(item.path) for item in list_source(self.calibration, labels="none").items]
             self.encoder_ = load_encoder(
                 self.backbone_, self.runtime, precision=self.precision, calibration=calibration
             )

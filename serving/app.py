@@ -229,7 +229,7 @@ def create_app(settings: ServiceSettings, service: Service | None = None) -> Fas
             raise ServiceError(422, "invalid_request", f"k must be between 1 and 1000. Received: {k}")
         parts = await read_images(request, settings.max_images)
         decoded = await service.decode(parts, use_cache=False)
-        probs = await batched(service.imagenet, [pixels for _, pixels in decoded])
+        probs = await batched(service.imagenet, [pixels for _, pixels in decoded if pixels is not None])
         return TopResponse(
             results=[
                 TopResult(

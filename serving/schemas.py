@@ -107,4 +107,6 @@ IMAGES_BODY = {
         },
     }
 }
-ERRORS = {status: {"model": ErrorResponse} for status in (401, 404, 413, 415, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (401, 404, 413, 415, 422, 503)
+}

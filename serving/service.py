@@ -156,7 +156,7 @@ class Service:
                 raise image_error(index, name, result)
             if isinstance(result, BaseException):
                 raise result
-        return results
+        return [result for result in results if not isinstance(result, BaseException)]  # (all of them: see above)
 
     async def embed(self, parts: list[tuple[str | None, bytes]]) -> list[tuple[str, np.ndarray, bool]]:
         """(sha256, embedding, from cache) for each part."""
@@ -177,7 +177,7 @@ class Service:
         if model.takes_pixels:
             decoded = await self.decode(parts, use_cache=False)
             return [sha for sha, _ in decoded], np.stack(
-                await batched(self.pixel_batchers[name], [p for _, p in decoded])
+                await batched(self.pixel_batchers[name], [p for _, p in decoded if p is not None])
             )
         rows = await self.embed(parts)
         X = np.stack([vector for _, vector, _ in rows]).astype(np.float32)

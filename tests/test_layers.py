@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +186,11 @@ def test_classical_rooms_point_down() -> None:
                 assert CLASSICAL_ROOMS.index(room(target)) < CLASSICAL_ROOMS.index(room(module)), (
                     f"{module} imports {target}: {room(target)!r} sits above {room(module)!r}"
                 )
+
+
+@pytest.mark.parametrize("package", ["embedder", "classical", "serving"])
+def test_every_public_name_exists(package: str) -> None:
+    """`__all__` is a package's face: each name in it can be imported (`from package import *` works)."""
+    module = importlib.import_module(package)
+    missing = [name for name in getattr(module, "__all__", []) if not hasattr(module, name)]
+    assert not missing, f"{package}.__all__ names what it does not define: {missing}"

@@ -22,3 +22,12 @@ def ruff() -> str:
 def test_ruff_is_clean(command: list[str]) -> None:
     result = subprocess.run([ruff(), *command], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_is_clean() -> None:
+    """The three packages type-check at the level pyproject.toml's [tool.mypy] states."""
+    found = shutil.which("mypy", path=str(Path(sys.executable).parent)) or shutil.which("mypy")
+    if found is None:
+        pytest.fail("mypy is not installed: pip install -e '.[test]'")
+    result = subprocess.run([found], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

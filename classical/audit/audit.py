@@ -83,7 +83,7 @@ def audit(
     pairs = {(int(a), int(b)): float(c) for a, b, c in zip(found.i, found.j, found.cosine)}
     for a, b in exact - set(pairs):
         pairs[(a, b)] = float(Z[a] @ Z[b])
-    near = []
+    near: list[dict[str, Any]] = []
     for (a, b), cos in sorted(pairs.items(), key=lambda item: (-item[1], item[0])):
         splits = [part[a], part[b]]
         near.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def draw(
     unlabelled = shown[y[shown] < 0]
     if len(unlabelled):
         ax.scatter(xy[unlabelled, 0], xy[unlabelled, 1], s=9, color="0.6", alpha=0.6, label="unlabelled", linewidths=0)
-    marks = [
+    marks: list[tuple[set[int], dict[str, Any], str]] = [
         (
             near,
             {"marker": "o", "s": 60, "facecolors": "none", "edgecolors": "black", "linewidths": 1.0},

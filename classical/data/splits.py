@@ -39,7 +39,7 @@ class Split:
 
     id: str
     seed: int
-    fractions: tuple[float, float, float]
+    fractions: tuple[float, ...]
     backbone_key: str
     assignment: dict[str, str]
     # near-duplicate grouping (split.json files written before it have none: False, 0, None)
@@ -47,7 +47,7 @@ class Split:
     near_duplicate_clusters: int = 0
     near_duplicate_threshold: float | None = None
 
-    def indices(self, paths: Sequence[str]) -> dict[str, np.ndarray]:
+    def indices(self, paths: Sequence[str] | np.ndarray) -> dict[str, np.ndarray]:
         """Row indices of `paths` in each part; every path of the split must be among them."""
         parts = np.array([self.assignment.get(path, "") for path in paths])
         missing = len(self.assignment) - int((parts != "").sum())
@@ -107,13 +107,13 @@ class Split:
 
 
 def make_split(
-    paths: Sequence[str],
-    sha256: Sequence[str],
+    paths: Sequence[str] | np.ndarray,
+    sha256: Sequence[str] | np.ndarray,
     y: np.ndarray,
     class_names: list[str],
     *,
     backbone_key: str = "",
-    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
     seed: int = 0,
     X: np.ndarray | None = None,
     near_duplicate_threshold: float = DEFAULT_THRESHOLD,

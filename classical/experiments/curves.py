@@ -119,7 +119,7 @@ def plan_curve(
     per_class: list[int | str] = []
     capped = []
     for n in requested[:-1]:
-        if n > smallest:
+        if isinstance(n, int) and n > smallest:
             logger.warning(
                 "learning curve: %d images per class capped to %d, the training images of class '%s'", n, smallest, name
             )
@@ -380,13 +380,19 @@ def _fit_semi_point(
     linear = max(
         (name for name in classical if name in LINEAR_HEADS), key=lambda name: point.cv_mean[name], default=head
     )
-    for name in {head, linear} - {None} - set(point.models):  # the sweep's row was reused: fit its twin to wrap it
+    for name in [
+        name for name in {head, linear} - set(point.models) if name is not None
+    ]:  # the sweep's row was reused: fit its twin to wrap it
         point.models[name], _ = fit_point(
             name, data, subset, n, parts, overrides=overrides, folds=folds, n_jobs=n_jobs, seed=seed
         )
     clock = time.perf_counter()
     semi = fit_semi(
-        data.X[subset], data.y[subset], X_unlabeled, point.models.get(head), agreement_head=point.models.get(linear)
+        data.X[subset],
+        data.y[subset],
+        X_unlabeled,
+        point.models.get(head or ""),
+        agreement_head=point.models.get(linear or ""),
     )
     for name, model in semi.items():
         point.predictions[name] = model.predict(data.X[parts["test"]])

@@ -27,7 +27,7 @@ from classical.search.selection import cv_folds, select_and_fit
 logger = logging.getLogger(__name__)
 
 
-def repeat_split(data: LabeledEmbeddings, folder: Path, seed: int, fractions: tuple[float, float, float]) -> Split:
+def repeat_split(data: LabeledEmbeddings, folder: Path, seed: int, fractions: tuple[float, ...]) -> Split:
     """The stored split of repeat `seed` if it still fits the data, else a new one (stored)."""
     path = folder / f"split-{seed}.json"
     if path.is_file():
@@ -61,7 +61,7 @@ def run_repeats(
     *,
     k: int,
     seed: int,
-    fractions: tuple[float, float, float],
+    fractions: tuple[float, ...],
     cv: int,
     search: str,
     n_jobs: int,

@@ -85,13 +85,13 @@ def export_model(
         raise ModelFileError(f"--out '{out}' is the model file itself; pass another path.")
     if int8 and not calibration:
         raise ValueError("int8 export needs calibration images (--calibration): real photos like the ones to classify.")
-    pixels = _calibration_pixels(exportable, calibration) if int8 else None
+    pixels = _calibration_pixels(exportable, calibration) if int8 and calibration else None
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     precision = "int8" if int8 else "fp32"
     _write(exportable, out, format, pixels)
     seconds = time.perf_counter() - started
-    images = pixels if int8 else parity_images(exportable.backbone.size)
+    images = pixels if pixels is not None else parity_images(exportable.backbone.size)
     try:
         max_abs, agreement = _check(exportable, _runner(out, format), images, strict=not int8)
     except BaseException:

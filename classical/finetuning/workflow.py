@@ -79,7 +79,7 @@ def finetune(
     dropout: float = 0.2,
     batch_size: int = 32,
     seed: int = 0,
-    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
     progress: bool | None = None,
     learning_curve_neural: bool = False,
 ) -> dict[str, Any]:
@@ -145,7 +145,7 @@ def finetune(
         config["split_id"] = split.id
         embeddings, embed_seconds = None, 0.0
         if cached and variant == "a":
-            cache = Path(report["cache"]) if provenance else run / "embeddings.h5"
+            cache = Path(report["cache"]) if provenance and report else run / "embeddings.h5"
             embeddings, embed_seconds = _embeddings(images, cache, backbone, data)
             if provenance and provenance["size"] != size:
                 partners.append(_dense_partner(cache, backbone, split, run, seed=seed))
@@ -195,7 +195,7 @@ def finetune(
             batch_size,
             cache_seconds=embed_seconds + main.cache_seconds,
         )
-        if learning_curve_neural:
+        if learning_curve_neural and report is not None:  # (require_curve refused a run without one)
             add_finetune_curve(
                 report,
                 run,
@@ -280,7 +280,7 @@ def _load_images(
     backbone: Backbone,
     scratch: Path,
     *,
-    fractions: tuple[float, float, float],
+    fractions: tuple[float, ...],
     seed: int,
 ) -> tuple[Images, Split]:
     """Decode the images of the run's split (or of a new split of the folder) into a memory map."""
@@ -447,6 +447,7 @@ class _Trainer:
     def _head_on_embeddings(self, phase: Phase, state: TrainingState) -> None:
         """The head phase as recipe 2: a Dense head on the cached embeddings, copied into the network's head."""
         train, val = self.data.parts["train"], self.data.parts["val"]
+        assert self.embeddings is not None, "the head phase on embeddings needs the cached embeddings"
         started = time.perf_counter()
         head = DenseHead(
             learning_rate=phase.learning_rate,
@@ -488,6 +489,7 @@ class _Trainer:
 
         cached = self._method(phase).startswith("cached activations")
         if cached:
+            assert self.top_groups is not None, "cached activations need the cached top's groups"
             activations = cache_activations(
                 self.network,
                 self.data.pixels,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ def model_encoder(saved: SavedModel, runtime: str = "auto") -> tuple[Backbone, E
             calibration_digest=spec.get("calibration_digest"),
         )
     key = encoder.key if encoder is not None else backbone.key
-    if key != saved.backbone_key:
+    if encoder is None or key != saved.backbone_key:
         raise ModelFileError(
             f"model '{saved.path}' was fitted on embeddings of {saved.backbone_key}, but its backbone now resolves to "
             f"{key} (the weights file changed?); restore the weights with sha256 {spec.get('weights_sha256', '?')}."
@@ -54,7 +54,7 @@ def predict(
     saved = model if isinstance(model, SavedModel) else load_model(model, trust_pickle=trust_pickle)
     if saved.takes_pixels:  # a fine-tuned network: the images at its input size, no separate backbone
         backbone, key = saved.backbone, saved.backbone_key
-        encode = np.asarray  # the decoded pixels themselves go to the network
+        encode: Callable[[np.ndarray], np.ndarray] = np.asarray  # the decoded pixels themselves go to the network
     else:
         backbone, encode = model_encoder(saved, runtime)
         key = encode.key
@@ -62,10 +62,11 @@ def predict(
         encode_files(expand_inputs(inputs), encode, size=backbone.size, resize=backbone.resize, batch_size=batch_size)
     )
     embedded = [row for row in rows if row.error is None]
-    probs = saved.predict_proba(np.stack([row.output for row in embedded]), backbone_key=key) if embedded else []
+    outputs = [row.output for row in embedded if row.output is not None]
+    probs: Any = saved.predict_proba(np.stack(outputs), backbone_key=key) if embedded else []
     row_probs = iter(probs)
     names = saved.class_names
-    results = []
+    results: list[dict[str, Any]] = []
     for row in rows:
         if row.error is not None:
             results.append({"path": str(row.path), "error": row.error})

@@ -8,6 +8,7 @@ about a minute on 2 cores); override them with a JSON or TOML file (see `load_gr
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ def check_grid(spec: ModelSpec, grid: dict[str, list[Any]]) -> None:
                 ) from None
 
 
-def load_grids(path: str | Path) -> dict[str, dict[str, list[Any]]]:
+def load_grids(path: str | os.PathLike) -> dict[str, dict[str, list[Any]]]:
     """Read grids from JSON or TOML: {model name: {parameter: [values]}}, e.g. {"lr": {"C": [0.1, 1]}}."""
     path = Path(path)
     if not path.is_file():

@@ -314,8 +314,8 @@ class _Thumbnails:
             from PIL import Image, ImageOps
 
             try:
-                with Image.open(self.root / path) as image:
-                    image = ImageOps.exif_transpose(image).convert("RGB")
+                with Image.open(self.root / path) as opened:
+                    image = ImageOps.exif_transpose(opened).convert("RGB")
                     image.thumbnail((THUMBNAIL, THUMBNAIL))
                     self.folder.mkdir(exist_ok=True)
                     with atomic_path(target) as tmp:

@@ -76,6 +76,8 @@ def accuracy_vs_fit_time(report: dict[str, Any], path: Path) -> Path:
 
 def confusion(report: dict[str, Any], path: Path) -> Path:
     best = best_row(report)
+    if best is None:
+        raise ValueError("the report has no model rows to draw a confusion matrix of")
     matrix = np.array(best["confusion_matrix"])
     names = report["class_names"]
     figure, axes = plt.subplots(figsize=(1.1 * len(names) + 3, 1.0 * len(names) + 2.5))

@@ -205,7 +205,9 @@ def plan_sweep(
                 f"{math.ceil((total + trial_seconds) * 1.2)}."
             )
         _, name = max(cuttable)
-        plans[name] = next_cut(models[name][0], plans[name], candidates[name])
+        cut = next_cut(models[name][0], plans[name], candidates[name])
+        assert cut is not None, "cuttable holds only models with a next cut"
+        plans[name] = cut
         planned = estimates()
     record.update(
         {

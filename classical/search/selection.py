@@ -76,14 +76,19 @@ def select_and_fit(
     """The selected model fitted on the split's train (+ validation) rows, and how it was selected.
 
     `plan` (`classical.search.strategies`): how the search scales with N; None is `search` on all rows.
-    The returned dict has the plan's record and its `search_seconds` and `refit_seconds`.
+    The returned dict has the plan's record, its `search_seconds` and `refit_seconds`, and the `grid` searched.
     """
     if spec.kind == "neural":
         plan = plan or choose_plan(spec, grid, len(parts["train"]), search="grid")
-        return fit_on_validation(spec, grid, data, parts, seed=seed, plan=plan)
-    trainval = np.concatenate([parts["train"], parts["val"]])
-    plan = plan or choose_plan(spec, grid, len(trainval), search=search)
-    return fit_by_cv(spec, grid, data.X[trainval], data.y[trainval], folds=folds, n_jobs=n_jobs, seed=seed, plan=plan)
+        model, record = fit_on_validation(spec, grid, data, parts, seed=seed, plan=plan)
+    else:
+        trainval = np.concatenate([parts["train"], parts["val"]])
+        plan = plan or choose_plan(spec, grid, len(trainval), search=search)
+        model, record = fit_by_cv(
+            spec, grid, data.X[trainval], data.y[trainval], folds=folds, n_jobs=n_jobs, seed=seed, plan=plan
+        )
+    record["grid"] = {key: [jsonable(value) for value in values] for key, values in grid.items()}  # as asked for
+    return model, record
 
 
 def jsonable(value: Any) -> Any:
@@ -195,6 +200,8 @@ def fit_on_validation(
             -min(best.history_["val_loss"]),
         ):
             best, best_params = model, params
+    if best is None or best_params is None:
+        raise ValueError(f"the grid of {spec.name} has no candidates")
     search_seconds, started = time.perf_counter() - started, time.perf_counter()
     if len(searched) < len(train):  # one refit of the chosen candidate on all train rows
         best = clone(spec.build(seed)).set_params(**best_params)

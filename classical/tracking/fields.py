@@ -75,7 +75,8 @@ def row_params(row: dict[str, Any], report: dict[str, Any]) -> dict[str, str]:
     """A model row's params: the model, its chosen hyper-parameters (hp.*), its search and grid, the split."""
     params: dict[str, Any] = {key: row.get(key) for key in ROW_PARAMS}
     params["model"] = params.pop("name")
-    params["grid"] = row.get("grid", row.get("selection"))  # the searched grid as the row records it
+    grid = row.get("grid")  # reports written before it had the grid: the selection text
+    params["grid"] = json.dumps(grid, sort_keys=True) if grid is not None else row.get("selection")
     params["approximation"] = row.get("approximation")
     for key, value in (row.get("params") or {}).items():
         params[metric_key(f"hp.{key}")] = value
@@ -90,8 +91,8 @@ def _interval(metrics: dict[str, float], name: str, interval: Any) -> None:
 
 def row_metrics(row: dict[str, Any], report: dict[str, Any]) -> dict[str, float]:
     """A model row's metrics: scores with their intervals, CV, costs, per-class F1 and its repeats' mean/std."""
-    metrics = {key: _number(row.get(key)) for key in ROW_METRICS}
-    metrics = {key: value for key, value in metrics.items() if value is not None}
+    numbers = {key: _number(row.get(key)) for key in ROW_METRICS}
+    metrics = {key: value for key, value in numbers.items() if value is not None}
     _interval(metrics, "test_accuracy", row.get("test_accuracy_ci"))
     _interval(metrics, "macro_f1", row.get("macro_f1_ci"))
     for name, f1 in (row.get("per_class_f1") or {}).items():
@@ -134,7 +135,7 @@ def parent_metrics(report: dict[str, Any] | None, audit: dict[str, Any] | None =
             )
         rows = report["models"]
         if rows:
-            metrics["best_test_accuracy"] = _number(best_row(report)["test_accuracy"])
+            metrics["best_test_accuracy"] = _number((best_row(report) or {}).get("test_accuracy"))
         embedding = report.get("embedding") or {}
         metrics["embedding_ms_per_image"] = _number(embedding.get("ms_per_image"))
         metrics["embedding_train_seconds"] = _number(embedding.get("train_seconds"))
@@ -142,7 +143,7 @@ def parent_metrics(report: dict[str, Any] | None, audit: dict[str, Any] | None =
         metrics["learning_curve_seconds"] = _number((report.get("learning_curve") or {}).get("seconds"))
         found = {key: value for key, value in metrics.items() if value is not None}
         _interval(found, "comparison_difference", compared.get("ci"))
-        metrics = found
+        metrics = dict(found)
     if audit is not None:
         for key, value in (audit.get("summary") or {}).items():
             if _number(value) is not None:

@@ -123,7 +123,8 @@ def log_run(run: str | os.PathLike, target: Target, *, command: str = "log") -> 
     if report is None and audit is None:
         raise TrackingError(f"'{run}' holds neither report.json nor audit.json: nothing to log; is it a run folder?")
     started = time.perf_counter()
-    source = report or audit
+    source = report if report is not None else audit
+    assert source is not None  # (one of the two: see above)
     provenance, fingerprint = cache_facts(source["cache"], source["backbone"])
     mlflow.set_tracking_uri(target.uri)
     experiment = mlflow.set_experiment(target.experiment)

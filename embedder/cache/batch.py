@@ -7,9 +7,9 @@ are a `Batch`, stored column by column under the same names as the cache's datas
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -72,14 +72,14 @@ class Batch:
                 yield table, name, np.array(column, dtype=np.int64) if name in NUMERIC else list(column)
 
     @classmethod
-    def from_columns(cls, embeddings: np.ndarray, column: Callable[[str, str], np.ndarray]) -> Batch:
+    def from_columns(cls, embeddings: np.ndarray, column: Callable[[str, str], Sequence[Any]]) -> Batch:
         """Rebuild a batch from `column(table, name)` (a list of ints or strs), the reader of what `columns` wrote.
 
         `column` raises KeyError for a column it lacks; a column with a default (added after the
         batch was written, such as `Failure.limits`) then takes that default.
         """
 
-        def records(table: str, kind: type) -> list:
+        def records(table: str, kind: Any) -> list:
             defaults = kind._field_defaults
             columns = {}
             for name in kind._fields:

@@ -76,7 +76,7 @@ def structure_problems(cache: Path, group: h5py.Group) -> list[str]:
                 members[name] = group[name]
         except (OSError, KeyError) as exc:
             problems.append(f"dataset {name} cannot be opened ({exc}); {RESTORE}.")
-            members[name] = None  # type: ignore[assignment]
+            members[name] = None
     missing = [name for name in (*COLUMNS, "failures") if name not in group and name not in members]
     if missing:
         problems.append(f"dataset {', '.join(missing)} missing (damaged, or written by another tool); {RESTORE}.")
@@ -281,7 +281,7 @@ class RowChecker:
                 )
         if self.malformed:
             problems.append(
-                f"{self.malformed} content hash(es) are not 64 hex digits (first: {self.first_malformed.decode(errors='replace')!r}); "
+                f"{self.malformed} content hash(es) are not 64 hex digits (first: {(self.first_malformed or b'').decode(errors='replace')!r}); "
                 f"{RESTORE}."
             )
         if self.bad_labels:

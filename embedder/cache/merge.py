@@ -139,14 +139,16 @@ def merge_group(
     removed = np.array(sorted(set(previous.values()) - set(replaced)), dtype=np.int64)  # now failures
     files, file_of, source_row = expand(state.runs)
     if order:
-        path, relative = new_segment(cache, key)
-        write_segment(path, len(order), dim, lambda target: _fill(target, order, final, sources, state, old, batches))
+        segment, relative = new_segment(cache, key)
+        write_segment(
+            segment, len(order), dim, lambda target: _fill(target, order, final, sources, state, old, batches)
+        )
         files.append(Run(relative, 0, 0, len(order)))
-        at = np.array(sorted(replaced), dtype=np.int64)
-        file_of[at], source_row[at] = len(files) - 1, [replaced[r] for r in at.tolist()]
-        appended = np.array([i for i, path in enumerate(order) if path not in previous], dtype=np.int64)
-        file_of = np.concatenate([file_of, np.full(len(appended), len(files) - 1, np.int32)])
-        source_row = np.concatenate([source_row, appended])
+        moved = np.array(sorted(replaced), dtype=np.int64)
+        file_of[moved], source_row[moved] = len(files) - 1, [replaced[r] for r in moved.tolist()]
+        new_rows = np.array([i for i, path in enumerate(order) if path not in previous], dtype=np.int64)
+        file_of = np.concatenate([file_of, np.full(len(new_rows), len(files) - 1, np.int32)])
+        source_row = np.concatenate([source_row, new_rows])
     keep = np.ones(len(file_of), bool)
     keep[removed] = False
     state.runs = contract(files, file_of[keep], source_row[keep])
@@ -189,7 +191,9 @@ def _replay(
             final.pop(failure.path, None)
             loaded.pop(failure.path, None)
             state.failures[failure.path] = failure
-        touched.update(row.path for row in (*batch.rows, *batch.aliases, *batch.failures))
+        touched.update(row.path for row in batch.rows)
+        touched.update(row.path for row in batch.aliases)
+        touched.update(failure.path for failure in batch.failures)
     return final, by_sha, touched, loaded
 
 
@@ -258,7 +262,7 @@ def _fill(
         chunk = [sources[path] for path in order[start : start + COPY_ROWS]]
         values = np.empty((len(chunk), dim), np.float32)
         from_old = sorted({source[1] for source in chunk if source[0] == "old"})
-        old_values = dict(zip(from_old, old["embeddings"][from_old])) if from_old else {}
+        old_values = dict(zip(from_old, old["embeddings"][from_old])) if from_old and old is not None else {}
         for i, source in enumerate(chunk):
             values[i] = old_values[source[1]] if source[0] == "old" else batch_embeddings(source[1])[source[2]]
         target["embeddings"][start : start + len(chunk)] = values

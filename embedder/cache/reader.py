@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,7 +130,9 @@ class CachedBackbone:
             return []
         return matches(self._group, np.stack([s for s, _ in results]), np.stack([h for _, h in results]))
 
-    def search_files(self, files: list[str | os.PathLike], k: int = 10, *, runtime: str = "auto") -> list[list[Match]]:
+    def search_files(
+        self, files: Sequence[str | os.PathLike], k: int = 10, *, runtime: str = "auto"
+    ) -> list[list[Match]]:
         """The k cached photos most similar to each image file, embedded with this backbone (its preprocessing inside).
 
         Raises ImageError naming a file that cannot be decoded.

@@ -23,7 +23,14 @@ from embedder.cache.storage import check_storage
 from embedder.errors import CacheError
 
 READ_ROWS = 8192
-SMALL_TABLES = ("index/path_hash", "index/path_row", "index/sha", "index/sha_row", "runs/file", "runs/start")
+SMALL_TABLES: tuple[str, ...] = (
+    "index/path_hash",
+    "index/path_row",
+    "index/sha",
+    "index/sha_row",
+    "runs/file",
+    "runs/start",
+)
 SMALL_TABLES += ("runs/length", "runs/rows", "failures/path", "failures/sha256", "failures/reason")
 SMALL_TABLES += ("failures/file_size", "failures/mtime_ns", "failures/limits")
 

@@ -155,13 +155,13 @@ class CacheWriter:
         may be unreadable, and the merge then skips it (its images are embedded again).
         """
         self._seq += 1
-        arrays = {"embeddings": np.asarray(batch.embeddings, dtype=np.float32)}
+        arrays: dict[str, np.ndarray] = {"embeddings": np.asarray(batch.embeddings, dtype=np.float32)}
         for table, name, values in batch.columns():
-            arrays[f"{table}.{name}"] = values if name in NUMERIC else np.array(values, dtype=str)
+            arrays[f"{table}.{name}"] = np.asarray(values) if name in NUMERIC else np.array(values, dtype=str)
         target = self.journal / key / f"{self._seq:08d}.npz"
         try:
             with atomic_path(target) as tmp, open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
+                np.savez(handle, **arrays)  # type: ignore[arg-type]  # (numpy's stub reads ** as its bool keyword)
         except OSError as exc:
             raise CacheError(
                 f"could not journal a finished batch to '{target}' ({_reason(exc, self.path)}); the "
@@ -234,11 +234,12 @@ class CacheWriter:
                     new.attrs["cache_id"] = cache_id
                     new.attrs["written_as"] = str(self.path.resolve())
                     groups = new.create_group(GROUP)
-                    for name in old.get(GROUP, {}) if old is not None else {}:
+                    old_groups = old.get(GROUP, {}) if old is not None else {}
+                    for name in old_groups:
                         if name not in keys:
-                            carry_group(self.path, groups, name, old[GROUP][name])
+                            carry_group(self.path, groups, name, old_groups[name])
                     for key in keys:
-                        old_group = old[GROUP][key] if old is not None and key in old.get(GROUP, {}) else None
+                        old_group = old_groups.get(key)
                         folder = self.journal / key
                         merge_group(
                             self.path,

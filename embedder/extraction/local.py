@@ -208,7 +208,9 @@ def _embed_into(
     sorter = Sorter(index.hashes, failed)
 
     def load(item: SourceItem) -> LoadedFile:
-        return load_file(item.path, size=backbone.size, resize=backbone.resize, max_pixels=max_pixels, skip=sorter.skip)
+        return load_file(
+            Path(item.path), size=backbone.size, resize=backbone.resize, max_pixels=max_pixels, skip=sorter.skip
+        )
 
     buffer = np.empty((batch_size, backbone.dim), np.float32)
     batch = Batch(embeddings=buffer)

@@ -76,7 +76,7 @@ def plan_work(items: list[SourceItem], index: CacheIndex, *, rehash: bool, retry
             elif not rehash:
                 if row is not None:
                     plan.cached += 1
-                else:
+                elif failure is not None:
                     plan.failed.append(failure)
                 continue
         plan.todo.append(item)

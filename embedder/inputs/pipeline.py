@@ -138,7 +138,9 @@ def load_and_encode(
     def work(batch: Sequence[T]) -> list[tuple[T, LoadedFile, np.ndarray | None]]:
         loaded = [load(item) for item in batch]
         decoded = [file for file in loaded if file.pixels is not None]
-        outputs = iter(encode(np.stack([file.pixels for file in decoded])) if decoded else [])
+        outputs = iter(
+            encode(np.stack([file.pixels for file in decoded if file.pixels is not None])) if decoded else []
+        )
         rows = [(item, file, next(outputs) if file.pixels is not None else None) for item, file in zip(batch, loaded)]
         for file in decoded:
             file.pixels = None  # encoded: the pixels are not needed any more

@@ -84,7 +84,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     paths: list[Path] = []
     for entry in inputs:
         listed = list_source(entry, labels="none")
-        paths.extend(item.path for item in listed.items)
+        paths.extend(Path(item.path) for item in listed.items)
     return paths
 
 
@@ -187,14 +187,16 @@ def _list_file(list_path: Path) -> Source:
     root = list_path.parent
     rows = _read_rows(list_path)
     path_col, label_col = 0, 1
+    label_col_or_none: int | None = label_col
     header = [cell.strip().lower() for cell in rows[0][1]] if rows else []
     if "path" in header:
         path_col = header.index("path")
-        label_col = next((header.index(name) for name in ("label", "class") if name in header), None)
+        label_col_or_none = next((header.index(name) for name in ("label", "class") if name in header), None)
         rows = rows[1:]
     if not rows:
         raise SourceError(f"list '{list_path}' is empty: write one image path per line (optionally ',label').")
-    items, lines = [], {}
+    items: list[SourceItem] = []
+    lines: dict[str, int] = {}
     for line, row in rows:
         if path_col >= len(row) or not row[path_col].strip():
             raise SourceError(
@@ -207,7 +209,7 @@ def _list_file(list_path: Path) -> Source:
                 f"list '{list_path}' names '{rel}' twice (lines {lines[rel]} and {line}); list each image once."
             )
         lines[rel] = line
-        label = row[label_col].strip() if label_col is not None and label_col < len(row) else ""
+        label = row[label_col_or_none].strip() if label_col_or_none is not None and label_col_or_none < len(row) else ""
         items.append(SourceItem(root / rel, rel, label or None))
     labeled = [item for item in items if item.label is not None]
     if labeled and len(labeled) != len(items):
@@ -216,7 +218,7 @@ def _list_file(list_path: Path) -> Source:
             f"list '{list_path}' labels {len(labeled)} of {len(items)} images (e.g. '{missing}' has none); "
             "label every row or none."
         )
-    class_names = sorted({item.label for item in labeled})
+    class_names = sorted({item.label for item in labeled if item.label is not None})
     return Source(root=root, items=items, class_names=class_names)
 
 

@@ -131,7 +131,7 @@ def remembered(backbone: Backbone, precision: str = "fp32") -> str | None:
 
 def remember(backbone: Backbone, precision: str, measured: dict[str, float], *, on: str = "test images") -> str:
     """Keep the fastest of the `measured` runtimes (images/s) as "auto"'s choice from now on; returns its name."""
-    best = max(measured, key=measured.get)
+    best = max(measured, key=lambda name: measured[name])
     path = _choice_path(backbone, precision)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(
@@ -170,7 +170,8 @@ def load_encoder(
     choice = remembered(backbone, precision)
     if choice is not None:
         return build(backbone, choice, precision, calibration, calibration_digest, threads)
-    measured, problems = {}, []
+    measured: dict[str, float] = {}
+    problems: list[str] = []
     for candidate in CANDIDATES[precision]:
         if candidate == "keras" and measured:
             continue  # the reference is the slowest; it is only the fallback

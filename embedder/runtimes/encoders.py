@@ -31,10 +31,12 @@ def runtime_cache_dir() -> Path:
 class Encoder(Protocol):
     """Turns a uint8 batch (n, size, size, 3) into float32 embeddings (n, dim)."""
 
-    runtime: str
     precision: str
     key: str  # the cache key of the embeddings it produces
     calibration: str  # digest of the int8 calibration images ("" otherwise)
+
+    @property
+    def runtime(self) -> str: ...  # a property, so the Handover can change it
 
     def __call__(self, images: np.ndarray) -> np.ndarray: ...
 

@@ -99,7 +99,7 @@ def export_onnx(backbone: Backbone, path: Path, reference: KerasEncoder | None =
                 f"the ONNX export of {backbone.key} differs from Keras (max abs {parity['max_abs']:.2e}, "
                 f"min cosine {parity['min_cosine']:.7f}); use --runtime keras."
             )
-    report = {**parity, "export_seconds": time.perf_counter() - started, "backbone_key": backbone.key}
+    report: dict[str, Any] = {**parity, "export_seconds": time.perf_counter() - started, "backbone_key": backbone.key}
     write_bytes_atomic(path.with_suffix(".json"), json.dumps(report, indent=2).encode())
     logger.info(
         "exported %s to ONNX in %.1fs (max abs diff %.1e)", backbone.key, report["export_seconds"], parity["max_abs"]

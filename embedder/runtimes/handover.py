@@ -214,7 +214,7 @@ class Handover:
         on = "test images" if any(trial.on_test_images for trial in self._trials.values()) else "real batches"
         if not measured:
             measured, on = {"keras": throughput(self._reference, self._backbone.size)}, "test images"
-        best = max(measured, key=measured.get)
+        best = max(measured, key=lambda name: measured[name])
         if self._remember:
             remember(self._backbone, "fp32", measured, on=on)
         self._chosen = self._trials[best].encoder if best in self._trials else self._reference

@@ -126,6 +126,10 @@ def test_a_sweep_is_one_parent_run_and_a_nested_run_per_model_row_with_the_repor
         ]
         assert child.data.params == row_params(row, report)
         assert all(child.data.params[f"hp.{key}"] == json.dumps(value) for key, value in row["params"].items())
+        asked = GRIDS[row["name"]]  # the grid asked for, recorded in report.json (in the estimator's own names)
+        assert list(row["grid"].values()) == list(asked.values())
+        assert all(name.endswith(key) for name, key in zip(row["grid"], asked))
+        assert json.loads(child.data.params["grid"]) == row["grid"]
         history = client.get_metric_history(child.info.run_id, "learning_curve_accuracy")
         assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
             (x, mean) for x, mean, _ in curve_steps(report, row["name"])

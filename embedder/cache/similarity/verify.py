@@ -41,12 +41,13 @@ def verify_index(cache: Path, group: h5py.Group) -> list[str]:
             f"the cache has {n} rows; {FIX}."
         )
     sample = np.unique(np.linspace(0, n - 1, min(SAMPLE, n)).astype(np.int64)) if n else np.zeros(0, np.int64)
-    finite, Z = [], []
+    finite: list[np.ndarray] = []
+    blocks: list[np.ndarray] = []
     for rows, block in row_blocks(group["embeddings"], sample):
         finite.append(rows)
-        Z.append(block)
+        blocks.append(block)
     if finite and index.vectors.ntotal:
-        rows, Z = np.concatenate(finite), np.concatenate(Z)
+        rows, Z = np.concatenate(finite), np.concatenate(blocks)
         _, found = index.search(Z, min(10, index.vectors.ntotal))
         top = sorted({int(h[0]) for h in found if h[0] >= 0})
         stored = dict(zip(top, normalise(group["embeddings"][top]))) if top else {}
