@@ -132,8 +132,8 @@ def rank_hybrid(
         distances.extend(d)
         centres = np.concatenate([labelled, Z[np.asarray(picked, dtype=np.int64)]]) if picked else labelled
     index = np.asarray(picked, dtype=np.int64)
-    d = np.asarray(distances, dtype=np.float64)
-    return Ranked(index, u[index] * d, u[index], d, skipped)
+    spread = np.asarray(distances, dtype=np.float64)
+    return Ranked(index, u[index] * spread, u[index], spread, skipped)
 
 
 def rank(
