@@ -31,7 +31,16 @@ from embedder.cache import (
     pack,
     set_labels,
 )
-from embedder.cache.similarity import EXACT_ROWS, SIMILARITY, Graph, SimilarityIndex, index_dir, neighbours, normalise
+from embedder.cache.similarity import (
+    EXACT_ROWS,
+    GRAPH_K,
+    SIMILARITY,
+    Graph,
+    SimilarityIndex,
+    index_dir,
+    neighbours,
+    normalise,
+)
 from embedder.cache.similarity.query import Match
 from embedder.errors import (
     CacheError,
@@ -53,6 +62,7 @@ __all__ = [
     # building blocks for the layers above
     "DEFAULT_MAX_PIXELS",
     "EXACT_ROWS",
+    "GRAPH_K",
     "SIMILARITY",
     # images -> embeddings
     "Backbone",
