@@ -77,6 +77,8 @@ def child(n: int, method: str, out: str, knn_k: int) -> None:
     Z, groups = make_rows(n)
     make_seconds = time.perf_counter() - started
     rows_peak = rss()
+    cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # noqa: E731 (user + system seconds)
+    cpu_started = cpu()
     started = time.perf_counter()
     if method == "index":
         found, threshold = find_near_duplicates(Z, threshold=THRESHOLD, k=outliers.K, normalised=True)
@@ -89,6 +91,7 @@ def child(n: int, method: str, out: str, knn_k: int) -> None:
         i, j, knn = found.i[keep], found.j[keep], found.knn
         described, saturated = f"exact, blocked matrix products, k = {knn_k}", 0
     search_seconds = time.perf_counter() - started
+    search_cpu = cpu() - cpu_started
     started = time.perf_counter()
     flagged, _ = outliers.flag(outliers.scores(knn))
     root = components(n, i, j)
@@ -111,6 +114,7 @@ def child(n: int, method: str, out: str, knn_k: int) -> None:
                 "threshold": threshold,
                 "make_seconds": make_seconds,
                 "seconds": search_seconds,
+                "cpu_seconds": search_cpu,
                 "rest_seconds": rest_seconds,
                 "rows_mb": Z.nbytes / 2**20,
                 "rows_peak_mb": rows_peak,
@@ -169,16 +173,18 @@ def main() -> None:
                 rows.append(exact)
             rows.append(index)
     print(
-        f"\naudit near-duplicates + outliers + components, {DIM}-d synthetic clustered rows, {os.cpu_count()} cores\n"
+        f"\naudit near-duplicates + outliers + components, {DIM}-d synthetic clustered rows, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f} at the end\n"
     )
     print(
-        f"{'rows':>9} {'method':>6} {'search s':>9} {'rest s':>7} {'peak MB':>8} {'rows MB':>8} {'pairs':>7} "
+        f"{'rows':>9} {'method':>6} {'search s':>9} {'CPU s':>7} {'rest s':>7} {'peak MB':>8} {'rows MB':>8} {'pairs':>7} "
         f"{'saturated':>9} {'exact recall':>12} {'planted':>8} {'sampled':>8} {'outliers =':>10}"
     )
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     for r in rows:
         print(
-            f"{r['n']:>9,} {r['method']:>6} {r['seconds']:>9.1f} {r['rest_seconds']:>7.1f} {r['peak_mb']:>8.0f} "
+            f"{r['n']:>9,} {r['method']:>6} {r['seconds']:>9.1f} {r.get('cpu_seconds', float('nan')):>7.0f} "
+            f"{r['rest_seconds']:>7.1f} {r['peak_mb']:>8.0f} "
             f"{r['rows_mb']:>8.0f} {r['pairs']:>7} {r['saturated']:>9} {fmt(r.get('exact_recall')):>12} "
             f"{r['planted_recall']:>8.4f} {r['sampled_recall']:>8.4f} {fmt(r.get('outliers_same')):>10}"
         )
@@ -193,7 +199,7 @@ def main() -> None:
                 f"({r['seconds']:.0f} s vs {e['seconds']:.0f} s), peak {r['peak_mb']:.0f} vs {e['peak_mb']:.0f} MB"
             )
     print(
-        "(search s: pairs + 10 nearest neighbours; rest s: outlier scores and components; peak MB: the whole "
+        "(search s: pairs + 10 nearest neighbours, wall clock; CPU s: its user + system seconds; rest s: outlier scores and components; peak MB: the whole "
         "process, the rows included; outliers =: share of the exact run's flagged outliers the index run flags too)"
     )
 
