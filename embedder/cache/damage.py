@@ -24,7 +24,7 @@ import numpy as np
 
 from embedder.cache.layout import GROUP
 from embedder.cache.lookup import DIGEST, RowLookup, path_hashes
-from embedder.cache.segments import COLUMNS, read_runs
+from embedder.cache.segments import COLUMNS, read_runs, segment_file
 from embedder.errors import CacheError
 
 RESTORE = "restore the cache from a backup, or extract again into a new file"
@@ -41,8 +41,8 @@ def damaged(path: Path, what: str) -> CacheError:
 
 
 def segment_path(cache: Path, file: str) -> Path:
-    """The segment file a run names (the one place this module resolves one; see segments.py)."""
-    return cache.parent / file
+    """The segment file a run names, in the cache's own folder (the one place this module resolves one)."""
+    return segment_file(cache, file)
 
 
 def from_h5py(exc: BaseException) -> bool:

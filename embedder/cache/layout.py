@@ -19,7 +19,9 @@
 
 The six row datasets are HDF5 virtual datasets over segment files in `CACHE.segments/<key>/`
 (each with the same six datasets, fletcher32-checksummed); h5py reads them like any dataset as long
-as the `.segments` folder sits next to the cache file. Files written before segments hold the row
+as the `.segments` folder sits next to the cache file. The folder is always derived from the cache
+file's own name, never from the paths the mappings store; root attrs `cache_id` and `written_as`
+and the folder's `OWNER` file tie the two together (see storage.py). Files written before segments hold the row
 datasets directly; they are read as they are and moved into a segment on their first write.
 
 A file written by `embedder pack` (pack.py) holds them directly too, fletcher32-checksummed, with no

@@ -29,8 +29,10 @@ from embedder.cache.segments import (
     contract,
     expand,
     link,
+    link_columns,
     new_segment,
     read_runs,
+    segment_file,
     write_segment,
 )
 from embedder.provenance import utc_now
@@ -90,9 +92,15 @@ def carry_group(cache: Path, groups: h5py.Group, name: str, old: h5py.Group) -> 
     """An untouched backbone group into the new cache file: its small metadata is copied, its segments stay."""
     if "runs" in old:
         old.file.copy(old, groups, name=name)
+        copied = groups[name]
+        if len(copied["runs/file"]):  # mapped again under the cache's own name (a renamed copy, an older layout)
+            dim = int(copied["embeddings"].shape[1])
+            for column in COLUMNS:
+                del copied[column]
+            link_columns(copied, cache, read_runs(copied), dim)
         return
     state = read_state(cache, name, old)
-    write_group(groups.create_group(name), _attrs(old), state, int(old["embeddings"].shape[1]))
+    write_group(groups.create_group(name), cache, _attrs(old), state, int(old["embeddings"].shape[1]))
 
 
 def merge_group(
@@ -152,7 +160,7 @@ def merge_group(
     if len(state.runs) > MAX_RUNS:
         state.runs = compact(cache, key, state.runs, dim)
     attrs = {**provenance, "created": state.created}
-    write_group(groups.create_group(key), attrs, state, dim)
+    write_group(groups.create_group(key), cache, attrs, state, dim)
 
 
 def _replay(
@@ -278,7 +286,7 @@ def compact(cache: Path, key: str, runs: list[Run], dim: int) -> list[Run]:
     tail = runs[point:]
     rows = sum(run.length for run in tail)
     path, relative = new_segment(cache, key)
-    files = {run.file: h5py.File(cache.parent / run.file, "r") for run in tail}
+    files = {run.file: h5py.File(segment_file(cache, run.file), "r") for run in tail}
     try:
         write_segment(
             path, rows, dim, lambda target: copy_rows(target, [(files[r.file], r.start, r.length) for r in tail])
@@ -290,13 +298,13 @@ def compact(cache: Path, key: str, runs: list[Run], dim: int) -> list[Run]:
     return [*runs[:point], Run(relative, 0, rows, rows)]
 
 
-def write_group(group: h5py.Group, attrs: dict[str, Any], state: GroupState, dim: int) -> None:
+def write_group(group: h5py.Group, cache: Path, attrs: dict[str, Any], state: GroupState, dim: int) -> None:
     """Write a backbone group of the new cache file: attributes, virtual datasets, lookup tables, failures."""
     for name, value in attrs.items():
         group.attrs[name] = value
     group.attrs["updated"] = utc_now()
     group.attrs["class_names"] = np.array(state.class_names, dtype=STR)
-    link(group, state.runs, dim)
+    link(group, cache, state.runs, dim)
     state.lookup.write(group)
     write_failures(group, list(state.failures.values()))
 

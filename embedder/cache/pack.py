@@ -43,6 +43,7 @@ from embedder.cache.lookup import RowLookup
 from embedder.cache.merge import COPY_ROWS
 from embedder.cache.segments import CHECKSUMMED, COLUMNS, DTYPES
 from embedder.cache.similarity.storage import index_dir
+from embedder.cache.storage import check_storage
 from embedder.cache.verify import pending
 from embedder.errors import CacheError, CacheLockedError
 from embedder.provenance import utc_now
@@ -75,6 +76,7 @@ def pack(cache: str | os.PathLike, out: str | os.PathLike, *, force: bool = Fals
     if not source.exists():
         raise CacheError(f"cache '{source}' does not exist; pass the cache file written by `embedder extract --out`.")
     check_cache_file(source)
+    check_storage(source)
     if out.is_dir():
         raise CacheError(f"--out '{out}' is a directory; pass a file path such as '{out / source.name}'.")
     if out.exists() and out.resolve() == source.resolve():

@@ -12,7 +12,8 @@ import numpy as np
 from embedder.cache.batch import Failure
 from embedder.cache.damage import check_group_tables, damaged
 from embedder.cache.layout import GROUP, attr_value, check_cache_file, read_failures
-from embedder.cache.segments import COLUMNS, segments_folder
+from embedder.cache.segments import COLUMNS, read_runs, segment_file, segments_folder
+from embedder.cache.storage import check_storage
 from embedder.errors import CacheError
 
 if TYPE_CHECKING:
@@ -165,12 +166,12 @@ class Cache:
         gone = (
             sorted(
                 {
-                    file
-                    for _, file, _, _ in group["embeddings"].virtual_sources()
-                    if not (self.path.parent / file).is_file()
+                    str(segment_file(self.path, run.file))
+                    for run in read_runs(group)
+                    if not segment_file(self.path, run.file).is_file()
                 }
             )
-            if group["embeddings"].is_virtual
+            if "runs" in group
             else []
         )
         if gone:
@@ -214,6 +215,7 @@ def open_cache(path: str | os.PathLike) -> Cache:
     if not path.exists():
         raise CacheError(f"cache '{path}' does not exist; create it with `embedder extract SOURCE --out {path}`.")
     check_cache_file(path)
+    check_storage(path)
     try:
         return Cache(h5py.File(path, "r"), path)
     except OSError as exc:

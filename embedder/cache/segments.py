@@ -42,7 +42,8 @@ FILL = {
 
 @dataclass(frozen=True)
 class Run:
-    """Rows [start, start + length) of a segment file of `rows` rows; `file` is relative to the cache's folder."""
+    """Rows [start, start + length) of a segment file of `rows` rows; `file` is `<key>/<name>.h5` inside the
+    cache's own segment folder (files of older caches named the folder too; `read_runs` drops it)."""
 
     file: str
     start: int
@@ -51,14 +52,19 @@ class Run:
 
 
 def segments_folder(cache: Path) -> Path:
-    """Where the segment files of cache file `cache` live (next to it: move both together)."""
+    """Where the segment files of cache file `cache` live: always named after the file itself, next to it."""
     return cache.with_name(cache.name + ".segments")
 
 
+def segment_file(cache: Path, file: str) -> Path:
+    """The segment a run names, in the cache's own folder (never where the file says it was written)."""
+    return segments_folder(cache) / file
+
+
 def new_segment(cache: Path, key: str) -> tuple[Path, str]:
-    """A fresh segment path for backbone `key`, and its name relative to the cache file's folder."""
-    relative = f"{segments_folder(cache).name}/{key}/{uuid.uuid4().hex}.h5"
-    return cache.parent / relative, relative
+    """A fresh segment path for backbone `key`, and its name inside the cache's segment folder."""
+    relative = f"{key}/{uuid.uuid4().hex}.h5"
+    return segment_file(cache, relative), relative
 
 
 def write_segment(path: Path, rows: int, dim: int, fill: Callable[[dict[str, h5py.Dataset]], None]) -> None:
@@ -76,29 +82,36 @@ def write_segment(path: Path, rows: int, dim: int, fill: Callable[[dict[str, h5p
         fill(datasets)
 
 
-def link(group: h5py.Group, runs: list[Run], dim: int) -> None:
-    """Create the group's virtual datasets: the runs' rows, in order. A missing segment reads as NaN / -1."""
-    total = sum(run.length for run in runs)
-    for name in COLUMNS:
-        shape = (total, dim) if name == "embeddings" else (total,)
-        layout = h5py.VirtualLayout(shape=shape, dtype=DTYPES[name])
-        at = 0
-        for run in runs:
-            source = h5py.VirtualSource(run.file, name, shape=(run.rows, *shape[1:]), dtype=DTYPES[name])
-            layout[at : at + run.length] = source[run.start : run.start + run.length]
-            at += run.length
-        group.create_virtual_dataset(name, layout, fillvalue=FILL.get(name))
+def link(group: h5py.Group, cache: Path, runs: list[Run], dim: int) -> None:
+    """Create the group's virtual datasets and its table of runs."""
+    link_columns(group, cache, runs, dim)
     table = group.create_group("runs")
     table.create_dataset("file", data=np.array([run.file for run in runs], dtype=object), dtype=STR)
     for field in ("start", "length", "rows"):
         table.create_dataset(field, data=np.array([getattr(run, field) for run in runs], dtype=np.int64))
 
 
+def link_columns(group: h5py.Group, cache: Path, runs: list[Run], dim: int) -> None:
+    """The group's virtual datasets: the runs' rows, in order, mapped onto `CACHE.segments/...` relative to the
+    cache file's folder, under the cache's own name. A missing segment reads as NaN / -1."""
+    folder = segments_folder(cache).name
+    total = sum(run.length for run in runs)
+    for name in COLUMNS:
+        shape = (total, dim) if name == "embeddings" else (total,)
+        layout = h5py.VirtualLayout(shape=shape, dtype=DTYPES[name])
+        at = 0
+        for run in runs:
+            source = h5py.VirtualSource(f"{folder}/{run.file}", name, shape=(run.rows, *shape[1:]), dtype=DTYPES[name])
+            layout[at : at + run.length] = source[run.start : run.start + run.length]
+            at += run.length
+        group.create_virtual_dataset(name, layout, fillvalue=FILL.get(name))
+
+
 def read_runs(group: h5py.Group) -> list[Run]:
     """The runs of a segmented backbone group, in row order."""
     table = group["runs"]
     return [
-        Run(str(file), int(start), int(length), int(rows))
+        Run("/".join(str(file).split("/")[-2:]), int(start), int(length), int(rows))
         for file, start, length, rows in zip(
             table["file"].asstr()[...], table["start"][...], table["length"][...], table["rows"][...]
         )

@@ -19,6 +19,7 @@ from embedder.cache.damage import RESTORE, RowChecker, bad_segments, ranges, seg
 from embedder.cache.layout import GROUP, check_cache_file
 from embedder.cache.lookup import RowLookup
 from embedder.cache.segments import COLUMNS, expand, read_runs
+from embedder.cache.storage import check_storage
 from embedder.errors import CacheError
 
 READ_ROWS = 8192
@@ -34,6 +35,7 @@ def verify(path: str | os.PathLike) -> list[str]:
         return [f"{path}: no such file; pass the cache file written by `embedder extract --out`."]
     try:
         check_cache_file(path)
+        check_storage(path)
     except CacheError as exc:
         return [str(exc)]
     problems: list[str] = []

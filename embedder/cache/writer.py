@@ -33,6 +33,7 @@ from embedder.cache.layout import FORMAT, GROUP, SCHEMA_VERSION, check_cache_fil
 from embedder.cache.lookup import DIGEST, KnownHashes
 from embedder.cache.merge import carry_group, find_rows, merge_group, read_rows, read_state
 from embedder.cache.segments import read_runs, referenced_files, segments_folder
+from embedder.cache.storage import check_storage, claim, new_cache_id
 from embedder.errors import CacheError, CacheLockedError
 from embedder.provenance import utc_now
 
@@ -63,6 +64,7 @@ class CacheWriter:
 
     def __enter__(self) -> CacheWriter:
         check_cache_file(self.path)
+        check_storage(self.path)
         if not self.path.parent.is_dir():
             raise CacheError(f"folder '{self.path.parent}' of cache '{self.path}' does not exist; create it first.")
         self._lock()
@@ -227,6 +229,10 @@ class CacheWriter:
                     new.attrs["schema_version"] = SCHEMA_VERSION
                     new.attrs["created"] = old.attrs["created"] if old is not None else utc_now()
                     new.attrs["updated"] = utc_now()
+                    cache_id = str(old.attrs.get("cache_id", new_cache_id())) if old is not None else new_cache_id()
+                    claim(self.path, cache_id)  # the folder names the id before the file does
+                    new.attrs["cache_id"] = cache_id
+                    new.attrs["written_as"] = str(self.path.resolve())
                     groups = new.create_group(GROUP)
                     for name in old.get(GROUP, {}) if old is not None else {}:
                         if name not in keys:
@@ -258,8 +264,8 @@ class CacheWriter:
                 for group in handle.get(GROUP, {}).values():
                     if "runs" in group:
                         referenced |= referenced_files(read_runs(group))
-        for segment in folder.glob("*/*"):
-            if segment.relative_to(self.path.parent).as_posix() not in referenced:
+        for segment in folder.glob("*/*.h5"):
+            if segment.relative_to(folder).as_posix() not in referenced:
                 segment.unlink()
         for empty in folder.iterdir():
             if empty.is_dir() and not any(empty.iterdir()):
