@@ -102,7 +102,7 @@ def make_rows(cache: str, n: int, noise: float):
 def child_index(cache: str, n: int, noise: float) -> None:
     import numpy as np
 
-    from classical.audit.near_duplicates import components
+    from classical.data.near_duplicates import components
     from embedder.cache.similarity import VectorIndex, neighbours, plan_for
 
     Z = make_rows(cache, n, noise)

@@ -31,7 +31,16 @@ from embedder.cache import (
     pack,
     set_labels,
 )
-from embedder.cache.similarity import EXACT_ROWS, SIMILARITY, Graph, SimilarityIndex, index_dir, neighbours, normalise
+from embedder.cache.similarity import (
+    EXACT_ROWS,
+    GRAPH_K,
+    SIMILARITY,
+    Graph,
+    SimilarityIndex,
+    index_dir,
+    neighbours,
+    normalise,
+)
 from embedder.cache.similarity.query import Match
 from embedder.errors import (
     CacheError,
@@ -52,6 +61,7 @@ from embedder.runtimes import Encoder, keras_to_onnx, load_encoder, onnx_backbon
 __all__ = [  # the library's face; the CLI's building blocks live in embedder.cli
     "DEFAULT_MAX_PIXELS",
     "EXACT_ROWS",
+    "GRAPH_K",
     "SIMILARITY",
     "Backbone",
     "Cache",

@@ -132,6 +132,7 @@ def audit(
             "cross_label_pairs": sum(p["same_label"] is False for p in near),
             "label_issues": len(issue_list),
             "outliers": len(outlier_list),
+            "near_duplicate_saturated_rows": found.saturated,
             "straddling": len(straddling) if split else None,
             "straddling_train_test": len(train_test) if split else None,
         },
@@ -143,7 +144,15 @@ def audit(
                 "the base threshold, raised to 1 - 0.6 x (1 - median nearest-neighbour similarity) where that "
                 "is higher: a near-duplicate is closer than 0.6 x the typical nearest-photo distance"
             ),
-            "search": "exact, blocked matrix products (1024 x 8192 similarities per tile); plus identical bytes (sha256)",
+            "search": f"k-NN graph of the similarity index: {found.search}; plus identical bytes (sha256)",
+            "graph_k": found.graph_k,
+            "saturated_rows": found.saturated,
+            "saturated_note": (
+                None
+                if not found.saturated
+                else f"{found.saturated} rows have all {found.graph_k} graph neighbours at or above the threshold "
+                "(more near-duplicates than the graph holds): their pairs come from a range search of the index"
+            ),
             "seconds": round(near_seconds, 3),
         },
         "label_issues_method": {
@@ -227,7 +236,14 @@ def summary_line(result: dict[str, Any]) -> str:
         if result["label_issues_skipped"] is None
         else f"label issues skipped: {result['label_issues_skipped']}"
     )
+    saturated = s.get("near_duplicate_saturated_rows") or 0  # absent from audits before the index
+    wide = (
+        f", {saturated} rows with more than {result['near_duplicates_method']['graph_k']} near-duplicates "
+        "(their pairs by range search)"
+        if saturated
+        else ""
+    )
     return (
-        f"{s['near_duplicates']} near-duplicate pairs ({s['exact_duplicates']} exact{leak}), {issues}, "
+        f"{s['near_duplicates']} near-duplicate pairs ({s['exact_duplicates']} exact{leak}{wide}), {issues}, "
         f"{s['outliers']} outliers, {result['seconds']:.1f} s"
     )

@@ -1,11 +1,23 @@
-"""Near-duplicates and nearest neighbours of embeddings, by blocked matrix products (no N x N matrix).
+"""Near-duplicates and nearest neighbours of embeddings: the similarity index's k-NN graph, or an exact product.
 
-Similarity is the cosine of power-normalised embeddings: each component is replaced by its
-signed square root, then rows are L2-normalised (float32). On MobileNetV2's pooled ReLU6 features
-this is the Hellinger kernel; it separates edited copies of a photo from distinct photos of the
-same class better than the plain cosine (measured with `benchmarks/audit_threshold.py` on the
-flowers, see README "Audit"). Rows are compared block against block (`block_rows` x `block_cols`
-similarities at a time, 32 MB by default), so memory is O(N * D + N * k), whatever N.
+Similarity is the cosine of power-normalised embeddings (`embedder.normalise`): each component is
+replaced by its signed square root, then rows are L2-normalised (float32). On MobileNetV2's pooled
+ReLU6 features this is the Hellinger kernel; it separates edited copies of a photo from distinct
+photos of the same class better than the plain cosine (measured with `benchmarks/audit_threshold.py`
+on the flowers, see README "Audit").
+
+`find_near_duplicates` (the audit, split grouping, semi-supervised models) takes its pairs and
+nearest neighbours from the embedder's k-NN graph (`embedder.neighbours`): below `embedder.EXACT_ROWS`
+rows it is exact (a flat faiss index: every pair at or above the threshold, the exact k nearest, the
+answers of `search`); from there on each row's 20 nearest rows come from an IVF-SQ8 index and the
+pairs are the graph's edges at or above the threshold. A pair can be missed there in two ways: a
+photo with more than 20 near-duplicates (its 20th neighbour still at or above the threshold: such
+rows are counted as `saturated`, and all their pairs are taken from a range search of the index
+instead, so the count says where the graph alone would have been short), or the IVF scan missing a
+neighbour (the two rows in cells not scanned; rare for near-duplicates, which sit next to each other).
+
+`search` is the exact blocked matrix product (`block_rows` x `block_cols` similarities at a time,
+32 MB by default, memory O(N * D + N * k), time O(N^2)): the reference the graph is checked against.
 """
 
 from __future__ import annotations
@@ -14,20 +26,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from embedder import SIMILARITY, Graph, neighbours, normalise
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "SIMILARITY",
+    "Neighbours",
+    "components",
+    "effective_threshold",
+    "exact_pairs",
+    "find_near_duplicates",
+    "normalise",
+    "search",
+]
+
 DEFAULT_THRESHOLD = 0.90
 NEAREST_FRACTION = 0.6  # of the typical nearest-neighbour distance, see `effective_threshold`
-SIMILARITY = "cosine of power-normalised embeddings (signed square root of each component, then L2 norm)"
 BLOCK_ROWS, BLOCK_COLS = 1024, 8192
-
-
-def normalise(X: np.ndarray) -> np.ndarray:
-    """Rows as the similarity sees them: signed square root of each component, then unit L2 norm (float32)."""
-    X = np.asarray(X, dtype=np.float32)
-    Z = np.sqrt(np.abs(X))  # one new array, then in place: memory stays at twice the rows at most
-    np.copysign(Z, X, out=Z)
-    norms = np.linalg.norm(Z, axis=1, keepdims=True)
-    Z /= np.maximum(norms, np.float32(1e-12))
-    return Z
 
 
 @dataclass
@@ -38,6 +53,14 @@ class Neighbours:
     j: np.ndarray  # int64
     cosine: np.ndarray  # float32, descending
     knn: np.ndarray  # (N, k) float32, each row descending (empty when k = 0)
+    search: str = "exact, blocked matrix products"  # how the pairs were found, in words
+    graph_k: int = 0  # neighbours per row the pairs come from (0: every pair, exact)
+    saturated: int = 0  # rows whose graph_k neighbours are all at or above the threshold (see the module)
+
+    @classmethod
+    def from_graph(cls, graph: Graph) -> Neighbours:
+        """The pairs and neighbour similarities of an `embedder.neighbours` graph."""
+        return cls(graph.i, graph.j, graph.similarity, graph.knn, graph.plan.describe(), graph.graph_k, graph.saturated)
 
 
 def search(
@@ -110,13 +133,13 @@ def find_near_duplicates(
 ) -> tuple[Neighbours, float]:
     """Pairs at the domain's threshold (`effective_threshold`), each row's k nearest similarities, and that threshold.
 
-    One pass: the pairs at `threshold` and the nearest neighbours come from the same search, then the
-    pairs below the raised threshold are dropped.
+    One k-NN graph of the rows (`embedder.neighbours`, see the module): the nearest neighbours decide
+    the threshold, then the graph's pairs are cut there. Below `embedder.EXACT_ROWS` rows the answer is
+    that of the exact all-pairs product (`search`).
     """
-    found = search(X, threshold=threshold, k=max(k, 1), normalised=normalised)
-    effective = effective_threshold(threshold, found.knn[:, 0]) if found.knn.shape[1] else float(threshold)
-    keep = found.cosine >= effective
-    return Neighbours(i=found.i[keep], j=found.j[keep], cosine=found.cosine[keep], knn=found.knn[:, :k]), effective
+    Z = X if normalised else normalise(X)
+    graph = neighbours(Z, k=k, threshold=lambda nearest: effective_threshold(threshold, nearest))
+    return Neighbours.from_graph(graph), float(graph.threshold)
 
 
 def exact_pairs(sha256: np.ndarray, limit: int = 50) -> set[tuple[int, int]]:

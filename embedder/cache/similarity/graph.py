@@ -18,6 +18,7 @@ IVF's quantised ones, recomputed from the rows, so the threshold is applied to e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,14 +42,26 @@ class Graph:
     plan: Plan
     graph_k: int  # neighbours searched per row for the pairs (0: every pair, exact)
     saturated: int  # rows whose graph_k neighbours are all at or above the threshold (0 when exact)
+    threshold: float | None = None  # the threshold the pairs are at (a callable's answer, see `neighbours`)
 
     @property
     def exact(self) -> bool:
         return self.plan.kind == "exact"
 
 
-def neighbours(Z: np.ndarray, *, k: int = 10, threshold: float | None = None, plan: Plan | None = None) -> Graph:
-    """The k nearest neighbours of every row of normalised `Z` and the pairs at or above `threshold` (None: none)."""
+def neighbours(
+    Z: np.ndarray,
+    *,
+    k: int = 10,
+    threshold: float | Callable[[np.ndarray], float] | None = None,
+    plan: Plan | None = None,
+) -> Graph:
+    """The k nearest neighbours of every row of normalised `Z` and the pairs at or above `threshold` (None: none).
+
+    `threshold` may be a function of each row's nearest-neighbour similarity ((n,) float32, -inf for a
+    row without neighbour) returning the threshold: the graph is searched once, then its pairs are cut
+    there (`Graph.threshold` says where).
+    """
     Z = np.ascontiguousarray(Z, np.float32)
     n = len(Z)
     plan = plan or plan_for(n)
@@ -63,7 +76,9 @@ def neighbours(Z: np.ndarray, *, k: int = 10, threshold: float | None = None, pl
     for start in range(0, n, SEARCH_ROWS):
         index.add(Z[start : start + SEARCH_ROWS], np.arange(start, min(n, start + SEARCH_ROWS)))
     graph_k = 0 if plan.kind == "exact" else max(GRAPH_K, k)
-    near, sims = _knn(index, Z, max(k, graph_k))
+    near, sims = _knn(index, Z, max(k, graph_k, int(callable(threshold))))
+    if callable(threshold):
+        threshold = float(threshold(sims[:, 0]))
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray]
     saturated = 0
     if threshold is None:
@@ -96,6 +111,7 @@ def neighbours(Z: np.ndarray, *, k: int = 10, threshold: float | None = None, pl
         plan,
         graph_k,
         saturated,
+        None if threshold is None else float(threshold),
     )
 
 
