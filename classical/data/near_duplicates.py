@@ -139,6 +139,8 @@ def find_near_duplicates(
     """
     Z = X if normalised else normalise(X)
     graph = neighbours(Z, k=k, threshold=lambda nearest: effective_threshold(threshold, nearest))
+    if graph.threshold is None:  # (a threshold was given, so the graph has one)
+        raise ValueError("the k-NN graph was built without a threshold")
     return Neighbours.from_graph(graph), float(graph.threshold)
 
 
