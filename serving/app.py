@@ -45,8 +45,11 @@ from serving.schemas import (
     ErrorResponse,
     ModelInfo,
     ModelsResponse,
+    Neighbour,
     PredictionResult,
     PredictResponse,
+    SimilarResponse,
+    SimilarResult,
     TopClass,
     TopResponse,
     TopResult,
@@ -54,6 +57,7 @@ from serving.schemas import (
 from serving.service import Service, ServiceSettings, batched
 
 logger = logging.getLogger(__name__)
+MAX_SIMILAR = 100  # neighbours per image of POST /v1/similar
 
 
 def create_app(settings: ServiceSettings, service: Service | None = None) -> FastAPI:
@@ -237,6 +241,35 @@ def create_app(settings: ServiceSettings, service: Service | None = None) -> Fas
                 )
                 for i, ((name, _), (sha, _), p) in enumerate(zip(parts, decoded, probs))
             ]
+        )
+
+    @app.post(
+        "/v1/similar",
+        response_model=SimilarResponse,
+        dependencies=[Depends(authorized)],
+        openapi_extra=IMAGES_BODY,
+        responses=ERRORS,
+        summary="The nearest cached photos of each image (the --cache's similarity index).",
+    )
+    async def similar(request: Request, k: int = 10) -> SimilarResponse:
+        if not 1 <= k <= MAX_SIMILAR:
+            raise ServiceError(422, "invalid_request", f"k must be between 1 and {MAX_SIMILAR}. Received: {k}")
+        if service.cache_file is None:
+            raise ServiceError(503, "not_enabled", "similarity search needs a cache; start the server with --cache")
+        parts = await read_images(request, settings.max_images)
+        shas, found = await service.similar(parts, k)
+        return SimilarResponse(
+            backbone=service.key,
+            k=k,
+            results=[
+                SimilarResult(
+                    index=i,
+                    name=name,
+                    sha256=sha,
+                    neighbours=[Neighbour(path=m.path, similarity=m.similarity, label=m.label) for m in matches],
+                )
+                for i, ((name, _), sha, matches) in enumerate(zip(parts, shas, found))
+            ],
         )
 
     return app

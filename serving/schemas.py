@@ -65,6 +65,25 @@ class TopResponse(BaseModel):
     results: list[TopResult]
 
 
+class Neighbour(BaseModel):
+    path: str = Field(description="The cached photo's path, as stored in the cache.")
+    similarity: float = Field(description="Cosine similarity of the power-normalised embeddings (1 = identical).")
+    label: str = Field(description="Its class name in the cache ('' when unlabelled).")
+
+
+class SimilarResult(BaseModel):
+    index: int
+    name: str | None
+    sha256: str
+    neighbours: list[Neighbour] = Field(description="The nearest cached photos, best first.")
+
+
+class SimilarResponse(BaseModel):
+    backbone: str
+    k: int
+    results: list[SimilarResult]
+
+
 class ModelInfo(BaseModel):
     name: str
     kind: str | None = Field(description="'classical', 'neural' or 'exported' (an ONNX file of `classical export`).")

@@ -70,6 +70,7 @@ class Service:
         self.pixel_batchers: dict[str, MicroBatcher] = {}  # models applied to images (fine-tuned networks, exports)
         self.cache_rows: dict[str, int] = {}
         self.cache_file: Any = None
+        self.similar_error: str | None = None
         self.imagenet: MicroBatcher | None = None
         self.class_names: list[str] = []
 
@@ -131,6 +132,22 @@ class Service:
                 f"it has: {', '.join(self.cache_file.keys) or 'none'}"
             )
         self.cache_rows = {sha: row for row, sha in enumerate(self.cache_file[self.key].sha256)}
+        self.similar_error = None
+        try:  # loaded now, so a missing or stale index is said at start-up, not on the first query
+            self.cache_file[self.key].index(refresh=False)
+        except CacheError as exc:
+            self.similar_error = f"the cache's similarity index cannot be used ({exc}); run `embedder similar` once"
+
+    async def similar(self, parts: list[tuple[str | None, bytes]], k: int) -> tuple[list[str], list[list[Any]]]:
+        """sha256 and the k nearest cached photos of each part (the cache's own search, as `embedder similar`)."""
+        if self.cache_file is None:
+            raise ServiceError(503, "not_enabled", "similarity search needs a cache; start the server with --cache")
+        if self.similar_error is not None:
+            raise ServiceError(503, "not_enabled", self.similar_error)
+        rows = await self.embed(parts)
+        X = np.stack([vector for _, vector, _ in rows]).astype(np.float32)
+        found = await asyncio.get_running_loop().run_in_executor(None, lambda: self.cache_file[self.key].search(X, k))
+        return [sha for sha, _, _ in rows], found
 
     async def decode(
         self, parts: list[tuple[str | None, bytes]], *, use_cache: bool = True

@@ -39,6 +39,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_dataset(folder / "photos", per_class=8)
     extract(folder / "photos", folder / "c.h5", TINY, progress=False)
     sweep(folder / "c.h5", folder / "run", models=["lr"], grids={"lr": {"C": [1.0]}}, cv=3, progress=False)
+    from embedder import open_cache
+
+    with open_cache(folder / "c.h5") as cache:
+        cache.backbone().index()  # built once, as `embedder similar` does; the server only loads it
     return folder
 
 
@@ -232,9 +236,15 @@ def test_a_client_leaving_mid_body_is_one_log_line(client: TestClient, caplog: p
 
 def test_openapi_documents_every_endpoint_and_field(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
-    assert {"/healthz", "/readyz", "/v1/models", "/v1/embeddings", "/v1/predict/{model}", "/v1/imagenet/top"} <= set(
-        schema["paths"]
-    )
+    assert {
+        "/healthz",
+        "/readyz",
+        "/v1/models",
+        "/v1/embeddings",
+        "/v1/predict/{model}",
+        "/v1/imagenet/top",
+        "/v1/similar",
+    } <= set(schema["paths"])
     body = schema["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(body)
     fields = schema["components"]["schemas"]["EmbeddingResult"]["properties"]
@@ -392,3 +402,29 @@ def test_real_server_finishes_in_flight_requests_on_sigterm(tmp_path: Path) -> N
     assert answer["response"].status_code == 200 and len(answer["response"].json()["results"][0]["embedding"]) == 1280
     log = server.stderr.read()
     assert "Shutting down" in log and "Application shutdown complete" in log and "Finished server process" in log
+
+
+def test_similar_answers_the_nearest_cached_photos_as_the_cli_does(client: TestClient, run_dir: Path) -> None:
+    from embedder import open_cache
+
+    with open_cache(run_dir / "c.h5") as cache:
+        rows = cache.backbone()
+        photo = run_dir / "photos" / str(rows.paths[0])
+        expected = rows.search_files([photo], k=3)[0]
+    answer = client.post("/v1/similar?k=3", files=files(photo.read_bytes(), jpeg(7))).json()
+    assert answer["k"] == 3 and len(answer["results"]) == 2
+    got = answer["results"][0]["neighbours"]
+    assert [n["path"] for n in got] == [m.path for m in expected]
+    assert got[0]["similarity"] == pytest.approx(1.0, abs=1e-4) and got[0]["label"] == expected[0].label
+    assert all(len(r["neighbours"]) == 3 for r in answer["results"])
+    assert client.post("/v1/similar?k=0", files=files(jpeg(1))).json()["error"]["code"] == "invalid_request"
+    bad = client.post("/v1/similar", files=files(b"not an image"))
+    assert 400 <= bad.status_code < 500 and "error" in bad.json()
+
+
+def test_similar_without_a_cache_is_a_clear_503(run_dir: Path) -> None:
+    settings = ServiceSettings(backbone=TINY)
+    with TestClient(create_app(settings)) as test_client:
+        answer = test_client.post("/v1/similar", files=files(jpeg(1)))
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "not_enabled" and "--cache" in answer.json()["error"]["message"]
