@@ -20,6 +20,7 @@ from embedder import (
     Backbone,
     CacheError,
     ImageError,
+    SimilarityIndex,
     build_classifier,
     decode_image,
     load_class_names,
@@ -71,6 +72,7 @@ class Service:
         self.cache_rows: dict[str, int] = {}
         self.cache_file: Any = None
         self.similar_error: str | None = None
+        self.similarity: SimilarityIndex | None = None
         self.imagenet: MicroBatcher | None = None
         self.class_names: list[str] = []
 
@@ -133,8 +135,8 @@ class Service:
             )
         self.cache_rows = {sha: row for row, sha in enumerate(self.cache_file[self.key].sha256)}
         self.similar_error = None
-        try:  # loaded now, so a missing or stale index is said at start-up, not on the first query
-            self.cache_file[self.key].index(refresh=False)
+        try:  # loaded now and kept: a missing or stale index is said at start-up, and queries answer from memory
+            self.similarity = self.cache_file[self.key].index(refresh=False)
         except CacheError as exc:
             self.similar_error = f"the cache's similarity index cannot be used ({exc}); run `embedder similar` once"
 
@@ -146,7 +148,9 @@ class Service:
             raise ServiceError(503, "not_enabled", self.similar_error)
         rows = await self.embed(parts)
         X = np.stack([vector for _, vector, _ in rows]).astype(np.float32)
-        found = await asyncio.get_running_loop().run_in_executor(None, lambda: self.cache_file[self.key].search(X, k))
+        found = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.cache_file[self.key].search(X, k, index=self.similarity)
+        )
         return [sha for sha, _, _ in rows], found
 
     async def decode(

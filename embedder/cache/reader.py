@@ -95,15 +95,18 @@ class CachedBackbone:
 
         return open_index(self._path, self._group, refresh=refresh)
 
-    def search(self, X: np.ndarray, k: int = 10) -> list[list[Match]]:
-        """The k cached photos most similar to each embedding of `X` (raw embeddings of this backbone), best first."""
+    def search(self, X: np.ndarray, k: int = 10, *, index: SimilarityIndex | None = None) -> list[list[Match]]:
+        """The k cached photos most similar to each embedding of `X` (raw embeddings of this backbone), best first.
+
+        `index`: this backbone's index as `index()` returned it, for callers that keep it loaded (the service).
+        """
         from embedder.cache.similarity import normalise
         from embedder.cache.similarity.query import matches
 
         X = np.atleast_2d(np.asarray(X, np.float32))
         if X.shape[1] != self.dim:
             raise ValueError(f"backbone {self.key} has {self.dim}-d embeddings; the queries are {X.shape[1]}-d")
-        return matches(self._group, *self.index().search(normalise(X), k))
+        return matches(self._group, *(index or self.index()).search(normalise(X), k))
 
     def similar(self, paths: list[str], k: int = 10) -> list[list[Match]]:
         """The k cached photos most similar to each cached photo of `paths` (itself left out), best first.
