@@ -1,12 +1,16 @@
-"""The README stays true: its Python examples run, its quick start matches CI and ../shared."""
+"""The README stays true: its quick start matches CI and ../shared, and the docs' Python examples run."""
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT, make_dataset
+
+from embedder import pack
 
 README = (ROOT / "README.md").read_text()
 
@@ -36,3 +40,11 @@ def test_python_examples_run(keras_home: Path, tmp_path: Path, monkeypatch: pyte
     for code in re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.S):
         exec(compile(code, str(guide), "exec"), {})
     assert (tmp_path / "photos.h5").is_file()
+    # the other guides' examples, on that cache: formats' h5py read, similarity's three searches
+    pack("photos.h5", "cache.h5")
+    shutil.copy(tmp_path / "photos" / "blue" / "blue_000.jpg", "query.jpg")
+    for page, names in (("reference/formats.md", {}), ("guides/similarity.md", {"X": np.ones((2, 1280), np.float32)})):
+        found = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / page).read_text(), flags=re.S)
+        assert found, page
+        for code in found:
+            exec(compile(code, page, "exec"), dict(names))
