@@ -98,7 +98,7 @@ class CachedBackbone:
     def search(self, X: np.ndarray, k: int = 10, *, index: SimilarityIndex | None = None) -> list[list[Match]]:
         """The k cached photos most similar to each embedding of `X` (raw embeddings of this backbone), best first.
 
-        `index`: this backbone's index as `index()` returned it, for callers that keep it loaded (the service).
+        `index`: this backbone's index as `index()` returned it, for callers that keep it loaded between queries.
         """
         from embedder.cache.similarity import normalise
         from embedder.cache.similarity.query import matches
