@@ -176,9 +176,10 @@ def check_before_write(path: Path) -> None:
 
 
 def check_tables(path: str | os.PathLike) -> None:
-    """Read the small file's lookup tables of every backbone (checksummed); raise CacheError naming the file if one fails.
+    """Read the small file's lookup tables and labels of every backbone (checksummed); raise CacheError naming the
+    file if one fails.
 
-    48 bytes per row: what every write reads anyway, and what `embedder info` reads to say damage there too.
+    52 bytes per row: what every write reads anyway, and what `embedder info` reads to say damage there too.
     """
     path = Path(path)
     with reading(path, "its lookup tables cannot be read"), h5py.File(path, "r") as handle:
@@ -187,11 +188,15 @@ def check_tables(path: str | os.PathLike) -> None:
 
 
 def check_group_tables(path: Path, group: h5py.Group) -> None:
-    """Read backbone group `group`'s lookup tables (if it has them); raise CacheError naming cache `path` if they fail."""
+    """Read backbone group `group`'s lookup tables and own labels (if it has them); raise CacheError naming cache
+    `path` if they fail."""
+    key = group.name.rsplit("/", 1)[-1]
     if "index" in group:
-        key = group.name.rsplit("/", 1)[-1]
         with reading(path, f"the lookup tables of backbone {key} cannot be read"):
             RowLookup.read(group)
+    if "runs" in group and "label" in group and not group["label"].is_virtual:
+        with reading(path, f"the labels of backbone {key} cannot be read"):
+            group["label"][...]
 
 
 def ranges(starts: list[tuple[int, int]]) -> str:

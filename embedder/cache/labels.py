@@ -1,10 +1,11 @@
 """Changing the labels of cached rows without re-embedding: one journaled batch, merged like any write.
 
 The changed rows go to the writer's journal as one batch of rows that reuse their own embedding by
-content hash, so the merge copies their embeddings (bit for bit) into a small new segment and leaves
-every other row where it is: the cost is O(rows changed). The batch is one file renamed into place,
-so a write killed at any instant leaves either all of the changes or none (a batch journaled but not
-yet merged is merged by the next writer).
+content hash. Labels are the small cache file's own column (see segments.py), so the merge writes no
+segment: it writes the new small file with the new labels and leaves every row's data where it is. The
+batch is one file renamed into place and the small file is replaced atomically, so a write killed at
+any instant leaves either all of the changes or none (a batch journaled but not yet merged is merged
+by the next writer).
 """
 
 from __future__ import annotations

@@ -17,9 +17,11 @@
         runs/        file, start, length, rows: where each range of rows is stored (see segments.py)
         index/       path_hash, path_row, sha, sha_row: sorted lookup tables (see lookup.py)
 
-The six row datasets are HDF5 virtual datasets over segment files in `CACHE.segments/<key>/`
+Five row datasets (all but `label`) are HDF5 virtual datasets over segment files in `CACHE.segments/<key>/`
 (each with the same six datasets, fletcher32-checksummed); h5py reads them like any dataset as long
-as the `.segments` folder sits next to the cache file. The folder is always derived from the cache
+as the `.segments` folder sits next to the cache file. `label` is a plain, checksummed dataset of the
+cache file itself, so a label written with h5py changes that file only, never a copy's or original's
+segments (files written before this map `label` too; their first write makes it the file's own). The folder is always derived from the cache
 file's own name, never from the paths the mappings store; root attrs `cache_id` and `written_as`
 and the folder's `OWNER` file tie the two together (see storage.py). Files written before segments hold the row
 datasets directly; they are read as they are and moved into a segment on their first write.

@@ -24,6 +24,7 @@ from embedder.cache.layout import STR, read_failures, write_failures
 from embedder.cache.lookup import RowLookup
 from embedder.cache.segments import (
     COLUMNS,
+    MAPPED,
     Run,
     compaction_point,
     contract,
@@ -33,6 +34,7 @@ from embedder.cache.segments import (
     new_segment,
     read_runs,
     segment_file,
+    write_labels,
     write_segment,
 )
 from embedder.provenance import utc_now
@@ -52,6 +54,7 @@ class GroupState:
     class_names: list[str] = field(default_factory=list)
     failures: dict[str, Failure] = field(default_factory=dict)
     created: str = field(default_factory=utc_now)
+    labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))  # per row: the small file's own
 
 
 def read_state(cache: Path, key: str, old: h5py.Group | None, *, migrate_old: bool = True) -> GroupState:
@@ -74,6 +77,7 @@ def read_state(cache: Path, key: str, old: h5py.Group | None, *, migrate_old: bo
         [str(name) for name in old.attrs.get("class_names", [])],
         {failure.path: failure for failure in read_failures(old)},
         str(old.attrs["created"]),
+        old["label"][...].astype(np.int32),
     )
 
 
@@ -95,9 +99,13 @@ def carry_group(cache: Path, groups: h5py.Group, name: str, old: h5py.Group) -> 
         copied = groups[name]
         if len(copied["runs/file"]):  # mapped again under the cache's own name (a renamed copy, an older layout)
             dim = int(copied["embeddings"].shape[1])
-            for column in COLUMNS:
+            for column in MAPPED:
                 del copied[column]
             link_columns(copied, cache, read_runs(copied), dim)
+        if copied["label"].is_virtual:  # an older layout's labels become the small file's own
+            labels = old["label"][...]
+            del copied["label"]
+            write_labels(copied, labels)
         return
     state = read_state(cache, name, old)
     write_group(groups.create_group(name), cache, _attrs(old), state, int(old["embeddings"].shape[1]))
@@ -119,6 +127,7 @@ def merge_group(
     previous = find_rows(old, state.lookup, touched) if old is not None else {}
     cached = dict(zip(previous, read_rows(old, list(previous.values()), state.class_names))) if previous else {}
     sources: dict[str, tuple] = {}
+    relabelled: dict[int, str] = {}  # cached row -> its new label: the row stays in its segment
     for path, row in sorted(final.items()):
         source = loaded.get(path) or by_sha.get(row.sha256)
         if source is None:
@@ -128,12 +137,18 @@ def merge_group(
             state.failures[path] = Failure(
                 path, row.sha256, "same bytes as an image that could not be embedded", row.file_size, row.mtime_ns
             )
-        elif cached.get(path) == row and source[0] == "old":
-            del previous[path]  # rehashed and unchanged: the cached row stays as it is
+        elif path in cached and cached[path]._replace(label=row.label) == row and source[0] == "old":
+            if cached[path].label != row.label:
+                relabelled[previous[path]] = row.label
+            del previous[path]  # the same image: the cached row stays as it is, only its label may change
         else:
             sources[path] = source
     for label in sorted({row.label for row in final.values()} - set(state.class_names) - {""}):
         state.class_names.append(label)
+    class_index = {name: i for i, name in enumerate(state.class_names)}
+    labels = state.labels.copy()
+    for at, label in relabelled.items():
+        labels[at] = class_index.get(label, -1)
     order = list(sources)  # the new segment's rows, by path
     replaced = {previous[path]: i for i, path in enumerate(order) if path in previous}  # cached row -> segment row
     removed = np.array(sorted(set(previous.values()) - set(replaced)), dtype=np.int64)  # now failures
@@ -149,8 +164,12 @@ def merge_group(
         new_rows = np.array([i for i, path in enumerate(order) if path not in previous], dtype=np.int64)
         file_of = np.concatenate([file_of, np.full(len(new_rows), len(files) - 1, np.int32)])
         source_row = np.concatenate([source_row, new_rows])
+    for at, i in replaced.items():
+        labels[at] = class_index.get(final[order[i]].label, -1)
+    appended_labels = [class_index.get(final[path].label, -1) for path in order if path not in previous]
     keep = np.ones(len(file_of), bool)
     keep[removed] = False
+    state.labels = np.concatenate([labels[keep[: len(labels)]], np.array(appended_labels, np.int32)])
     state.runs = contract(files, file_of[keep], source_row[keep])
     rows = [r - int(np.searchsorted(removed, r)) for r in sorted(replaced)]
     total, appended = int(keep.sum()), len(order) - len(replaced)
@@ -308,7 +327,7 @@ def write_group(group: h5py.Group, cache: Path, attrs: dict[str, Any], state: Gr
         group.attrs[name] = value
     group.attrs["updated"] = utc_now()
     group.attrs["class_names"] = np.array(state.class_names, dtype=STR)
-    link(group, cache, state.runs, dim)
+    link(group, cache, state.runs, dim, state.labels)
     state.lookup.write(group)
     write_failures(group, list(state.failures.values()))
 

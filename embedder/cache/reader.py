@@ -11,9 +11,9 @@ import h5py
 import numpy as np
 
 from embedder.cache.batch import Failure
-from embedder.cache.damage import check_group_tables, damaged
+from embedder.cache.damage import bad_segments, check_group_tables, damaged
 from embedder.cache.layout import GROUP, attr_value, check_cache_file, read_failures
-from embedder.cache.segments import COLUMNS, read_runs, segment_file, segments_folder
+from embedder.cache.segments import COLUMNS, segment_file, segments_folder
 from embedder.cache.storage import check_storage
 from embedder.errors import CacheError
 
@@ -169,24 +169,8 @@ class Cache:
         missing = [name for name in (*COLUMNS, "failures") if name not in group]
         if missing:
             raise damaged(self.path, f"backbone {key} has no dataset {', '.join(missing)}")
-        gone = (
-            sorted(
-                {
-                    str(segment_file(self.path, run.file))
-                    for run in read_runs(group)
-                    if not segment_file(self.path, run.file).is_file()
-                }
-            )
-            if "runs" in group
-            else []
-        )
-        if gone:
-            raise damaged(
-                self.path,
-                f"segment file {gone[0]} of backbone {key} is missing"
-                f"{f' (and {len(gone) - 1} more)' if len(gone) > 1 else ''}; "
-                "a cache must be moved together with its .segments folder",
-            )
+        if "runs" in group:
+            _check_segments(self.path, key, group)
         check_group_tables(self.path, group)  # checksummed lookup tables: damage there is said on open too
         return CachedBackbone(group, self.path)
 
@@ -213,6 +197,19 @@ class Cache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_segments(path: Path, key: str, group: h5py.Group) -> None:
+    """Raise the one damage line when a segment file of backbone `key` is missing or cannot be opened (truncated)."""
+    bad = sorted(segment_file(path, file) for file in bad_segments(path, group))
+    if not bad:
+        return
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    if not bad[0].is_file():
+        what = f"is missing{more}; a cache must be moved together with its .segments folder"
+    else:
+        what = f"cannot be opened{more} (truncated or overwritten)"
+    raise damaged(path, f"segment file {bad[0]} of backbone {key} {what}")
 
 
 def open_cache(path: str | os.PathLike) -> Cache:

@@ -1,11 +1,15 @@
 """Segment files: each commit's new rows in their own immutable file, joined by the cache file's virtual datasets.
 
-A backbone group of the cache file holds no row data itself: its datasets (`embeddings`, `sha256`,
-`path`, `label`, `file_size`, `mtime_ns`) are HDF5 virtual datasets whose rows are *runs* (row
-ranges) of segment files in `CACHE.segments/<key>/`. Growing a cache writes one segment with the
-new rows and a new, small cache file with one more run, so it costs what is added, not what is
-there. A replaced row is left out of its run; when the runs get many, the small segments are
+A backbone group of the cache file holds the facts about its images as HDF5 virtual datasets
+(`embeddings`, `sha256`, `path`, `file_size`, `mtime_ns`: the `MAPPED` columns) whose rows are
+*runs* (row ranges) of segment files in `CACHE.segments/<key>/`. Growing a cache writes one segment
+with the new rows and a new, small cache file with one more run, so it costs what is added, not what
+is there. A replaced row is left out of its run; when the runs get many, the small segments are
 compacted into one. Every numeric dataset of a segment carries HDF5's fletcher32 checksum.
+
+`label`, the one column people change, is a plain dataset of the small file itself (4 bytes per row),
+so a label written with h5py through any copy of the small file changes that copy only. Segments keep
+the label each row was written with, which nothing reads but an older cache file's mapping.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from embedder.atomic import atomic_path
 from embedder.cache.layout import CHUNK_ROWS, STR
 
 COLUMNS = ("embeddings", "sha256", "path", "label", "file_size", "mtime_ns")
+MAPPED = ("embeddings", "sha256", "path", "file_size", "mtime_ns")  # read from segments; `label` is the small file's
+LABEL_CHUNK = 65536  # rows per chunk of the small file's labels (256 KiB)
 CHECKSUMMED = ("embeddings", "sha256", "label", "file_size", "mtime_ns")  # HDF5 filters cannot apply to vlen str
 DTYPES = {
     "sha256": np.dtype("S64"),
@@ -82,21 +88,33 @@ def write_segment(path: Path, rows: int, dim: int, fill: Callable[[dict[str, h5p
         fill(datasets)
 
 
-def link(group: h5py.Group, cache: Path, runs: list[Run], dim: int) -> None:
-    """Create the group's virtual datasets and its table of runs."""
+def link(group: h5py.Group, cache: Path, runs: list[Run], dim: int, labels: np.ndarray) -> None:
+    """Create the group's virtual datasets, its own labels and its table of runs."""
     link_columns(group, cache, runs, dim)
+    write_labels(group, labels)
     table = group.create_group("runs")
     table.create_dataset("file", data=np.array([run.file for run in runs], dtype=object), dtype=STR)
     for field in ("start", "length", "rows"):
         table.create_dataset(field, data=np.array([getattr(run, field) for run in runs], dtype=np.int64))
 
 
-def link_columns(group: h5py.Group, cache: Path, runs: list[Run], dim: int) -> None:
-    """The group's virtual datasets: the runs' rows, in order, mapped onto `CACHE.segments/...` relative to the
-    cache file's folder, under the cache's own name. A missing segment reads as NaN / -1."""
+def write_labels(group: h5py.Group, labels: np.ndarray) -> None:
+    """The group's `label` dataset, held by the small file itself (checksummed like the lookup tables)."""
+    labels = np.asarray(labels, dtype=np.int32)
+    group.create_dataset(
+        "label",
+        data=labels,
+        chunks=(max(1, min(LABEL_CHUNK, len(labels))),),
+        fletcher32=len(labels) > 0,
+    )
+
+
+def link_columns(group: h5py.Group, cache: Path, runs: list[Run], dim: int, names: tuple[str, ...] = MAPPED) -> None:
+    """The group's virtual datasets `names`: the runs' rows, in order, mapped onto `CACHE.segments/...` relative to
+    the cache file's folder, under the cache's own name. A missing segment reads as NaN / -1."""
     folder = segments_folder(cache).name
     total = sum(run.length for run in runs)
-    for name in COLUMNS:
+    for name in names:
         shape = (total, dim) if name == "embeddings" else (total,)
         layout = h5py.VirtualLayout(shape=shape, dtype=DTYPES[name])
         at = 0
@@ -105,6 +123,11 @@ def link_columns(group: h5py.Group, cache: Path, runs: list[Run], dim: int) -> N
             layout[at : at + run.length] = source[run.start : run.start + run.length]
             at += run.length
         group.create_virtual_dataset(name, layout, fillvalue=FILL.get(name))
+
+
+def virtual_columns(group: h5py.Group) -> tuple[str, ...]:
+    """The columns of the group that are mapped onto segments (older cache files map `label` too)."""
+    return tuple(name for name in COLUMNS if name in group and group[name].is_virtual)
 
 
 def read_runs(group: h5py.Group) -> list[Run]:

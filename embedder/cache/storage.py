@@ -20,7 +20,7 @@ import h5py
 
 from embedder.atomic import atomic_path, write_bytes_atomic
 from embedder.cache.layout import GROUP
-from embedder.cache.segments import COLUMNS, link_columns, read_runs, segments_folder
+from embedder.cache.segments import link_columns, read_runs, segments_folder, virtual_columns
 from embedder.errors import CacheError
 
 OWNER = "OWNER"  # the file in the segment folder holding the id of the cache it belongs to
@@ -117,8 +117,8 @@ def relink(cache: Path) -> None:
             shutil.copyfile(cache, tmp)
             with h5py.File(tmp, "r+") as handle:
                 for group in _segmented(handle):
-                    dim = int(group["embeddings"].shape[1])
-                    for name in COLUMNS:
+                    dim, mapped = int(group["embeddings"].shape[1]), virtual_columns(group)
+                    for name in mapped:
                         del group[name]
-                    link_columns(group, cache, read_runs(group), dim)
+                    link_columns(group, cache, read_runs(group), dim, mapped)
                 handle.attrs["written_as"] = str(cache.resolve())

@@ -78,6 +78,41 @@ def test_original_keeps_working_after_a_lone_copy(cache: Path) -> None:
     assert verify(cache) == []
 
 
+def test_h5py_label_write_to_a_lone_same_folder_copy_leaves_the_original_unchanged(cache: Path) -> None:
+    """`cp photos.h5 copy.h5`, then a label set with plain h5py `r+`: labels are each small file's own."""
+    original = snapshot(cache)
+    copy = cache.with_name("copy.h5")
+    shutil.copy(cache, copy)
+    with h5py.File(copy, "r+") as handle:
+        labels = handle["backbones"][key_of(cache)]["label"]
+        assert not labels.is_virtual
+        labels[:3] = (labels[:3] + 1) % 2
+        changed = labels[:3]
+    with h5py.File(copy, "r") as handle:  # the copy holds its own change
+        assert np.array_equal(handle["backbones"][key_of(cache)]["label"][:3], changed)
+    after = snapshot(cache)
+    assert all(np.array_equal(after[name], original[name]) for name in original)
+    assert verify(cache) == []
+
+
+def test_an_older_file_mapping_its_labels_onto_segments_gets_its_own_on_first_write(cache: Path) -> None:
+    """Cache files written before labels were the small file's own still open, and their first write moves them."""
+    from embedder.cache.segments import link_columns, read_runs
+
+    key = key_of(cache)
+    with h5py.File(cache, "r+") as handle:  # the layout of the previous release: `label` mapped like the rest
+        group = handle["backbones"][key]
+        del group["label"]
+        link_columns(group, cache, read_runs(group), int(group["embeddings"].shape[1]), ("label",))
+        assert group["label"].is_virtual
+    before = snapshot(cache)
+    grow(cache, key, 3, start=700)
+    with h5py.File(cache, "r") as handle:
+        assert not handle["backbones"][key]["label"].is_virtual
+    assert np.array_equal(snapshot(cache)["label"][: len(before["label"])], before["label"])
+    assert verify(cache) == []
+
+
 def test_renamed_copy_in_another_folder_works_and_is_independent(cache: Path, tmp_path: Path) -> None:
     original = snapshot(cache)
     copy = proper_copy(cache, tmp_path / "elsewhere")

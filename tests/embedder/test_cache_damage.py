@@ -123,7 +123,8 @@ def test_values_are_checked(cache: Path) -> None:
     with h5py.File(segment_of(cache), "a") as handle:  # written through HDF5: checksums stay valid
         handle["embeddings"][5] = np.nan
         handle["sha256"][7] = b"not a hash".ljust(64, b"x")
-        handle["label"][9] = 17
+    with h5py.File(cache, "a") as handle:  # labels are the small file's own
+        next(iter(handle["backbones"].values()))["label"][9] = 17
     problems = verify(cache)
     assert any("1 embedding row(s) hold NaN" in p for p in problems)
     assert any("1 content hash(es) are not 64 hex digits" in p for p in problems)

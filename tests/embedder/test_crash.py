@@ -160,6 +160,6 @@ def test_kill_minus_nine_during_the_merge_keeps_the_previous_file(tmp_path: Path
     index = {path: i for i, path in enumerate(expected[0])}
     for path, sha, embedding in zip(got[0], got[1], got[3]):
         assert sha == expected[1][index[path]]
-        np.testing.assert_allclose(embedding, expected[3][index[path]], atol=1e-5)
+        np.testing.assert_allclose(embedding, expected[3][index[path]], rtol=1e-4, atol=1e-5)  # batch-size float noise
     assert verify(out) == []
     assert not [p for p in tmp_path.rglob("*.tmp-*") if "cache.h5" in str(p)]

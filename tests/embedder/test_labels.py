@@ -51,6 +51,15 @@ def test_labels_change_and_nothing_else(cache: Path) -> None:
     assert verify(cache) == []
 
 
+def test_a_relabel_writes_no_segment(cache: Path) -> None:
+    """Labels are the small file's own: relabelling copies no embedding, whatever the size of the change."""
+    folder = cache.with_name(cache.name + ".segments")
+    before = sorted(p.name for p in folder.rglob("*.h5"))
+    set_labels(cache, {f"p/{i:03d}.jpg": "bee" for i in range(12)})
+    assert sorted(p.name for p in folder.rglob("*.h5")) == before
+    assert snapshot(cache)["labels"][:12] == [1] * 12
+
+
 def test_new_classes_are_appended_only_when_asked(cache: Path) -> None:
     with pytest.raises(CacheError, match=r"no label.*'cat'"):
         set_labels(cache, {"p/000.jpg": "cat"})
