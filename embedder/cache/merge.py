@@ -87,9 +87,11 @@ def migrate(cache: Path, key: str, old: h5py.Group) -> list[Run]:
     if rows == 0:
         return []
     path, relative = new_segment(cache, key)
-    write_segment(path, rows, int(old["embeddings"].shape[1]), lambda target: copy_rows(target, [(old, 0, rows)]))
+    digest = write_segment(
+        path, rows, int(old["embeddings"].shape[1]), lambda target: copy_rows(target, [(old, 0, rows)])
+    )
     logger.info("moved %d rows of backbone %s into segment %s (once)", rows, key, relative)
-    return [Run(relative, 0, rows, rows)]
+    return [Run(relative, 0, rows, rows, digest)]
 
 
 def carry_group(cache: Path, groups: h5py.Group, name: str, old: h5py.Group) -> None:
@@ -155,10 +157,10 @@ def merge_group(
     files, file_of, source_row = expand(state.runs)
     if order:
         segment, relative = new_segment(cache, key)
-        write_segment(
+        digest = write_segment(
             segment, len(order), dim, lambda target: _fill(target, order, final, sources, state, old, batches)
         )
-        files.append(Run(relative, 0, 0, len(order)))
+        files.append(Run(relative, 0, 0, len(order), digest))
         moved = np.array(sorted(replaced), dtype=np.int64)
         file_of[moved], source_row[moved] = len(files) - 1, [replaced[r] for r in moved.tolist()]
         new_rows = np.array([i for i, path in enumerate(order) if path not in previous], dtype=np.int64)
@@ -311,14 +313,14 @@ def compact(cache: Path, key: str, runs: list[Run], dim: int) -> list[Run]:
     path, relative = new_segment(cache, key)
     files = {run.file: h5py.File(segment_file(cache, run.file), "r") for run in tail}
     try:
-        write_segment(
+        digest = write_segment(
             path, rows, dim, lambda target: copy_rows(target, [(files[r.file], r.start, r.length) for r in tail])
         )
     finally:
         for handle in files.values():
             handle.close()
     logger.info("compacted %d runs (%d rows) of backbone %s into segment %s", len(tail), rows, key, relative)
-    return [*runs[:point], Run(relative, 0, rows, rows)]
+    return [*runs[:point], Run(relative, 0, rows, rows, digest)]
 
 
 def write_group(group: h5py.Group, cache: Path, attrs: dict[str, Any], state: GroupState, dim: int) -> None:

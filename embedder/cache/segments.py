@@ -9,11 +9,15 @@ compacted into one. Every numeric dataset of a segment carries HDF5's fletcher32
 
 `label`, the one column people change, is a plain dataset of the small file itself (4 bytes per row),
 so a label written with h5py through any copy of the small file changes that copy only. Segments keep
-the label each row was written with, which nothing reads but an older cache file's mapping.
+the label each row was written with, which nothing reads but an older cache file's mapping. The small file
+records each segment's sha256 when it is written (`runs/digest`), so a segment changed afterwards (say, an
+h5py write of embeddings through a byte copy of the small file, which maps the same segments) is found by
+`embedder verify`: HDF5's checksums alone would not see it, since HDF5 recomputes them on a write.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,12 +53,14 @@ FILL = {
 @dataclass(frozen=True)
 class Run:
     """Rows [start, start + length) of a segment file of `rows` rows; `file` is `<key>/<name>.h5` inside the
-    cache's own segment folder (files of older caches named the folder too; `read_runs` drops it)."""
+    cache's own segment folder (files of older caches named the folder too; `read_runs` drops it); `digest` is
+    the file's sha256 when it was written ("" for files written before digests were recorded)."""
 
     file: str
     start: int
     length: int
     rows: int
+    digest: str = ""
 
 
 def segments_folder(cache: Path) -> Path:
@@ -73,9 +79,15 @@ def new_segment(cache: Path, key: str) -> tuple[Path, str]:
     return segment_file(cache, relative), relative
 
 
-def write_segment(path: Path, rows: int, dim: int, fill: Callable[[dict[str, h5py.Dataset]], None]) -> None:
+def file_digest(path: Path) -> str:
+    """sha256 of a segment file's bytes (what the small file records, and `embedder verify` compares)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def write_segment(path: Path, rows: int, dim: int, fill: Callable[[dict[str, h5py.Dataset]], None]) -> str:
     """Create a segment of `rows` rows and let `fill` write its datasets; atomic and durable (it is referenced
-    right after)."""
+    right after). Returns the file's digest."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, durable=True) as tmp, h5py.File(tmp, "w") as handle:
         datasets = {}
@@ -86,6 +98,7 @@ def write_segment(path: Path, rows: int, dim: int, fill: Callable[[dict[str, h5p
                 name, shape=shape, dtype=DTYPES[name], chunks=chunks, fletcher32=name in CHECKSUMMED
             )
         fill(datasets)
+    return file_digest(path)
 
 
 def link(group: h5py.Group, cache: Path, runs: list[Run], dim: int, labels: np.ndarray) -> None:
@@ -96,6 +109,7 @@ def link(group: h5py.Group, cache: Path, runs: list[Run], dim: int, labels: np.n
     table.create_dataset("file", data=np.array([run.file for run in runs], dtype=object), dtype=STR)
     for field in ("start", "length", "rows"):
         table.create_dataset(field, data=np.array([getattr(run, field) for run in runs], dtype=np.int64))
+    table.create_dataset("digest", data=np.array([run.digest for run in runs], dtype="S64"))
 
 
 def write_labels(group: h5py.Group, labels: np.ndarray) -> None:
@@ -133,10 +147,12 @@ def virtual_columns(group: h5py.Group) -> tuple[str, ...]:
 def read_runs(group: h5py.Group) -> list[Run]:
     """The runs of a segmented backbone group, in row order."""
     table = group["runs"]
+    files = table["file"].asstr()[...]
+    digests = table["digest"][...] if "digest" in table else [b""] * len(files)
     return [
-        Run("/".join(str(file).split("/")[-2:]), int(start), int(length), int(rows))
-        for file, start, length, rows in zip(
-            table["file"].asstr()[...], table["start"][...], table["length"][...], table["rows"][...]
+        Run("/".join(str(file).split("/")[-2:]), int(start), int(length), int(rows), bytes(digest).decode())
+        for file, start, length, rows, digest in zip(
+            files, table["start"][...], table["length"][...], table["rows"][...], digests
         )
     ]
 
@@ -145,7 +161,7 @@ def expand(runs: list[Run]) -> tuple[list[Run], np.ndarray, np.ndarray]:
     """The runs row by row: the segment files (as runs of length 0), each row's file number and segment row."""
     files: dict[str, Run] = {}
     for run in runs:
-        files.setdefault(run.file, Run(run.file, 0, 0, run.rows))
+        files.setdefault(run.file, Run(run.file, 0, 0, run.rows, run.digest))
     number = {name: i for i, name in enumerate(files)}
     lengths = [run.length for run in runs]
     file_of = np.repeat(np.array([number[run.file] for run in runs], dtype=np.int32), lengths)
@@ -165,7 +181,7 @@ def contract(files: list[Run], file_of: np.ndarray, source_row: np.ndarray) -> l
     starts = np.concatenate([[0], breaks])
     ends = np.concatenate([breaks, [len(file_of)]])
     return [
-        Run(files[file_of[s]].file, int(source_row[s]), int(e - s), files[file_of[s]].rows)
+        Run(files[file_of[s]].file, int(source_row[s]), int(e - s), files[file_of[s]].rows, files[file_of[s]].digest)
         for s, e in zip(starts.tolist(), ends.tolist())
     ]
 

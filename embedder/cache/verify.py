@@ -18,7 +18,7 @@ import numpy as np
 from embedder.cache.damage import RESTORE, RowChecker, bad_segments, ranges, segment_path, structure_problems
 from embedder.cache.layout import GROUP, check_cache_file
 from embedder.cache.lookup import RowLookup
-from embedder.cache.segments import COLUMNS, expand, read_runs
+from embedder.cache.segments import COLUMNS, expand, file_digest, read_runs
 from embedder.cache.storage import check_storage
 from embedder.errors import CacheError
 
@@ -31,7 +31,7 @@ SMALL_TABLES: tuple[str, ...] = (
     "runs/file",
     "runs/start",
 )
-SMALL_TABLES += ("runs/length", "runs/rows", "failures/path", "failures/sha256", "failures/reason")
+SMALL_TABLES += ("runs/length", "runs/rows", "runs/digest", "failures/path", "failures/sha256", "failures/reason")
 SMALL_TABLES += ("failures/file_size", "failures/mtime_ns", "failures/limits")
 
 
@@ -113,7 +113,8 @@ def _verify_segments(path: Path, group: h5py.Group) -> list[str]:
         runs = read_runs(group)
     except (OSError, KeyError, ValueError):
         return []  # reported by the structural checks
-    for file in dict.fromkeys(run.file for run in runs):
+    digests = {run.file: run.digest for run in runs}
+    for file in digests:
         segment = segment_path(path, file)
         try:
             handle = h5py.File(segment, "r")
@@ -135,6 +136,13 @@ def _verify_segments(path: Path, group: h5py.Group) -> list[str]:
                         f"segment {segment}: {name} {ranges(failed)} fail their checksum (the bytes on disk "
                         f"changed); {RESTORE}."
                     )
+        readable = not any(problem.startswith(f"segment {segment}:") for problem in problems)
+        if digests[file] and readable and file_digest(segment) != digests[file]:
+            problems.append(
+                f"segment {segment} changed after it was written (its sha256 is not the one the cache file recorded: "
+                f"written through another file mapping it, such as a byte copy of the small file opened with h5py); "
+                f"{RESTORE}."
+            )
     return problems
 
 

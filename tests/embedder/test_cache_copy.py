@@ -95,6 +95,19 @@ def test_h5py_label_write_to_a_lone_same_folder_copy_leaves_the_original_unchang
     assert verify(cache) == []
 
 
+def test_h5py_embeddings_write_through_a_lone_copy_is_found_by_verify_on_the_original(cache: Path) -> None:
+    """The one write a byte copy in the same folder can still pass on (HDF5 resolves mappings by folder, not name):
+    the original's recorded segment digests name the changed segment."""
+    assert verify(cache) == []
+    copy = cache.with_name("copy.h5")
+    shutil.copy(cache, copy)
+    with h5py.File(copy, "r+") as handle:
+        handle["backbones"][key_of(cache)]["embeddings"][0] = 0.5
+    problems = verify(cache)
+    assert len(problems) == 1 and "changed after it was written" in problems[0]
+    assert ".segments/" in problems[0] and "\n" not in problems[0]
+
+
 def test_an_older_file_mapping_its_labels_onto_segments_gets_its_own_on_first_write(cache: Path) -> None:
     """Cache files written before labels were the small file's own still open, and their first write moves them."""
     from embedder.cache.segments import link_columns, read_runs
