@@ -231,6 +231,31 @@ def _cache_file(report: dict[str, Any], run: Path) -> Path | None:
     return own if own.is_file() else None
 
 
+def nearest_reading(record: dict[str, Any]) -> str:
+    """One sentence on the record for people: which errors are shown, how many sit among the predicted class."""
+    errors = record["errors"]
+    which = (
+        f"All {len(errors)} test errors of {record['model']}, most confident first"
+        if len(errors) == record["errors_total"]
+        else f"The {len(errors)} most confident of the {record['errors_total']} test errors of {record['model']}"
+    )
+    sentence = (
+        f"{which} (true → predicted, the model's probability), each with its {record['k']} nearest training "
+        "photos (label, similarity)."
+    )
+    searched = [error for error in errors if error["nearest"]]
+    if searched:
+        among = sum(
+            2 * sum(near["label"] == error["predicted"] for near in error["nearest"]) > len(error["nearest"])
+            for error in searched
+        )
+        sentence += (
+            f" For {among} of the {len(searched)}, most of those training photos are of the predicted class: "
+            "the photo looks like the training photos of that class."
+        )
+    return sentence
+
+
 def nearest_markdown(report: dict[str, Any]) -> list[str]:
     """The report.md section: each error with its nearest training photos ([] without the record)."""
     record = report.get("errors_nearest_train")
@@ -240,8 +265,8 @@ def nearest_markdown(report: dict[str, Any]) -> list[str]:
         "",
         f"## Why {record['model']} erred: the training photos nearest its most confident test errors",
         "",
-        f"{len(record['errors'])} of its {record['errors_total']} test errors, most confident first; each with its "
-        f"{record['k']} nearest training photos ({record['similarity']}).",
+        nearest_reading(record),
+        f"Similarity: the {record['similarity']}.",
     ]
     if record.get("skipped"):
         return [*lines, "", f"No neighbours: {record['skipped']}."]

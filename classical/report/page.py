@@ -21,6 +21,7 @@ from typing import Any
 
 from classical.report.curve import curve_rows, curve_verdict, neural_notes
 from classical.report.document import verdict
+from classical.report.neighbours import nearest_reading
 from classical.report.tables import repeats_rows, table_rows
 from embedder import atomic_path, open_cache
 
@@ -207,10 +208,8 @@ def _nearest(report: dict[str, Any], thumbnails: _Thumbnails) -> str:
     parts = [
         f'<h2 id="errors-nearest-train">Why {_e(record["model"])} erred: the training photos nearest its most '
         "confident test errors</h2>",
-        f'<p class="muted">{len(record["errors"])} of its {record["errors_total"]} test errors, most confident '
-        f"first (true → predicted, the model's probability), each followed by its {record['k']} nearest training "
-        f"photos (label, similarity: {_e(record['similarity'])}). A neighbour of the predicted class suggests why "
-        "the model chose it.</p>",
+        f'<p id="errors-nearest-reading">{_e(nearest_reading(record))}</p>',
+        f'<p class="muted">Similarity: the {_e(record["similarity"])}.</p>',
     ]
     if record.get("skipped"):
         parts.append(f'<p class="muted">No neighbours: {_e(record["skipped"])}.</p>')

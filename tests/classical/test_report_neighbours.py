@@ -12,8 +12,8 @@ import pytest
 from conftest import write_cache
 
 from classical.data import Split
-from classical.report import add_rows, new_report, score, write_report
-from classical.report.neighbours import errors_nearest_train, nearest_rows
+from classical.report import add_rows, errors_nearest_train, new_report, score, write_report
+from classical.report.neighbours import nearest_reading, nearest_rows
 from embedder import normalise
 
 NAMES = ["ant", "bee"]
@@ -158,11 +158,31 @@ def test_the_section_is_in_report_json_md_and_html(run) -> None:
     assert section.count('class="pair nearest"') == 4
     assert "test: bee → ant (0.95)" in section
     assert all(f"{near['label']} {near['similarity']:.3f}" in section for near in first["nearest"])
+    assert f'<p id="errors-nearest-reading">{nearest_reading(stored)}</p>' in section.replace("&#x27;", "'")
     markdown = (folder / "report.md").read_text()
+    assert nearest_reading(stored) in markdown
     assert "## Why lr erred: the training photos nearest its most confident test errors" in markdown
     line = next(line for line in markdown.splitlines() if line.startswith(f"| `{first['path']}`"))
     assert "bee → ant (0.95)" in line
     assert all(f"`{near['path']}` ({near['label']}, {near['similarity']:.3f})" in line for near in first["nearest"])
+
+
+def test_the_reading_counts_errors_among_their_predicted_class() -> None:
+    def error(predicted: str, labels: str) -> dict[str, Any]:
+        return {"predicted": predicted, "nearest": [{"label": label} for label in labels]}
+
+    record = {
+        "model": "lr",
+        "k": 4,
+        "errors_total": 30,
+        "errors": [error("a", "aaab"), error("a", "aabb"), error("b", "b")],
+    }
+    assert nearest_reading(record) == (
+        "The 3 most confident of the 30 test errors of lr (true → predicted, the model's probability), each with its "
+        "4 nearest training photos (label, similarity). For 2 of the 3, most of those training photos are of the "
+        "predicted class: the photo looks like the training photos of that class."
+    )
+    assert nearest_reading(record | {"errors_total": 3}).startswith("All 3 test errors of lr, most confident first")
 
 
 def test_recomputed_when_a_finetuned_row_becomes_the_best(run) -> None:
