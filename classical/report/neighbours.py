@@ -219,7 +219,7 @@ def refresh_nearest(report: dict[str, Any], run: Path) -> None:
     report["errors_nearest_train"] = errors_nearest_train(report, run)
     skipped = (report["errors_nearest_train"] or {}).get("skipped")
     if skipped:
-        logger.warning("report: no nearest training photos of the best model's errors: %s", skipped)
+        logger.info("report: no nearest training photos of the best model's errors: %s", skipped)
 
 
 def _cache_file(report: dict[str, Any], run: Path) -> Path | None:

@@ -213,7 +213,7 @@ def test_kept_while_the_best_row_and_its_errors_stay(run) -> None:
 def test_without_the_cache_it_says_why(run, caplog: pytest.LogCaptureFixture) -> None:
     folder, report, _ = run
     report["cache"] = str(folder / "missing.h5")
-    with caplog.at_level("WARNING", logger="classical.report.neighbours"):
+    with caplog.at_level("INFO", logger="classical.report.neighbours"):
         write_report(report, folder)
     record = json.loads((folder / "report.json").read_text())["errors_nearest_train"]
     assert record["skipped"].startswith("no embedding cache of the run is here")
