@@ -1,4 +1,8 @@
-"""Scores with their intervals, the report (report.json and what is rendered from it) and its plots."""
+"""Scores with their intervals, the report (report.json and what is rendered from it) and its plots.
+
+`errors_nearest_train` gives the record of the best row's most confident test errors with their nearest
+training photos; `write_report` keeps it in report.json (`classical.report.neighbours`).
+"""
 
 from classical.report.document import (
     add_rows,
@@ -11,6 +15,7 @@ from classical.report.document import (
     verdict,
 )
 from classical.report.metrics import latency_ms, score
+from classical.report.neighbours import errors_nearest_train
 from classical.report.tables import format_table
 from classical.report.uncertainty import (
     bootstrap_macro_f1,
@@ -27,6 +32,7 @@ __all__ = [
     "best_row",
     "bootstrap_macro_f1",
     "comparison",
+    "errors_nearest_train",
     "format_table",
     "latency_ms",
     "load_report",

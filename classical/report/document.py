@@ -23,7 +23,10 @@ report.json::
      "repeats": {"k", "seeds", "splits", "models": {name: {"accuracies", "mean", "std", "first"}},
                  "seconds", "method"},
      "learning_curve": {"per_class": [5, 10, 25, 50, "all"], "seeds", "models": {name: [mean test accuracy per point]},
-                        "std": {name: [...]}, ...}  (shape: `classical.report.curve`)}
+                        "std": {name: [...]}, ...}  (shape: `classical.report.curve`),
+     "errors_nearest_train": {"model", "errors": [{"path", ..., "nearest": [{"path", "label", "similarity"}]}], ...}
+                             (the best row's most confident test errors and their nearest training photos;
+                             shape: `classical.report.neighbours`)}
 
 `cv_std` is null for neural rows (selected on the validation split, not by CV). Costs compare
 like with like: `predict_ms_per_image` is the cost of one image from decoded pixels, backbone +

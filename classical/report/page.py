@@ -4,7 +4,8 @@ It works offline, opened from disk: no script, no network; the plots sit in RUN/
 photo thumbnails in RUN/thumbnails/ (small JPEGs made once per photo), both beside the page.
 Everything on it is read from the two JSON contracts, so the page never disagrees with them:
 the comparison table with intervals, the paired verdict, the repeats, the learning curve, the plots, the test photos
-each model got wrong (true and predicted class, the model's probability), and the audit's
+each model got wrong (true and predicted class, the model's probability), the best model's most
+confident errors each beside its nearest training photos (`errors_nearest_train`), and the audit's
 near-duplicate pairs, label-issue candidates, outliers and map; and the photos `classical suggest`
 ranked to label next (RUN/suggest.json), when there are any.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 from classical.report.curve import curve_rows, curve_verdict, neural_notes
 from classical.report.document import verdict
+from classical.report.neighbours import nearest_reading
 from classical.report.tables import repeats_rows, table_rows
 from embedder import atomic_path, open_cache
 
@@ -39,6 +41,7 @@ th { text-align: left; background: #f6f6f6; } td.num { text-align: right; font-v
 figcaption { overflow-wrap: anywhere; } td.num { white-space: nowrap; }
 figure img { width: 112px; height: 112px; object-fit: cover; display: block; border: 1px solid #ccc; }
 .pair { display: flex; gap: .4rem; align-items: flex-start; padding: .4rem; border: 1px solid #eee; }
+.nearest { margin-bottom: .4rem; } .pair .error { padding-right: .6rem; margin-right: .2rem; border-right: 3px solid #c0392b; }
 .plots img { max-width: 100%; border: 1px solid #eee; margin: .5rem 0; } .muted { color: #777; }
 details { margin: .6rem 0; } summary { cursor: pointer; font-weight: 600; }
 """
@@ -59,6 +62,7 @@ def render_page(report: dict[str, Any], run: Path, plots: list[Path]) -> Path:
         _curve(report),
         _plots(run, plots),
         _errors(report, thumbnails),
+        _nearest(report, thumbnails),
     ]
     if audit is not None:
         body.append(_audit(audit, run, thumbnails))
@@ -193,6 +197,32 @@ def _errors(report: dict[str, Any], thumbnails: _Thumbnails) -> str:
             f"{len(wrong)} of {len(paths)} wrong (true → predicted)</summary>"
             f'<div class="grid">{"".join(figures)}</div>{more}</details>'
         )
+    return "".join(parts)
+
+
+def _nearest(report: dict[str, Any], thumbnails: _Thumbnails) -> str:
+    """The best model's most confident test errors, each followed by its nearest training photos."""
+    record = report.get("errors_nearest_train")
+    if not record or not record["errors"]:
+        return ""
+    parts = [
+        f'<h2 id="errors-nearest-train">Why {_e(record["model"])} erred: the training photos nearest its most '
+        "confident test errors</h2>",
+        f'<p id="errors-nearest-reading">{_e(nearest_reading(record))}</p>',
+        f'<p class="muted">Similarity: the {_e(record["similarity"])}.</p>',
+    ]
+    if record.get("skipped"):
+        parts.append(f'<p class="muted">No neighbours: {_e(record["skipped"])}.</p>')
+    for error in record["errors"]:
+        probability = "" if error["confidence"] is None else f" ({error['confidence']:.2f})"
+        test = _figure(thumbnails, error["path"], f"test: {error['label']} → {error['predicted']}{probability}")
+        neighbours = "".join(
+            _figure(thumbnails, near["path"], f"{near['label']} {near['similarity']:.3f}", near["path"])
+            for near in error["nearest"]
+        )
+        parts.append(f'<div class="pair nearest"><div class="error">{test}</div>{neighbours}</div>')
+    if record.get("search"):
+        parts.append(f'<p class="muted">Search: {_e(record["search"])}.</p>')
     return "".join(parts)
 
 

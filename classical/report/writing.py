@@ -9,6 +9,7 @@ from typing import Any
 
 from classical.report.curve import curve_markdown, curve_rows
 from classical.report.document import refresh, verdict
+from classical.report.neighbours import nearest_markdown, refresh_nearest
 from classical.report.strategy import strategy_lines
 from classical.report.tables import markdown_table, repeats_rows, table_rows
 
@@ -36,12 +37,17 @@ CSV_FIELDS = (
 
 
 def write_report(report: dict[str, Any], run: Path) -> None:
-    """Draw the plots, then write report.json, report.csv, report.md and report.html into the run directory."""
+    """Draw the plots, then write report.json, report.csv, report.md and report.html into the run directory.
+
+    What is derived from the rows is brought up to date first: the costs, the comparison and the best
+    row's errors with their nearest training photos (`classical.report.neighbours`, read from the run's cache).
+    """
     from classical.report.plots import (
         render_plots,  # matplotlib: imported only when a report is written
     )
 
     refresh(report)
+    refresh_nearest(report, run)
     plots = render_plots(report, run)
     (run / "report.json").write_text(json.dumps(report, indent=2))
     with open(run / "report.csv", "w", newline="") as handle:
@@ -101,6 +107,7 @@ def write_report(report: dict[str, Any], run: Path) -> None:
     curve = curve_rows(report)
     markdown += curve_markdown(report, markdown_table(curve) if curve else [])
     markdown += strategy_lines(report)
+    markdown += nearest_markdown(report)
     markdown += [
         "",
         "Best hyper-parameters:",
