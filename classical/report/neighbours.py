@@ -11,8 +11,9 @@ report.json's `errors_nearest_train` (null while no row has test predictions)::
 Which errors: those of `best_row` (the row the verdict calls best), most confident first (by the
 probability the model gave the wrong class it predicted, ties in the order of `split.test_paths`), at
 most MAX_ERRORS. Which neighbours: the K nearest training photos of each by the audit's similarity
-(`embedder.normalise`: the cosine of power-normalised embeddings), searched exactly over the split's
-train rows only, never its validation or test rows. The cache's embeddings are read BLOCK_ROWS rows at
+(`embedder.normalise`: the cosine of power-normalised embeddings), searched exactly over the photos the
+model was fitted on, never the test rows: the split's train rows for a neural row (its validation rows
+only stop its training), train and validation rows for a classical row (refit on both after the search). The cache's embeddings are read BLOCK_ROWS rows at
 a time; the train rows of each block are normalised and compared with the errors' rows, and the best
 K so far are kept: memory is one block, whatever the size of the cache. The similarity is that of the
 cached embeddings (the frozen backbone's), for a fine-tuned best row too.
@@ -40,6 +41,7 @@ from embedder import SIMILARITY, CachedBackbone, CacheError, normalise, open_cac
 logger = logging.getLogger(__name__)
 
 MAX_ERRORS = 24  # most confident test errors of the best row
+FITTED_ON = {"neural": ("train",), "classical": ("train", "val")}  # the split parts each kind is fitted on
 K = 4  # nearest training photos of each
 BLOCK_ROWS = 8192  # cache rows read (and their train rows normalised) at a time
 
@@ -170,7 +172,8 @@ def errors_nearest_train(
         absent = [path for path in paths if path not in row_of]
         if absent:
             return record | {"skipped": f"{len(absent)} of the errors' photos are not in cache '{cache}' ({absent[0]})"}
-        train = np.array([stored.assignment.get(str(path)) == "train" for path in cache_paths], bool)
+        fitted = FITTED_ON.get(row["kind"], ("train",))
+        train = np.array([stored.assignment.get(str(path)) in fitted for path in cache_paths], bool)
         queries = [row_of[path] for path in paths]
         order = sorted(set(queries))
         read = dict(zip(order, cached.embeddings[order]))
@@ -190,8 +193,8 @@ def errors_nearest_train(
     return record | {
         "train_rows": searched,
         "search": (
-            f"exact: each error against the {searched:,} train rows of split {split['id']} in cache '{cache}' "
-            f"(read {block_rows:,} rows at a time), not the validation or test rows"
+            f"exact: each error against the {searched:,} {' and '.join(fitted)} rows of split {split['id']} (what "
+            f"the model was fitted on) in cache '{cache}' (read {block_rows:,} rows at a time), not the test rows"
         ),
     }
 

@@ -96,8 +96,9 @@ def expected_nearest(arrays: dict[str, np.ndarray], test_index: int, k: int = 4)
     return [(str(arrays["train"][i]), float(similarity[i])) for i in best]
 
 
-def test_nearest_photos_come_from_the_train_rows_only(run) -> None:
+def test_a_neural_rows_nearest_photos_come_from_the_train_rows_only(run) -> None:
     folder, report, arrays = run
+    report["models"][0]["kind"] = "neural"  # a head trained on the train rows (validation rows only stop it)
     record = errors_nearest_train(report, folder)
     assert record is not None and record["skipped"] is None and record["train_rows"] == 40
     train = set(arrays["train"].tolist())
@@ -108,8 +109,19 @@ def test_nearest_photos_come_from_the_train_rows_only(run) -> None:
         assert all(near["similarity"] < 0.999 for near in error["nearest"])
 
 
+def test_a_classical_rows_nearest_photos_include_the_validation_rows_it_was_refit_on(run) -> None:
+    folder, report, _ = run
+    record = errors_nearest_train(report, folder)
+    assert record["train_rows"] == 46 and "train and val rows" in record["search"]
+    for error in record["errors"]:
+        nearest = error["nearest"][0]  # the test photo's near copy, a validation row
+        assert "/v" in nearest["path"] and nearest["similarity"] > 0.999, error
+        assert not {near["path"] for near in error["nearest"]} & set(TEST)
+
+
 def test_nearest_photos_are_ordered_by_similarity(run) -> None:
     folder, report, arrays = run
+    report["models"][0]["kind"] = "neural"
     record = errors_nearest_train(report, folder)
     for error in record["errors"]:
         found = [(near["path"], near["similarity"]) for near in error["nearest"]]
