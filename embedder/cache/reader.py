@@ -169,17 +169,8 @@ class Cache:
         missing = [name for name in (*COLUMNS, "failures") if name not in group]
         if missing:
             raise damaged(self.path, f"backbone {key} has no dataset {', '.join(missing)}")
-        gone = (
-            sorted(
-                {
-                    str(segment_file(self.path, run.file))
-                    for run in read_runs(group)
-                    if not segment_file(self.path, run.file).is_file()
-                }
-            )
-            if "runs" in group
-            else []
-        )
+        segments = {segment_file(self.path, run.file) for run in read_runs(group)} if "runs" in group else set()
+        gone = sorted(str(segment) for segment in segments if not segment.is_file())
         if gone:
             raise damaged(
                 self.path,
