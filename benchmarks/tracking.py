@@ -15,17 +15,18 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BOTTLENECK_LAB_SHARED", ROOT.parent / "shared"))
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "tests"))  # the launcher the tracking tests use
+
+from support.mlflow_server import mlflow_server  # noqa: E402
 
 
 def run(command: list[str], what: str) -> float:
@@ -35,35 +36,6 @@ def run(command: list[str], what: str) -> float:
     if result.returncode != 0:
         raise SystemExit(f"{what} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return time.perf_counter() - started
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    """A real tracking server on a free port, once its /health answers."""
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    command += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
-    command += ["--artifacts-destination", str(folder / "artifacts")]
-    log = open(folder / "server.log", "wb")  # noqa: SIM115 (open while the server runs)
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"mlflow server exited: {(folder / 'server.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    return server, uri
-        except OSError:
-            time.sleep(0.5)
-    server.terminate()
-    raise SystemExit("mlflow server did not answer /health in 180 s")
 
 
 def size(path: Path, pattern: str = "*") -> int:
@@ -90,8 +62,7 @@ def main() -> None:
     sweep += ["--models", args.models] if args.models else []
     plain = run([*sweep, "--out", str(args.work / "plain")], "sweep without tracking")
     (args.work / "server").mkdir()
-    server, uri = start_server(args.work / "server")
-    try:
+    with mlflow_server(args.work / "server") as uri:
         tracked = run(
             [*sweep, "--out", str(args.work / "tracked"), "--mlflow", uri, "--experiment", "bench"], "tracked sweep"
         )
@@ -101,9 +72,6 @@ def main() -> None:
             [str(BIN / "classical"), "log", str(args.work / "plain"), "--mlflow", uri, "--experiment", "bench-log"],
             "classical log",
         )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     print(f"\nsweep of {cache} ({args.models or 'default models'}), load {os.getloadavg()[0]:.1f}")
     print(
         f"| step | seconds |\n|---|---:|\n| sweep, no tracking | {plain:.1f} |\n| same sweep, --mlflow | {tracked:.1f} |"

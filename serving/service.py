@@ -141,9 +141,10 @@ class Service:
             self.similar_error = f"the cache's similarity index cannot be used ({exc}); run `embedder similar` once"
 
     async def similar(self, parts: list[tuple[str | None, bytes]], k: int) -> tuple[list[str], list[list[Any]]]:
-        """sha256 and the k nearest cached photos of each part (the cache's own search, as `embedder similar`)."""
-        if self.cache_file is None:
-            raise ServiceError(503, "not_enabled", "similarity search needs a cache; start the server with --cache")
+        """sha256 and the k nearest cached photos of each part (the cache's own search, as `embedder similar`).
+
+        The caller has checked that the service has a cache (`POST /v1/similar` says so before reading the upload).
+        """
         if self.similar_error is not None:
             raise ServiceError(503, "not_enabled", self.similar_error)
         rows = await self.embed(parts)

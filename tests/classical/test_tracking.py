@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import NO_TOP_WEIGHTS, ROOT, blobs, copy_files, make_dataset, photo, write_cache
+from support.mlflow_server import free_port, mlflow_server
 from typer.testing import CliRunner
 
 from classical import predict
@@ -32,43 +30,10 @@ GRIDS = {"lr": {"C": [1.0]}, "knn": {"n_neighbors": [3]}, "dense": {"learning_ra
 TOLERANCE = 1e-4
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` with a SQLite store and a local artifact root on a free port, once /health answers."""
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    command += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
-    command += ["--artifacts-destination", str(folder / "artifacts")]
-    log = open(folder / "server.log", "wb")  # noqa: SIM115 (open while the server runs)
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(
-                f"mlflow server exited {server.returncode}: {(folder / 'server.log').read_text()[-2000:]}"
-            )
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    return server, uri
-        except OSError:
-            time.sleep(0.5)
-    server.terminate()
-    raise RuntimeError(f"mlflow server did not answer /health in 180 s: {(folder / 'server.log').read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    process, uri = start_server(tmp_path_factory.mktemp("mlflow-server"))
-    yield uri
-    process.terminate()
-    process.wait(timeout=30)
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")
