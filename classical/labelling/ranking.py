@@ -68,42 +68,19 @@ def rank_uncertainty(probs: np.ndarray, budget: int) -> Ranked:
     return Ranked(order.astype(np.int64), u[order], u[order], np.full(len(order), np.nan))
 
 
-def _greedy(
-    Z: np.ndarray,
-    labelled: np.ndarray,
-    weight: np.ndarray,
-    budget: int,
-    threshold: float | None,
-) -> tuple[list[int], list[float], int]:
-    """k-center greedy: pick argmax weight x distance to the nearest centre (labelled rows, then picks).
-
-    With `threshold`, rows whose similarity to a centre reaches it are never picked.
-    Returns the picks, their distances at pick time, and how many rows the threshold excluded.
-    """
+def rank_diversity(Z: np.ndarray, labelled: np.ndarray, budget: int) -> Ranked:
+    """k-center greedy over all candidates: each pick the farthest from labelled rows and earlier picks."""
     nearest = nearest_similarity(Z, labelled).astype(np.float64)
-    excluded = np.zeros(len(Z), dtype=bool)
-    if threshold is not None:
-        excluded |= nearest >= threshold
     distance = np.where(np.isfinite(nearest), 1.0 - nearest, 2.0)  # no labelled row: all equally far
     picks: list[int] = []
     distances: list[float] = []
-    available = ~excluded
+    available = np.ones(len(Z), dtype=bool)
     while len(picks) < budget and available.any():
-        gain = np.where(available, weight * np.maximum(distance, 0.0), -np.inf)
-        best = int(np.argmax(gain))
+        best = int(np.argmax(np.where(available, np.maximum(distance, 0.0), -np.inf)))
         picks.append(best)
         distances.append(float(distance[best]))
         available[best] = False
-        similarity = Z @ Z[best]
-        distance = np.minimum(distance, 1.0 - similarity)
-        if threshold is not None:
-            available &= similarity < threshold
-    return picks, distances, int((~available).sum()) - len(picks)
-
-
-def rank_diversity(Z: np.ndarray, labelled: np.ndarray, budget: int) -> Ranked:
-    """k-center greedy over all candidates: each pick the farthest from labelled rows and earlier picks."""
-    picks, distances, _ = _greedy(Z, labelled, np.ones(len(Z)), budget, None)
+        distance = np.minimum(distance, 1.0 - Z @ Z[best])
     d = np.asarray(distances, dtype=np.float64)
     return Ranked(np.asarray(picks, dtype=np.int64), d, np.full(len(d), np.nan), d)
 
