@@ -8,7 +8,8 @@ starts from 5 random labelled photos per class; each round reveals 5 x classes m
     random       uniformly among the hidden ones
     uncertainty  the smallest margins of the current model's probabilities
     diversity    k-center greedy on the audit's similarity
-    hybrid       uncertainty-weighted k-center over the most uncertain, no near-duplicates (the default)
+    hybrid       weighted k-means over the 5 x budget most uncertain, one pick per cluster, no
+                 near-duplicates (the default)
 
 (the ranking functions of `classical suggest`), up to 50 per class. After each round the model
 (standardize + logistic regression, the zoo's `lr` at C = 0.1: fast, and the best head on these
@@ -62,7 +63,7 @@ def loop(X, y, Z, pool, test, strategy, seed, start, step, stop, threshold):
             chosen = rng.choice(hidden, per_round, replace=False)
         else:
             probs = fitted.predict_proba(X[hidden])
-            ranked = rank(strategy, probs, Z[hidden], Z[labelled], per_round, threshold)
+            ranked = rank(strategy, probs, Z[hidden], Z[labelled], per_round, threshold, seed=seed)
             chosen = hidden[ranked.index]
             if len(chosen) < per_round:  # too few rows left that are no near-duplicates: fill at random
                 rest = np.setdiff1d(hidden, chosen)

@@ -437,7 +437,8 @@ def suggest_command(
     strategy: Annotated[
         Strategy,
         typer.Option(
-            help="'uncertainty' (smallest margin), 'diversity' (k-center greedy) or 'hybrid' (both, no near-duplicates)."
+            help="'uncertainty' (smallest margin), 'diversity' (k-center greedy) or 'hybrid' (one photo per cluster "
+            "of the most uncertain, by uncertainty-weighted k-means; no near-duplicates)."
         ),
     ] = Strategy.hybrid,
     format: Annotated[

@@ -7,20 +7,26 @@ product of two rows is their similarity and `1 - similarity` their distance.
 - uncertainty: 1 - margin, the margin being the gap between the two highest probabilities;
 - diversity: k-center greedy, each pick the candidate farthest from every labelled row and every
   earlier pick;
-- hybrid: k-center greedy over the most uncertain candidates, each pick maximising
-  uncertainty x distance; a candidate at or above the near-duplicate threshold of a labelled row or
-  of an earlier pick is never picked.
+- hybrid: diverse mini-batches (Zhdanov 2019, "Diverse mini-batch active learning"): the 5 x budget
+  most uncertain candidates clustered by k-means weighted by their uncertainty, each cluster giving
+  the candidate nearest its centre, clusters in order of their uncertainty mass. A candidate at or
+  above the near-duplicate threshold of a labelled row (found with `embedder.neighbours`) is set
+  aside first, and one of an earlier pick is never picked.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.cluster import KMeans
+
+from embedder import neighbours
 
 STRATEGIES = ("uncertainty", "diversity", "hybrid")
-POOL_FACTOR = 3  # hybrid: candidates = the budget x this many most uncertain rows (at least POOL_MIN)
-POOL_MIN = 20
+POOL_FACTOR = 5  # hybrid: the budget x this many most uncertain candidates are clustered
+N_INIT = 3  # hybrid: k-means++ starts (seeded), the one of least weighted inertia kept
+MIN_WEIGHT = 1e-9  # hybrid: a certain row's weight, so a pool of certain rows still clusters
 BLOCK = 4096
 
 
@@ -33,6 +39,8 @@ class Ranked:
     uncertainty: np.ndarray  # 1 - margin (nan when the strategy does not use it)
     distance: np.ndarray  # 1 - similarity to the nearest labelled row or earlier pick (nan when unused)
     skipped_near_duplicates: int = 0
+    mass: np.ndarray = field(default_factory=lambda: np.zeros(0))  # hybrid: the pick's cluster's uncertainty mass
+    members: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # hybrid: its cluster's size
 
 
 def margin_uncertainty(probs: np.ndarray) -> np.ndarray:
@@ -60,42 +68,19 @@ def rank_uncertainty(probs: np.ndarray, budget: int) -> Ranked:
     return Ranked(order.astype(np.int64), u[order], u[order], np.full(len(order), np.nan))
 
 
-def _greedy(
-    Z: np.ndarray,
-    labelled: np.ndarray,
-    weight: np.ndarray,
-    budget: int,
-    threshold: float | None,
-) -> tuple[list[int], list[float], int]:
-    """k-center greedy: pick argmax weight x distance to the nearest centre (labelled rows, then picks).
-
-    With `threshold`, rows whose similarity to a centre reaches it are never picked.
-    Returns the picks, their distances at pick time, and how many rows the threshold excluded.
-    """
+def rank_diversity(Z: np.ndarray, labelled: np.ndarray, budget: int) -> Ranked:
+    """k-center greedy over all candidates: each pick the farthest from labelled rows and earlier picks."""
     nearest = nearest_similarity(Z, labelled).astype(np.float64)
-    excluded = np.zeros(len(Z), dtype=bool)
-    if threshold is not None:
-        excluded |= nearest >= threshold
     distance = np.where(np.isfinite(nearest), 1.0 - nearest, 2.0)  # no labelled row: all equally far
     picks: list[int] = []
     distances: list[float] = []
-    available = ~excluded
+    available = np.ones(len(Z), dtype=bool)
     while len(picks) < budget and available.any():
-        gain = np.where(available, weight * np.maximum(distance, 0.0), -np.inf)
-        best = int(np.argmax(gain))
+        best = int(np.argmax(np.where(available, np.maximum(distance, 0.0), -np.inf)))
         picks.append(best)
         distances.append(float(distance[best]))
         available[best] = False
-        similarity = Z @ Z[best]
-        distance = np.minimum(distance, 1.0 - similarity)
-        if threshold is not None:
-            available &= similarity < threshold
-    return picks, distances, int((~available).sum()) - len(picks)
-
-
-def rank_diversity(Z: np.ndarray, labelled: np.ndarray, budget: int) -> Ranked:
-    """k-center greedy over all candidates: each pick the farthest from labelled rows and earlier picks."""
-    picks, distances, _ = _greedy(Z, labelled, np.ones(len(Z)), budget, None)
+        distance = np.minimum(distance, 1.0 - Z @ Z[best])
     d = np.asarray(distances, dtype=np.float64)
     return Ranked(np.asarray(picks, dtype=np.int64), d, np.full(len(d), np.nan), d)
 
@@ -106,34 +91,83 @@ def rank_hybrid(
     labelled: np.ndarray,
     budget: int,
     threshold: float,
+    *,
     pool: int | None = None,
+    seed: int = 0,
 ) -> Ranked:
-    """Uncertainty-weighted k-center greedy over the most uncertain candidates, without near-duplicates.
+    """Weighted k-means over the most uncertain candidates (Zhdanov 2019), without near-duplicates.
 
-    The pool is the `pool` (default: max(POOL_MIN, POOL_FACTOR x budget)) most uncertain candidates;
-    each pick maximises uncertainty x distance to the nearest labelled row or earlier pick, and no
-    pick has a similarity >= `threshold` to a labelled row or to another pick. When the pool runs out
-    of such rows before the budget, the next most uncertain candidates are used.
+    Candidates at or above `threshold` to a labelled row are set aside first. The `pool` (default:
+    POOL_FACTOR x budget) most uncertain of the rest are clustered into `budget` clusters by k-means
+    (seeded), each row weighted by its uncertainty; each cluster, in order of its uncertainty mass
+    (the sum of its weights), gives the row nearest its centre that is not a near-duplicate of an
+    earlier pick. When clusters give fewer picks than the budget, the next most uncertain rows that
+    are no near-duplicates follow (their mass: nan). The score is the cluster's mass.
     """
     u = margin_uncertainty(probs)
+    near = near_duplicates(Z, labelled, threshold)
+    beside_labelled = np.zeros(len(Z), dtype=bool)
+    beside_labelled[[i for i, others in enumerate(near) if any(j >= len(Z) for j in others)]] = True
     order = np.lexsort((np.arange(len(u)), -u))
-    size = max(POOL_MIN, POOL_FACTOR * budget) if pool is None else pool
+    order = order[~beside_labelled[order]]
+    size = POOL_FACTOR * budget if pool is None else pool
+    chosen = order[:size]
     picked: list[int] = []
-    distances: list[float] = []
-    skipped = 0
-    start = 0
-    centres = labelled
-    while len(picked) < budget and start < len(order):
-        chunk = order[start : start + size]
-        start += size
-        local, d, excluded = _greedy(Z[chunk], centres, u[chunk], budget - len(picked), threshold)
-        skipped += excluded
-        picked.extend(int(chunk[i]) for i in local)
-        distances.extend(d)
-        centres = np.concatenate([labelled, Z[np.asarray(picked, dtype=np.int64)]]) if picked else labelled
+    masses: list[float] = []
+    members: list[int] = []
+    blocked = np.zeros(len(Z), dtype=bool)
+
+    def take(row: int, mass: float, count: int) -> None:
+        picked.append(row)
+        masses.append(mass)
+        members.append(count)
+        blocked[row] = True
+        blocked[[j for j in near[row] if j < len(Z)]] = True
+
+    if len(chosen):
+        clusters = min(budget, len(np.unique(Z[chosen], axis=0)))
+        weight = np.maximum(u[chosen], MIN_WEIGHT)
+        kmeans = KMeans(n_clusters=clusters, n_init=N_INIT, random_state=seed).fit(Z[chosen], sample_weight=weight)
+        mass = np.bincount(kmeans.labels_, weights=weight, minlength=clusters)
+        spread = kmeans.transform(Z[chosen])  # distance of each row to each centre
+        for cluster in np.lexsort((np.arange(clusters), -mass)):
+            inside = np.flatnonzero(kmeans.labels_ == cluster)
+            for local in inside[np.lexsort((inside, spread[inside, cluster]))]:
+                if not blocked[chosen[local]]:
+                    take(int(chosen[local]), float(mass[cluster]), len(inside))
+                    break
+    for row in order:  # fewer picks than the budget: the next most uncertain that are no near-duplicates
+        if len(picked) >= budget:
+            break
+        if not blocked[row]:
+            take(int(row), float("nan"), 0)
     index = np.asarray(picked, dtype=np.int64)
-    spread = np.asarray(distances, dtype=np.float64)
-    return Ranked(index, u[index] * spread, u[index], spread, skipped)
+    skipped = int(beside_labelled.sum() + (blocked & ~beside_labelled).sum()) - len(index)
+    return Ranked(
+        index,
+        np.where(np.isnan(masses), u[index], masses) if len(index) else np.zeros(0),
+        u[index],
+        np.full(len(index), np.nan),
+        skipped,
+        mass=np.asarray(masses, dtype=np.float64),
+        members=np.asarray(members, dtype=np.int64),
+    )
+
+
+def near_duplicates(Z: np.ndarray, labelled: np.ndarray, threshold: float) -> list[list[int]]:
+    """Each candidate's near-duplicates (similarity >= `threshold`): candidates, and labelled rows as len(Z) + i.
+
+    One search of the candidates and the labelled rows together (`embedder.neighbours`: exact below
+    `embedder.EXACT_ROWS` rows).
+    """
+    graph = neighbours(np.concatenate([Z, labelled]).astype(np.float32), k=0, threshold=threshold)
+    near: list[list[int]] = [[] for _ in range(len(Z))]
+    for i, j in zip(graph.i.tolist(), graph.j.tolist()):  # i < j: i is always a candidate
+        if i < len(Z):
+            near[i].append(j)
+            if j < len(Z):
+                near[j].append(i)
+    return near
 
 
 def rank(
@@ -143,8 +177,10 @@ def rank(
     labelled: np.ndarray,
     budget: int,
     threshold: float,
+    *,
+    seed: int = 0,
 ) -> Ranked:
-    """Rank candidates by `strategy` ('uncertainty', 'diversity' or 'hybrid')."""
+    """Rank candidates by `strategy` ('uncertainty', 'diversity' or 'hybrid'; `seed` seeds hybrid's k-means)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}.")
     if budget < 1:
@@ -153,4 +189,4 @@ def rank(
         return rank_uncertainty(probs, budget)
     if strategy == "diversity":
         return rank_diversity(Z, labelled, budget)
-    return rank_hybrid(probs, Z, labelled, budget, threshold)
+    return rank_hybrid(probs, Z, labelled, budget, threshold, seed=seed)

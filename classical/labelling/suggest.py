@@ -36,6 +36,8 @@ FROM_NAME, TO_NAME = "choice", "image"  # the Label Studio labelling config's ta
 REASONS = {
     "uncertainty": "uncertain: margin {margin:.3f} between its two likeliest classes",
     "diversity": "diverse: distance {distance:.3f} to the nearest labelled or suggested photo",
+    "hybrid": "representative of uncertain photos: nearest the centre of a cluster of {members} with "
+    "uncertainty mass {mass:.3f} (its own margin {margin:.3f})",
 }
 
 
@@ -150,6 +152,8 @@ def suggest(
     )
     result.skipped_near_duplicates = ranked.skipped_near_duplicates
     names = saved.class_names
+    masses = ranked.mass if len(ranked.mass) else np.full(len(ranked.index), np.nan)
+    members = ranked.members if len(ranked.members) else np.zeros(len(ranked.index), np.int64)
     for n, (i, score, u, d) in enumerate(zip(ranked.index, ranked.score, ranked.uncertainty, ranked.distance)):
         p = probs[i]
         best = int(np.argmax(p))
@@ -164,7 +168,7 @@ def suggest(
                 "prob": float(p[best]),
                 "margin": margin,
                 "distance": distance,
-                "reason": reason(strategy, margin, distance),
+                "reason": reason(strategy, margin, distance, float(masses[n]), int(members[n])),
             }
         )
     if strategy == "hybrid" and len(result.rows) < budget:
@@ -175,14 +179,15 @@ def suggest(
     return result
 
 
-def reason(strategy: str, margin: float | None, distance: float | None) -> str:
-    """Why a row was ranked: the term (or terms) of its score."""
-    if strategy == "uncertainty":
-        return REASONS["uncertainty"].format(margin=margin)
+def reason(
+    strategy: str, margin: float | None, distance: float | None, mass: float = float("nan"), members: int = 0
+) -> str:
+    """Why a row was ranked: the term of its score (hybrid: its cluster's uncertainty mass, else its margin)."""
     if strategy == "diversity":
         return REASONS["diversity"].format(distance=distance)
-    assert margin is not None and distance is not None
-    return f"uncertain and diverse: uncertainty {1 - margin:.3f} x distance {distance:.3f} (margin {margin:.3f})"
+    if strategy == "hybrid" and np.isfinite(mass):
+        return REASONS["hybrid"].format(mass=mass, members=members, margin=margin)
+    return REASONS["uncertainty"].format(margin=margin)
 
 
 def label_studio_tasks(suggestions: Suggestions) -> list[dict[str, Any]]:

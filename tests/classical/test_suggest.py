@@ -62,6 +62,54 @@ def test_two_copies_of_a_photo_are_not_both_suggested_nor_a_copy_of_a_labelled_o
     assert 0 not in spread and len(spread & {1, 2}) == 1
 
 
+def group(rng: np.random.Generator, centre: np.ndarray, n: int, spread: float = 0.08) -> np.ndarray:
+    """`n` distinct photos around `centre`: cosine to it about 0.99, to each other about 0.99 (under 0.999)."""
+    X = centre + spread * rng.normal(size=(n, len(centre))) / np.sqrt(len(centre))
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_hybrid_picks_a_boundary_photo_before_a_confident_one() -> None:
+    rng = np.random.default_rng(2)
+    a, b = unit(rng, 2, dim=32)
+    Z = np.concatenate([group(rng, a, 6), group(rng, b, 6)])
+    probs = np.tile([0.95, 0.05], (12, 1))
+    probs[:6] = [0.52, 0.48]  # the first group sits on the decision boundary
+    ranked = rank("hybrid", probs, Z, Z[:0], budget=2, threshold=0.999)
+    assert ranked.index[0] < 6 and ranked.index[1] >= 6  # one pick per cluster, the uncertain cluster first
+    # the pool is the 5 x budget = 10 most uncertain: the boundary group and 4 of the confident one
+    assert ranked.mass[0] > ranked.mass[1] and list(ranked.members) == [6, 4]
+    assert ranked.score[0] == ranked.mass[0] and ranked.uncertainty[0] == pytest.approx(0.96)
+    (only,) = rank("hybrid", probs, Z, Z[:0], budget=1, threshold=0.999).index
+    assert only < 6
+
+
+def test_two_uncertain_groups_give_one_pick_each() -> None:
+    rng = np.random.default_rng(3)
+    a, b = unit(rng, 2, dim=32)
+    Z = np.concatenate([group(rng, a, 8), group(rng, b, 8)])
+    probs = np.tile([0.6, 0.4], (16, 1))
+    probs[:8] = [0.5, 0.5]  # the first group is a little more uncertain: all of uncertainty's picks
+    assert set(rank("uncertainty", probs, Z, Z[:0], 2, 0.999).index.tolist()) <= set(range(8))
+    picks = rank("hybrid", probs, Z, Z[:0], budget=2, threshold=0.999).index
+    assert sorted(p // 8 for p in picks) == [0, 1]
+    # the pick is the photo nearest its group's centre (the photos are equally uncertain within a group)
+    centre = Z[:8].mean(axis=0)
+    assert picks[0] == int(np.argmax(Z[:8] @ centre / np.linalg.norm(centre)))
+
+
+def test_copies_in_clusters_of_their_own_are_not_both_suggested() -> None:
+    rng = np.random.default_rng(4)
+    base = unit(rng, 4)
+    edited = base[0] + 0.2 * unit(rng, 1)[0]  # an edited copy of photo 0: similarity about 0.98
+    Z = np.concatenate([base, (edited / np.linalg.norm(edited))[None]]).astype(np.float32)
+    assert Z[0] @ Z[4] > 0.95
+    probs = np.tile([0.7, 0.3], (5, 1))
+    probs[[0, 4]] = [0.5, 0.5]  # the copies are the most uncertain
+    ranked = rank("hybrid", probs, Z, Z[:0], budget=5, threshold=0.95)  # 5 clusters: every photo its own
+    assert len(set(ranked.index.tolist()) & {0, 4}) == 1 and sorted(ranked.index) in ([0, 1, 2, 3], [1, 2, 3, 4])
+    assert ranked.skipped_near_duplicates == 1
+
+
 @pytest.fixture
 def swept(tmp_path: Path) -> tuple[Path, Path]:
     """A synthetic cache (every third row unlabelled) and a run with an lr model swept on it."""
@@ -81,6 +129,11 @@ def test_label_studio_file_has_the_documented_task_shape(swept: tuple[Path, Path
     cache, run = swept
     result = suggest(cache, run, budget=5)
     assert len(result.rows) == 5 and result.unlabelled == 16
+    # hybrid: 5 clusters of the 16 candidates, each pick ranked by its cluster's uncertainty mass
+    assert all(
+        row["reason"].startswith("representative of uncertain photos: nearest the centre") for row in result.rows
+    )
+    assert [row["score"] for row in result.rows] == sorted((row["score"] for row in result.rows), reverse=True)
     tasks = json.loads(write_suggestions(result, run, "label-studio").read_text())
     assert len(tasks) == 5
     for task, row in zip(tasks, result.rows):
