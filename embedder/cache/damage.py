@@ -40,11 +40,6 @@ def damaged(path: Path, what: str) -> CacheError:
     )
 
 
-def segment_path(cache: Path, file: str) -> Path:
-    """The segment file a run names, in the cache's own folder (the one place this module resolves one)."""
-    return segment_file(cache, file)
-
-
 def from_h5py(exc: BaseException) -> bool:
     """Whether `exc` was raised inside h5py (a damaged file), not by the caller's own code."""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -119,7 +114,7 @@ def _segment_structure(cache: Path, group: h5py.Group, members: dict[str, h5py.D
     embeddings = members.get("embeddings")
     dim = int(embeddings.shape[1]) if embeddings is not None and len(embeddings.shape) == 2 else None
     for file, rows in sizes.items():
-        segment = segment_path(cache, file)
+        segment = segment_file(cache, file)
         if not segment.is_file():
             problems.append(
                 f"segment {segment} is missing; move the cache together with its .segments folder, or {RESTORE}."
@@ -144,7 +139,7 @@ def bad_segments(cache: Path, group: h5py.Group) -> set[str]:
         if run.file in bad:
             continue
         try:
-            with h5py.File(segment_path(cache, run.file), "r"):
+            with h5py.File(segment_file(cache, run.file), "r"):
                 pass
         except (OSError, FileNotFoundError):
             bad.add(run.file)

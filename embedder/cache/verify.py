@@ -15,10 +15,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from embedder.cache.damage import RESTORE, RowChecker, bad_segments, ranges, segment_path, structure_problems
+from embedder.cache.damage import RESTORE, RowChecker, bad_segments, ranges, structure_problems
 from embedder.cache.layout import GROUP, check_cache_file
 from embedder.cache.lookup import RowLookup
-from embedder.cache.segments import COLUMNS, expand, file_digest, read_runs
+from embedder.cache.segments import COLUMNS, expand, file_digest, read_runs, segment_file
 from embedder.cache.storage import check_storage
 from embedder.errors import CacheError
 
@@ -115,7 +115,7 @@ def _verify_segments(path: Path, group: h5py.Group) -> list[str]:
         return []  # reported by the structural checks
     digests = {run.file: run.digest for run in runs}
     for file in digests:
-        segment = segment_path(path, file)
+        segment = segment_file(path, file)
         try:
             handle = h5py.File(segment, "r")
         except OSError:
