@@ -208,10 +208,10 @@ def _hnsw_knn(Z: np.ndarray, keep: int, seed: int) -> tuple[GraphMethod, np.ndar
     candidates = min(max(CANDIDATES, keep), n - 1)
     ef_search = max(EF_SEARCH, candidates + 1)
     factory = f"PCA{components},HNSW{HNSW_M}"
-    index = faiss.index_factory(dim, factory, faiss.METRIC_L2)
+    index: Any = faiss.index_factory(dim, factory, faiss.METRIC_L2)  # IndexPreTransform(PCAMatrix, IndexHNSWFlat)
     sample = np.sort(np.random.default_rng(seed).permutation(n)[:TRAIN_ROWS])
     index.train(Z[sample])
-    hnsw = faiss.downcast_index(index.index)
+    hnsw: Any = faiss.downcast_index(index.index)
     hnsw.hnsw.efConstruction = EF_CONSTRUCTION
     for start in range(0, n, SEARCH_ROWS * 4):
         index.add(Z[start : start + SEARCH_ROWS * 4])
