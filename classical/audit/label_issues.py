@@ -176,7 +176,10 @@ def _components(
 
     prepare = (lambda part: part) if normalised else normalise
     sample = np.sort(np.random.default_rng(seed).permutation(rows)[:fit_rows])
-    pca = PCA(n_components=min(components, X.shape[1], len(sample)), random_state=seed).fit(prepare(X[sample]))
+    pca = PCA(n_components=min(components, X.shape[1], len(sample)), svd_solver="covariance_eigh")
+    pca.fit(
+        prepare(X[sample])
+    )  # the D x D covariance and its eigenvectors: seconds, where an SVD of the rows takes minutes
     P = np.empty((len(rows), pca.n_components_), np.float32)
     for start in range(0, len(rows), BLOCK_ROWS):
         P[start : start + BLOCK_ROWS] = pca.transform(prepare(X[rows[start : start + BLOCK_ROWS]]))
