@@ -21,23 +21,39 @@ from classical.audit import embedding_map, label_issues, outliers
 from classical.data.near_duplicates import DEFAULT_THRESHOLD, SIMILARITY, exact_pairs, find_near_duplicates, normalise
 from classical.data.rows import backbone_rows
 from classical.errors import DataError
-from embedder import atomic_path, open_cache, utc_now
+from embedder import EXACT_ROWS, atomic_path, open_cache, utc_now
 
 logger = logging.getLogger(__name__)
 VERSION = 1
 
 
-def load_rows(cache: str | os.PathLike, backbone: str | None = None) -> dict[str, Any]:
-    """All rows of one backbone (labelled or not) with finite embeddings, and the rows left out."""
+def load_rows(
+    cache: str | os.PathLike, backbone: str | None = None, *, large_bytes: int = label_issues.MAX_EXACT_BYTES
+) -> dict[str, Any]:
+    """All rows of one backbone (labelled or not) with finite embeddings, and the rows left out.
+
+    "X" holds the raw rows and "Z" the normalised ones (`embedder.normalise`). A backbone whose rows
+    take more than `large_bytes` is read normalised in blocks (`CachedBackbone.load_normalised`), so
+    the rows are held once: then "X" is None.
+    """
     with open_cache(cache) as opened:
         rows = backbone_rows(opened, backbone)
-        X, y, names = rows.load(), np.asarray(rows.labels), list(rows.class_names)
+        y, names = np.asarray(rows.labels), list(rows.class_names)
         paths, sha256, key = np.asarray(rows.paths).astype(str), np.asarray(rows.sha256).astype(str), rows.key
-    if not len(X):
+        if len(rows) * rows.dim * 4 > large_bytes:
+            X, (Z, kept) = None, rows.load_normalised()
+            finite = np.zeros(len(rows), bool)
+            finite[kept] = True
+        else:
+            X = rows.load()
+            finite = np.isfinite(X).all(axis=1)
+            X = np.ascontiguousarray(X[finite], np.float32)
+            Z = normalise(X)
+    if not len(y):
         raise DataError(f"cache '{cache}' has no rows of backbone {key}")
-    finite = np.isfinite(X).all(axis=1)
     return {
-        "X": np.ascontiguousarray(X[finite], np.float32),
+        "X": X,
+        "Z": Z,
         "y": y[finite],
         "class_names": names,
         "paths": paths[finite],
@@ -59,17 +75,22 @@ def audit(
     map_method: str = "pca",
     plot: bool = True,
     n_jobs: int | None = None,
+    large_bytes: int = label_issues.MAX_EXACT_BYTES,
+    exact_rows: int = EXACT_ROWS,
 ) -> dict[str, Any]:
     """Audit the cache's embeddings; write `out/audit.json` (and `out/plots/embedding_map.png`); return the audit.
 
     The run's `split.json`, when there is one, decides each pair's `splits` and the straddling count.
+    A backbone whose rows take more than `large_bytes` (256 MiB) is read normalised, once, in blocks,
+    and its label issues use principal components (`label_issues`); from `exact_rows` rows on the
+    near-duplicates come from the approximate k-NN graph (`embedder.neighbours`).
     """
     from classical.data.splits import Split  # classical.data.splits uses this package's search
 
     started = time.perf_counter()
     run = Path(out)
-    data = load_rows(cache, backbone)
-    X, y, names, paths, sha = data["X"], data["y"], data["class_names"], data["paths"], data["sha256"]
+    data = load_rows(cache, backbone, large_bytes=large_bytes)
+    X, Z, y, names, paths, sha = data["X"], data["Z"], data["y"], data["class_names"], data["paths"], data["sha256"]
     split = Split.load(run / "split.json") if (run / "split.json").is_file() else None
     if split is not None and split.backbone_key and split.backbone_key != data["backbone"]:
         raise DataError(f"run '{run}' was split on embeddings of {split.backbone_key}; these are {data['backbone']}.")
@@ -77,8 +98,7 @@ def audit(
     label = [names[c] if c >= 0 else None for c in y]
 
     t0 = time.perf_counter()
-    Z = normalise(X)
-    found, effective = find_near_duplicates(Z, threshold=threshold, k=k, normalised=True)
+    found, effective = find_near_duplicates(Z, threshold=threshold, k=k, normalised=True, exact_rows=exact_rows)
     exact = exact_pairs(sha)
     pairs = {(int(a), int(b)): float(c) for a, b, c in zip(found.i, found.j, found.cosine)}
     for a, b in exact - set(pairs):
@@ -106,7 +126,9 @@ def audit(
     outlier_seconds = time.perf_counter() - t0  # scoring only: the kNN came with the near-duplicate search
 
     t0 = time.perf_counter()
-    found_issues = label_issues.find(X, y, names, cv=cv, seed=seed, n_jobs=n_jobs)
+    found_issues = label_issues.find(
+        Z if X is None else X, y, names, cv=cv, seed=seed, n_jobs=n_jobs, normalised=X is None
+    )
     issue_list = [
         {"path": str(paths[i["row"]]), **{key: v for key, v in i.items() if key != "row"}}
         for i in found_issues["issues"]
@@ -120,7 +142,7 @@ def audit(
         "cache": str(cache),
         "backbone": data["backbone"],
         "created": utc_now(),
-        "rows": len(X),
+        "rows": len(Z),
         "labelled": int((y >= 0).sum()),
         "unlabelled": int((y < 0).sum()),
         "left_out": data["left_out"],
@@ -145,18 +167,21 @@ def audit(
                 "is higher: a near-duplicate is closer than 0.6 x the typical nearest-photo distance"
             ),
             "search": f"k-NN graph of the similarity index: {found.search}; plus identical bytes (sha256)",
+            "graph": found.method,
             "graph_k": found.graph_k,
             "saturated_rows": found.saturated,
             "saturated_note": (
                 None
                 if not found.saturated
                 else f"{found.saturated} rows have all {found.graph_k} graph neighbours at or above the threshold "
-                "(more near-duplicates than the graph holds): their pairs come from a range search of the index"
+                "(more near-duplicates than the graph holds): their pairs come from an exact product of those rows with every row"
             ),
             "seconds": round(near_seconds, 3),
         },
         "label_issues_method": {
             "method": found_issues["method"],
+            "features": found_issues["features"],
+            "fit_rows": found_issues["fit_rows"],
             "cv": cv,
             "seed": seed,
             "skipped": found_issues["skipped"],
@@ -239,7 +264,7 @@ def summary_line(result: dict[str, Any]) -> str:
     saturated = s.get("near_duplicate_saturated_rows") or 0  # absent from audits before the index
     wide = (
         f", {saturated} rows with more than {result['near_duplicates_method']['graph_k']} near-duplicates "
-        "(their pairs by range search)"
+        "(their pairs by an exact product)"
         if saturated
         else ""
     )

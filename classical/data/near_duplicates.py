@@ -9,12 +9,13 @@ on the flowers, see README "Audit").
 `find_near_duplicates` (the audit, split grouping, semi-supervised models) takes its pairs and
 nearest neighbours from the embedder's k-NN graph (`embedder.neighbours`): below `embedder.EXACT_ROWS`
 rows it is exact (a flat faiss index: every pair at or above the threshold, the exact k nearest, the
-answers of `search`); from there on each row's 20 nearest rows come from an IVF-SQ8 index and the
-pairs are the graph's edges at or above the threshold. A pair can be missed there in two ways: a
-photo with more than 20 near-duplicates (its 20th neighbour still at or above the threshold: such
-rows are counted as `saturated`, and all their pairs are taken from a range search of the index
-instead, so the count says where the graph alone would have been short), or the IVF scan missing a
-neighbour (the two rows in cells not scanned; rare for near-duplicates, which sit next to each other).
+answers of `search`); from there on each row gets 40 candidates from an HNSW graph of the rows' 128
+principal components, re-scored exactly, and keeps the best 20 as its edges; the pairs are the edges at
+or above the threshold. A pair can be missed there in two ways: a photo with more than 20
+near-duplicates (its 20th edge still at or above the threshold: such rows are counted as `saturated`,
+and all their pairs are taken from an exact product of those rows with every row instead, so the count
+says where the graph alone would have been short), or the HNSW search of the projections not returning
+the copy among a row's 40 candidates (rare for near-duplicates, which stay next to each other).
 
 `search` is the exact blocked matrix product (`block_rows` x `block_cols` similarities at a time,
 32 MB by default, memory O(N * D + N * k), time O(N^2)): the reference the graph is checked against.
@@ -22,11 +23,12 @@ neighbour (the two rows in cells not scanned; rare for near-duplicates, which si
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from embedder import SIMILARITY, Graph, neighbours, normalise
+from embedder import EXACT_ROWS, SIMILARITY, Graph, neighbours, normalise
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -56,11 +58,21 @@ class Neighbours:
     search: str = "exact, blocked matrix products"  # how the pairs were found, in words
     graph_k: int = 0  # neighbours per row the pairs come from (0: every pair, exact)
     saturated: int = 0  # rows whose graph_k neighbours are all at or above the threshold (see the module)
+    method: dict[str, Any] = field(default_factory=dict)  # the graph's method and parameters (`embedder.GraphMethod`)
 
     @classmethod
     def from_graph(cls, graph: Graph) -> Neighbours:
         """The pairs and neighbour similarities of an `embedder.neighbours` graph."""
-        return cls(graph.i, graph.j, graph.similarity, graph.knn, graph.plan.describe(), graph.graph_k, graph.saturated)
+        return cls(
+            graph.i,
+            graph.j,
+            graph.similarity,
+            graph.knn,
+            graph.method.describe(),
+            graph.graph_k,
+            graph.saturated,
+            graph.method.as_dict(),
+        )
 
 
 def search(
@@ -129,16 +141,21 @@ def effective_threshold(threshold: float, nearest: np.ndarray) -> float:
 
 
 def find_near_duplicates(
-    X: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD, k: int = 0, normalised: bool = False
+    X: np.ndarray,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    k: int = 0,
+    normalised: bool = False,
+    exact_rows: int = EXACT_ROWS,
 ) -> tuple[Neighbours, float]:
     """Pairs at the domain's threshold (`effective_threshold`), each row's k nearest similarities, and that threshold.
 
     One k-NN graph of the rows (`embedder.neighbours`, see the module): the nearest neighbours decide
     the threshold, then the graph's pairs are cut there. Below `embedder.EXACT_ROWS` rows the answer is
-    that of the exact all-pairs product (`search`).
+    that of the exact all-pairs product (`search`); `exact_rows` moves that limit.
     """
     Z = X if normalised else normalise(X)
-    graph = neighbours(Z, k=k, threshold=lambda nearest: effective_threshold(threshold, nearest))
+    graph = neighbours(Z, k=k, threshold=lambda nearest: effective_threshold(threshold, nearest), exact_rows=exact_rows)
     if graph.threshold is None:  # (a threshold was given, so the graph has one)
         raise ValueError("the k-NN graph was built without a threshold")
     return Neighbours.from_graph(graph), float(graph.threshold)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import h5py
 import numpy as np
@@ -20,6 +20,13 @@ from embedder.errors import CacheError
 if TYPE_CHECKING:
     from embedder.cache.similarity import SimilarityIndex
     from embedder.cache.similarity.query import Match
+
+
+class NormalisedRows(NamedTuple):
+    """Normalised rows of a backbone (`CachedBackbone.load_normalised`) and the row number of each."""
+
+    Z: np.ndarray  # (m, D) float32, unit rows
+    rows: np.ndarray  # (m,) int64, ascending: the finite rows
 
 
 class CachedBackbone:
@@ -53,14 +60,45 @@ class CachedBackbone:
         return self._group["embeddings"]
 
     def load(self) -> np.ndarray:
-        embeddings = self._read("embeddings")
-        if np.isnan(embeddings).all(axis=1).any():  # what a missing segment file reads as
+        return self._present(self._read("embeddings"))
+
+    def _present(self, X: np.ndarray) -> np.ndarray:
+        """`X`, unless a row is all NaN (what a missing segment file reads as): then CacheError."""
+        if np.isnan(X).all(axis=1).any():
             raise damaged(
                 self._path,
                 f"rows of backbone {self.key} are missing (a segment file in "
                 f"'{segments_folder(self._path)}' is gone or was moved without the cache)",
             )
-        return embeddings
+        return X
+
+    def load_normalised(self, *, block_rows: int = 8192) -> NormalisedRows:
+        """The rows as the similarity sees them (`normalise`), read and normalised `block_rows` at a time.
+
+        Holds the rows once (N x D float32) plus one block, where `normalise(load())` holds them twice.
+        Rows with a NaN or infinite component are left out (`NormalisedRows.rows` names the rows kept);
+        rows that are all NaN (a missing segment file) raise CacheError, as `load()` does.
+        """
+        from embedder.cache.similarity import normalise
+
+        n, dim = len(self), self.dim
+        Z = np.empty((n, dim), np.float32)
+        kept = np.empty(n, np.int64)
+        filled = 0
+        for start in range(0, n, block_rows):
+            stop = min(n, start + block_rows)
+            try:
+                X = self._present(self.embeddings[start:stop])
+            except OSError as exc:
+                raise damaged(
+                    self._path, f"reading rows {start}-{stop - 1} of backbone {self.key} failed ({exc})"
+                ) from None
+            finite = np.isfinite(X).all(axis=1)
+            count = int(finite.sum())
+            Z[filled : filled + count] = normalise(X[finite] if count < len(X) else X)
+            kept[filled : filled + count] = np.arange(start, stop)[finite]
+            filled += count
+        return NormalisedRows(Z[:filled], kept[:filled])
 
     @property
     def labels(self) -> np.ndarray:

@@ -1,9 +1,12 @@
-"""Near-duplicates from the similarity index's k-NN graph: the exact all-pairs answer below EXACT_ROWS, saturated rows above."""
+"""Near-duplicates from the similarity index's k-NN graph: the exact all-pairs answer below EXACT_ROWS, the projected
+HNSW graph with exact similarities and saturated rows above; the audit at scale (rows read once, label issues on
+principal components with sampled folds)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ from PIL import Image
 
 from classical import audit
 from classical.audit import summary_line
+from classical.audit.label_issues import find, folds
 from classical.data.near_duplicates import (
     DEFAULT_THRESHOLD,
     components,
@@ -22,7 +26,7 @@ from classical.data.near_duplicates import (
     search,
 )
 from classical.data.splits import make_split
-from embedder import EXACT_ROWS, GRAPH_K, open_cache
+from embedder import EXACT_ROWS, GRAPH_K, neighbours, open_cache
 
 
 def exact_reference(Z: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
@@ -139,3 +143,110 @@ def test_audit_json_and_summary_report_saturated_rows(tmp_path: Path) -> None:
     assert written["summary"]["near_duplicate_saturated_rows"] == copies + 1
     old = {**written, "summary": {k: v for k, v in written["summary"].items() if k != "near_duplicate_saturated_rows"}}
     assert "rows with more than" not in summary_line(old)  # an audit.json from before the index still reads
+
+
+def test_the_projection_is_searched_and_every_similarity_reported_is_exact() -> None:
+    n, dim, copies = 3000, 160, GRAPH_K + 4
+    Z = normalise(planted_rows(n, dim, copies))
+    exact = search(Z, threshold=0.95, k=10, normalised=True)
+    graph = neighbours(Z, k=10, threshold=0.95, exact_rows=1000)
+    assert graph.method.kind == "hnsw" and graph.method.factory == "PCA128,HNSW32"
+    assert (graph.method.components, graph.method.trained_on, graph.method.candidates) == (128, n, 40)
+    assert graph.graph_k == GRAPH_K and "128 principal components" in graph.method.describe()
+    np.testing.assert_allclose(graph.similarity, np.einsum("ij,ij->i", Z[graph.i], Z[graph.j]), atol=1e-5)
+    rows = np.arange(n)[:, None]
+    np.testing.assert_allclose(graph.knn, np.einsum("ij,ikj->ik", Z, Z[graph.neighbours]), atol=1e-5)
+    assert (graph.neighbours != rows).all() and (np.diff(graph.knn, axis=1) <= 0).all()
+    assert (graph.similarity >= 0.95).all()
+    truth = set(zip(exact.i.tolist(), exact.j.tolist()))
+    assert set(zip(graph.i.tolist(), graph.j.tolist())) == truth  # the 20 plain pairs and the whole group
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(graph.neighbours.tolist(), exact_knn(Z, 10))])
+    assert recall >= 0.9  # the candidates come from the projection; the kept neighbours are nearly the exact ones
+
+
+def exact_knn(Z: np.ndarray, k: int) -> list[list[int]]:
+    sims = Z @ Z.T
+    np.fill_diagonal(sims, -np.inf)
+    return np.argsort(-sims, axis=1)[:, :k].tolist()
+
+
+def test_saturated_groups_get_every_pair_from_the_exact_product() -> None:
+    n, dim, copies = 2000, 48, 2 * GRAPH_K  # a group of 41 near-copies: each has 40 near-duplicates
+    Z = normalise(planted_rows(n, dim, copies))
+    graph = neighbours(Z, k=10, threshold=0.95, exact_rows=0)
+    assert graph.method.kind == "hnsw" and graph.saturated == copies + 1
+    group = [0, *range(n - copies, n)]
+    expected = {(a, b) for x, a in enumerate(group) for b in group[x + 1 :]}
+    got = set(zip(graph.i.tolist(), graph.j.tolist()))
+    assert expected <= got  # 820 pairs, 20 edges per row could hold at most 820 only by luck of ordering
+    exact = search(Z, threshold=0.95, normalised=True)
+    assert got == set(zip(exact.i.tolist(), exact.j.tolist()))
+    np.testing.assert_allclose(graph.similarity, np.einsum("ij,ij->i", Z[graph.i], Z[graph.j]), atol=1e-5)
+
+
+def test_load_normalised_reads_in_blocks_holds_the_rows_once_and_drops_non_finite_rows(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.gamma(0.5, 1.0, (3000, 256)).astype(np.float32)
+    X[7, 3], X[2500, 0] = np.inf, np.nan  # one infinite component, one NaN component
+    write_cache(tmp_path / "c.h5", X, ["ant", "bee"] * 1500)
+    with open_cache(tmp_path / "c.h5") as cache:
+        rows = cache.backbone()
+        X = rows.load()  # the cache's row order
+        finite = np.flatnonzero(np.isfinite(X).all(axis=1))
+        assert len(finite) == 2998
+        tracemalloc.start()
+        Z, kept = rows.load_normalised(block_rows=100)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        whole = rows.load_normalised(block_rows=10_000)
+    assert np.array_equal(kept, finite) and np.array_equal(whole.rows, finite)
+    np.testing.assert_array_equal(Z, normalise(X[finite]))
+    np.testing.assert_array_equal(whole.Z, Z)
+    assert peak < 1.2 * X.nbytes  # the rows once plus a block; normalise(load()) holds them twice
+
+
+def test_folds_are_sampled_past_the_fit_limit_and_never_score_a_row_they_fitted() -> None:
+    labels = np.arange(1000) % 3
+    parts = folds(labels, cv=5, seed=0, fit_rows=300)
+    scored = np.concatenate([f.score for f in parts])
+    assert np.array_equal(np.sort(scored), np.arange(1000))  # each row scored once
+    for fold in parts:
+        assert len(fold.fit) == 300 and not set(fold.fit.tolist()) & set(fold.score.tolist())
+    assert [len(f.fit) for f in folds(labels, cv=5, seed=0)] == [800] * 5  # no limit: all the other folds
+
+
+def test_label_issues_past_the_exact_size_use_principal_components_and_sampled_folds() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.gamma(2, 1, (3, 64)) * (rng.uniform(size=(3, 64)) < 0.4)
+    y = np.arange(1500) % 3
+    X = np.maximum(centres[y] + rng.normal(0, 0.8, (1500, 64)), 0).astype(np.float32)
+    given = y.copy()
+    given[[4, 10, 20]] = (y[[4, 10, 20]] + 1) % 3  # three flipped labels
+    names = ["ant", "bee", "cat"]
+    small = find(X, given, names, cv=5)
+    large = find(X, given, names, cv=5, max_exact_bytes=X.nbytes - 1, components=16, fit_rows=400)
+    assert (small["features"], small["fit_rows"]) == ("embeddings", None)
+    assert (large["features"], large["fit_rows"]) == ("16 principal components of the normalised embeddings", 400)
+    assert "at most 400 rows" in large["method"] and large["n_scored"] == 1500
+    assert {4, 10, 20} <= {i["row"] for i in large["issues"]} and {4, 10, 20} <= {i["row"] for i in small["issues"]}
+    normalised = find(normalise(X), given, names, cv=5, normalised=True, components=16, fit_rows=400)
+    assert normalised["issues"] == large["issues"]  # normalised rows in: the same components, the same findings
+
+
+def test_a_large_audit_reads_normalised_rows_and_finds_the_same_pairs_and_outliers(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    X = planted_rows(2000, 64, 5)
+    X[100] = rng.gamma(0.5, 1.0, 64).astype(np.float32) * 40 * (rng.uniform(size=64) > 0.9)  # a far row
+    X[1500, 2] = np.inf
+    write_cache(tmp_path / "c.h5", X, ["ant", "bee"] * 1000)
+    small = audit(tmp_path / "c.h5", tmp_path / "small", plot=False, cv=3)
+    large = audit(tmp_path / "c.h5", tmp_path / "large", plot=False, cv=3, large_bytes=X.nbytes // 2)
+    assert small["label_issues_method"]["features"] == "embeddings"
+    method = large["label_issues_method"]
+    assert method["features"] == "64 principal components of the normalised embeddings" and method["fit_rows"] == 50_000
+    assert large["left_out"] == small["left_out"] == ["ant/1500.jpg"]
+    assert large["near_duplicates"] == small["near_duplicates"] and len(large["near_duplicates"]) >= 20
+    assert large["outliers"] == small["outliers"] and large["outliers"][0]["path"] == "ant/0100.jpg"
+    written = json.loads((tmp_path / "large" / "audit.json").read_text())
+    assert written["label_issues_method"]["features"] == method["features"]
+    assert written["near_duplicates_method"]["graph"]["kind"] == "exact"

@@ -7,7 +7,7 @@ import faiss.
 """
 
 from embedder.cache.similarity.cache_index import SimilarityIndex, fingerprint, open_index, row_keys
-from embedder.cache.similarity.graph import GRAPH_K, Graph, neighbours
+from embedder.cache.similarity.graph import GRAPH_K, Graph, GraphMethod, neighbours
 from embedder.cache.similarity.storage import index_dir, key_dir
 from embedder.cache.similarity.vectors import SIMILARITY, normalise
 from embedder.cache.similarity.vectors_index import EXACT_ROWS, OUTGROWN, Plan, VectorIndex, outgrown, plan_for
@@ -18,6 +18,7 @@ __all__ = [
     "OUTGROWN",
     "SIMILARITY",
     "Graph",
+    "GraphMethod",
     "Plan",
     "SimilarityIndex",
     "VectorIndex",
