@@ -126,6 +126,28 @@ def test_an_older_file_mapping_its_labels_onto_segments_gets_its_own_on_first_wr
     assert verify(cache) == []
 
 
+def test_an_older_files_other_backbone_gets_its_own_labels_when_carried(tmp_path: Path) -> None:
+    """A write to one backbone carries the others into the new small file, their mapped labels made their own."""
+    from embedder.cache.segments import link_columns, read_runs
+
+    path = tmp_path / "two.h5"
+    X, labels = blobs(per_class=5, dim=8)
+    grown, carried = write_cache(path, X, labels), write_cache(path, X + 1, labels, pooling="max")
+    with h5py.File(path, "r+") as handle:  # both backbones in the layout of the previous release
+        for key in (grown, carried):
+            group = handle["backbones"][key]
+            del group["label"]
+            link_columns(group, path, read_runs(group), 8, ("label",))
+    with open_cache(path) as opened:
+        before = opened[carried].labels
+    write_cache(path, X[:3] + 5, labels[:3], paths=["new/0.jpg", "new/1.jpg", "new/2.jpg"])
+    with h5py.File(path, "r") as handle:
+        assert not handle["backbones"][carried]["label"].is_virtual
+    with open_cache(path) as opened:
+        assert np.array_equal(opened[carried].labels, before) and len(opened[grown]) == len(labels) + 3
+    assert verify(path) == []
+
+
 def test_renamed_copy_in_another_folder_works_and_is_independent(cache: Path, tmp_path: Path) -> None:
     original = snapshot(cache)
     copy = proper_copy(cache, tmp_path / "elsewhere")
