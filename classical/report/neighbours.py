@@ -13,9 +13,10 @@ probability the model gave the wrong class it predicted, ties in the order of `s
 most MAX_ERRORS. Which neighbours: the K nearest training photos of each by the audit's similarity
 (`embedder.normalise`: the cosine of power-normalised embeddings), searched exactly over the photos the
 model was fitted on, never the test rows: the split's train rows for a neural row (its validation rows
-only stop its training), train and validation rows for a classical row (refit on both after the search). The cache's embeddings are read BLOCK_ROWS rows at
-a time; the train rows of each block are normalised and compared with the errors' rows, and the best
-K so far are kept: memory is one block, whatever the size of the cache. The similarity is that of the
+only stop its training), train and validation rows for a classical row (refit on both after the search).
+The cache's embeddings are read BLOCK_ROWS rows at a time (`CachedBackbone.normalised_blocks`); the
+searched rows of each block are compared with the errors' rows, and the best K so far are kept: memory
+is one block, whatever the size of the cache. The similarity is that of the
 cached embeddings (the frozen backbone's), for a fine-tuned best row too.
 
 `refresh_nearest` recomputes the record whenever what it was computed for changed (another best row,
@@ -36,7 +37,7 @@ import numpy as np
 
 from classical.data.splits import Split
 from classical.report.document import best_row
-from embedder import SIMILARITY, CachedBackbone, CacheError, normalise, open_cache
+from embedder import SIMILARITY, normalise, open_cache
 
 logger = logging.getLogger(__name__)
 
@@ -80,28 +81,6 @@ def nearest_rows(
         sims = np.pad(sims, ((0, 0), (0, missing)), constant_values=-np.inf)
         rows = np.pad(rows, ((0, 0), (0, missing)), constant_values=-1)
     return sims, rows
-
-
-def train_blocks(
-    cached: CachedBackbone, train: np.ndarray, block_rows: int = BLOCK_ROWS
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(row numbers, normalised rows) of the cache rows where `train` (a mask over them) is true, a block at a time.
-
-    Rows that are not finite are left out.
-    """
-    embeddings = cached.embeddings
-    for start in range(0, len(train), block_rows):
-        keep = train[start : start + block_rows]
-        if not keep.any():
-            continue
-        try:
-            X = embeddings[start : start + len(keep)][keep]
-        except OSError as exc:
-            raise CacheError(
-                f"reading rows {start}-{start + len(keep) - 1} of backbone {cached.key} failed ({exc})"
-            ) from None
-        finite = np.isfinite(X).all(axis=1)
-        yield np.flatnonzero(keep)[finite] + start, normalise(X[finite])
 
 
 def errors_nearest_train(
@@ -178,7 +157,8 @@ def errors_nearest_train(
         order = sorted(set(queries))
         read = dict(zip(order, cached.embeddings[order]))
         Q = normalise(np.stack([read[r] for r in queries]))
-        sims, near = nearest_rows(Q, train_blocks(cached, train, block_rows), k)
+        blocks = cached.normalised_blocks(block_rows=block_rows, where=train)
+        sims, near = nearest_rows(Q, ((block.rows, block.Z) for block in blocks), k)
     for error, found_sims, found_rows in zip(errors, sims, near):
         error["nearest"] = [
             {

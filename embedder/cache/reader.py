@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -79,26 +79,39 @@ class CachedBackbone:
         Rows with a NaN or infinite component are left out (`NormalisedRows.rows` names the rows kept);
         rows that are all NaN (a missing segment file) raise CacheError, as `load()` does.
         """
-        from embedder.cache.similarity import normalise
-
         n, dim = len(self), self.dim
         Z = np.empty((n, dim), np.float32)
         kept = np.empty(n, np.int64)
         filled = 0
+        for block in self.normalised_blocks(block_rows=block_rows):
+            count = len(block.rows)
+            Z[filled : filled + count], kept[filled : filled + count] = block.Z, block.rows
+            filled += count
+        return NormalisedRows(Z[:filled], kept[:filled])
+
+    def normalised_blocks(self, *, block_rows: int = 8192, where: np.ndarray | None = None) -> Iterator[NormalisedRows]:
+        """The rows (those where the bool mask `where` is true, default all) normalised one block at a time.
+
+        Holds one block: for searching all rows without a copy of them. Rows that are not finite are
+        left out; rows that are all NaN (a missing segment file) raise CacheError, as `load()` does.
+        """
+        from embedder.cache.similarity import normalise
+
+        n = len(self)
         for start in range(0, n, block_rows):
             stop = min(n, start + block_rows)
+            keep = np.ones(stop - start, bool) if where is None else np.asarray(where[start:stop], bool)
+            if not keep.any():
+                continue
             try:
-                X = self._present(self.embeddings[start:stop])
+                X = self.embeddings[start:stop]
             except OSError as exc:
                 raise damaged(
                     self._path, f"reading rows {start}-{stop - 1} of backbone {self.key} failed ({exc})"
                 ) from None
+            X = self._present(X[keep] if not keep.all() else X)
             finite = np.isfinite(X).all(axis=1)
-            count = int(finite.sum())
-            Z[filled : filled + count] = normalise(X[finite] if count < len(X) else X)
-            kept[filled : filled + count] = np.arange(start, stop)[finite]
-            filled += count
-        return NormalisedRows(Z[:filled], kept[:filled])
+            yield NormalisedRows(normalise(X if finite.all() else X[finite]), (np.flatnonzero(keep) + start)[finite])
 
     @property
     def labels(self) -> np.ndarray:
