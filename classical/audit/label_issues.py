@@ -162,10 +162,10 @@ def _model() -> Any:
 
 
 def _exact_probabilities(X: np.ndarray, labels: np.ndarray, *, cv: int, seed: int, n_jobs: int | None) -> np.ndarray:
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import cross_val_predict
 
-    splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
-    return cross_val_predict(_model(), X, labels, cv=splitter, method="predict_proba", n_jobs=n_jobs)
+    splits = [(fold.fit, fold.score) for fold in folds(labels, cv=cv, seed=seed)]
+    return cross_val_predict(_model(), X, labels, cv=splits, method="predict_proba", n_jobs=n_jobs)
 
 
 def _components(
@@ -177,9 +177,8 @@ def _components(
     prepare = (lambda part: part) if normalised else normalise
     sample = np.sort(np.random.default_rng(seed).permutation(rows)[:fit_rows])
     pca = PCA(n_components=min(components, X.shape[1], len(sample)), svd_solver="covariance_eigh")
-    pca.fit(
-        prepare(X[sample])
-    )  # the D x D covariance and its eigenvectors: seconds, where an SVD of the rows takes minutes
+    # "covariance_eigh": the D x D covariance and its eigenvectors, seconds where an SVD of the rows takes minutes
+    pca.fit(prepare(X[sample]))
     P = np.empty((len(rows), pca.n_components_), np.float32)
     for start in range(0, len(rows), BLOCK_ROWS):
         P[start : start + BLOCK_ROWS] = pca.transform(prepare(X[rows[start : start + BLOCK_ROWS]]))
